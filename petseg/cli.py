@@ -1,0 +1,58 @@
+"""`petseg` command-line interface.
+
+Each subcommand lives in `petseg/commands/<name>.py` and exposes `HELP` (one line),
+`add_arguments(parser)` and `run(args) -> int`. Command modules import heavy packages
+(torch, monai) inside `run`, so `petseg --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from petseg import __version__
+from petseg.errors import PetsegError
+
+COMMANDS: tuple[str, ...] = (
+)
+"""Module names under `petseg.commands`; the command name uses '-' for '_'."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="petseg",
+        description="Whole-body FDG PET/CT lesion segmentation (autoPET).",
+    )
+    parser.add_argument("--version", action="version", version=f"petseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMANDS:
+        module = importlib.import_module(f"petseg.commands.{module_name}")
+        command = sub.add_parser(
+            module_name.replace("_", "-"), help=module.HELP, description=module.HELP
+        )
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user errors print one line on stderr and return 1."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args._run(args) or 0)
+    except PetsegError as exc:
+        print(f"petseg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"petseg {args.command}: interrupted", file=sys.stderr)
+        return 130

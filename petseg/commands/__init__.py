@@ -1,0 +1,1 @@
+"""Subcommands of the `petseg` command-line interface, one module each."""

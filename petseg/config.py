@@ -1,0 +1,123 @@
+"""Configuration as frozen dataclasses with a JSON round trip.
+
+Checkpoints store the `ModelConfig` they were trained with, so inference rebuilds the
+exact network and preprocessing from the checkpoint itself, never from code constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from petseg.errors import PetsegError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """MONAI residual UNet; the defaults are the paper's network (19,223,525 parameters)."""
+
+    in_channels: int = 2
+    out_channels: int = 2
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 2
+    norm: str = "BATCH"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessingConfig:
+    """How a case becomes the network's input tensor `[C, D, H, W]`.
+
+    Attributes:
+        channel_order: names of the input channels, in order ("pet" in SUV, "ct" scaled).
+        target_spacing_mm: isotropic voxel size of the network's grid.
+        ct_clip_hu: CT window in HU, min-max scaled to [0, 1] afterwards.
+        ct_fill_hu: value for CT voxels outside its field of view when resampled.
+        body_threshold_hu: CT threshold used to find the body before cleaning the mask.
+        body_margin_mm: margin added around the body bounding box before cropping.
+    """
+
+    channel_order: tuple[str, ...] = ("pet", "ct")
+    target_spacing_mm: float = 2.0
+    ct_clip_hu: tuple[float, float] = (-1024.0, 1024.0)
+    ct_fill_hu: float = -1024.0
+    body_threshold_hu: float = -500.0
+    body_margin_mm: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything a checkpoint needs to be used: network and preprocessing."""
+
+    network: NetworkConfig = NetworkConfig()
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window and ensemble settings (defaults: the paper's)."""
+
+    roi_size: tuple[int, int, int] = (192, 192, 192)
+    overlap: float = 0.5
+    ensemble: Literal["mean", "weighted"] = "weighted"
+    threshold: float = 0.5
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    windows_per_batch: int = 1
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Dataclass -> plain JSON-compatible dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        return tuple(value)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise PetsegError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Plain dict -> dataclass `cls`; unknown keys are an error, missing keys keep defaults."""
+    if not isinstance(data, dict):
+        raise PetsegError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise PetsegError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    """Read a dataclass of type `cls` from a JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PetsegError(f"{path}: config file not found; check the path") from None
+    except json.JSONDecodeError as exc:
+        raise PetsegError(f"{path}: not valid JSON ({exc}); fix the file") from None
+    return from_dict(cls, data, where=str(path))
+
+
+def save_json(config: Any, path: str | Path) -> None:
+    """Write a dataclass as indented JSON."""
+    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""Training: data discovery and splits, cache, GPU augmentation, loss, loop, DDP."""
