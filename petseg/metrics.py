@@ -112,12 +112,26 @@ class ComponentMatch:
         return int(self.truth_sizes[~self.truth_detected].sum())
 
 
+def _label_counts(labels: np.ndarray, where: np.ndarray, n_where: int, n_labels: int) -> np.ndarray:
+    """Voxels per label 0..n_labels among the `n_where` voxels where `where` is True.
+
+    Gathering the labels under `where` is fastest for sparse masks; for dense ones a
+    bincount of the whole box is ~5x faster than the gather (label 0 takes the rest).
+    """
+    if n_where * 8 < where.size:
+        return np.bincount(labels[where], minlength=n_labels + 1)
+    return np.bincount(np.where(where, labels, 0).ravel(), minlength=n_labels + 1)
+
+
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels (uint, 0 = background) and voxel count per label 1..N of a boolean mask."""
     labels, n = cc3d.connected_components(mask, connectivity=CONNECTIVITY, return_N=True)
-    # Counting only foreground voxels is ~10x faster than a bincount of the whole box.
-    sizes = np.bincount(labels[mask], minlength=n + 1)[1:]
-    return labels, sizes
+    n_fg = int(np.count_nonzero(mask))
+    if n_fg * 8 < mask.size:
+        sizes = np.bincount(labels[mask], minlength=n + 1)
+    else:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)  # background is label 0
+    return labels, sizes[1:]
 
 
 def match_components(truth: Any, pred: Any) -> ComponentMatch:
@@ -143,18 +157,17 @@ def match_components(truth: Any, pred: Any) -> ComponentMatch:
     truth_labels, truth_sizes = _components(truth)
     pred_labels, pred_sizes = _components(pred)
     overlap = truth & pred
-    truth_detected = np.zeros(truth_sizes.size + 1, dtype=bool)
-    truth_detected[truth_labels[overlap]] = True
-    pred_matched = np.zeros(pred_sizes.size + 1, dtype=bool)
-    pred_matched[pred_labels[overlap]] = True
+    n_overlap = int(np.count_nonzero(overlap))
+    truth_hits = _label_counts(truth_labels, overlap, n_overlap, truth_sizes.size)
+    pred_hits = _label_counts(pred_labels, overlap, n_overlap, pred_sizes.size)
     return ComponentMatch(
         truth_voxels=int(truth_sizes.sum()),
         pred_voxels=int(pred_sizes.sum()),
-        intersection_voxels=int(np.count_nonzero(overlap)),
+        intersection_voxels=n_overlap,
         truth_sizes=truth_sizes,
         pred_sizes=pred_sizes,
-        truth_detected=truth_detected[1:],
-        pred_matched=pred_matched[1:],
+        truth_detected=truth_hits[1:] > 0,
+        pred_matched=pred_hits[1:] > 0,
     )
 
 

@@ -229,16 +229,17 @@ def _random_lesions(rng: np.random.Generator, shape, density: float) -> np.ndarr
     return (blobs | speckle).astype(np.uint8)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_agrees_with_reference_on_random_masks(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "density"), [(s, 0.03) for s in range(6)] + [(6, 0.3)])
+def test_agrees_with_reference_on_random_masks(seed: int, density: float) -> None:
+    # density 0.03 takes the sparse counting path, 0.3 the dense one.
     rng = np.random.default_rng(seed)
     shape = (24, 28, 32)
-    truth = _random_lesions(rng, shape, density=0.03)
+    truth = _random_lesions(rng, shape, density=density)
     if seed == 0:
         truth[:] = 0  # a negative case
     # A prediction that overlaps part of the truth, misses some and adds its own blobs.
     pred = (truth.astype(bool) & (rng.random(shape) < 0.3)) | _random_lesions(
-        rng, shape, density=0.02
+        rng, shape, density=density * 2 / 3
     ).astype(bool)
     spacing = (2.0364, 2.0364, 3.0)
     voxel = voxel_volume_ml(spacing)
