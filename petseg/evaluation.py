@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import io as _io
+import itertools
 import json
 import logging
 import math
@@ -244,6 +246,30 @@ _DIAGNOSIS_COLUMNS = ("diagnosis", "cohort", "dx", "disease")
 _DATE_COLUMNS = ("studydate", "date")
 
 
+_DATE_FORMATS = ("%m/%d/%Y", "%m-%d-%Y", "%Y-%m-%d", "%Y/%m/%d", "%d.%m.%Y", "%Y%m%d")
+
+
+def _parse_date(text: str) -> datetime.date | None:
+    """A study date as the TCIA metadata writes it ('3/23/2003') or in ISO form."""
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.datetime.strptime(text.strip(), fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def _dates_in(case: str) -> set[datetime.date]:
+    """Dates inside a case name: TCIA study folders start 'MM-DD-YYYY', or ISO 'YYYY-MM-DD'."""
+    found = set()
+    for match in re.finditer(r"(?<!\d)(\d{1,2})-(\d{1,2})-(\d{4})(?!\d)", case):
+        found.add(_parse_date("-".join(match.groups())))
+    for match in re.finditer(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)", case):
+        found.add(_parse_date("-".join(match.groups())))
+    found.discard(None)
+    return found
+
+
 def normalize_cohort(value: str) -> str:
     """Upper case with `_` for spaces and dashes: 'Lung cancer' -> 'LUNG_CANCER'."""
     return re.sub(r"[\s\-]+", "_", value.strip()).upper()
@@ -257,12 +283,13 @@ class Metadata:
     column whose last folder, or last two folders joined by `_`, equal it; else (2) a
     patient-id column whose value is the case name or its start followed by `_`
     (`PETCT_<id>` matches `PETCT_<id>_<date>`). When one patient's rows disagree, a
-    study-date column picks the row whose date appears in the case name.
+    study-date column ('3/23/2003' as TCIA writes it, or ISO) picks the rows whose date
+    is the one in the case name (the study folder '03-23-2003-NA-PET-CT ...').
     """
 
     path: Path
     by_case: Mapping[str, str]
-    by_patient: Mapping[str, tuple[tuple[str, str], ...]]
+    by_patient: Mapping[str, tuple[tuple[str, datetime.date | None], ...]]
 
     def cohort_of(self, case: str) -> str:
         """The case's normalised diagnosis, or `UNKNOWN` when no row matches clearly."""
@@ -276,7 +303,8 @@ class Metadata:
             cohorts = {cohort for cohort, _ in rows}
             if len(cohorts) == 1:
                 return cohorts.pop()
-            dated = {cohort for cohort, date in rows if date and date in case}
+            dates = _dates_in(case)
+            dated = {cohort for cohort, date in rows if date is not None and date in dates}
             if len(dated) == 1:
                 return dated.pop()
             logger.warning("%s: rows of case %s disagree on the diagnosis", self.path, case)
@@ -328,13 +356,13 @@ def read_metadata(csv_path: str | Path) -> Metadata:
         if case_col and (row.get(case_col) or "").strip():
             by_case[row[case_col].strip()] = cohort
         if path_col and (row.get(path_col) or "").strip():
+            # TCIA: ./<collection>/<patient>/<study>/<series>; any folder or pair of
+            # neighbouring folders may be the case name.
             parts = [p for p in re.split(r"[\\/]+", row[path_col].strip()) if p not in ("", ".")]
-            if parts:
-                by_case.setdefault(parts[-1], cohort)
-            if len(parts) >= 2:
-                by_case.setdefault(f"{parts[-2]}_{parts[-1]}", cohort)
+            for key in [*parts, *(f"{a}_{b}" for a, b in itertools.pairwise(parts))]:
+                by_case.setdefault(key, cohort)
         if patient_col and (row.get(patient_col) or "").strip():
-            date = (row.get(date_col) or "").strip() if date_col else ""
+            date = _parse_date(row.get(date_col) or "") if date_col else None
             by_patient.setdefault(row[patient_col].strip(), []).append((cohort, date))
     return Metadata(path, by_case, {k: tuple(v) for k, v in by_patient.items()})
 

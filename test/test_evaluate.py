@@ -75,9 +75,9 @@ def study(tmp_path: Path) -> dict[str, Path]:
     meta = tmp_path / "Clinical Metadata FDG PET_CT Lesions.csv"
     meta.write_text(
         "Subject ID,Study Date,diagnosis,age\n"
-        "PETCT_0aa,01-01-2000,LYMPHOMA,60\n"
-        "PETCT_0bb,02-02-2001,NEGATIVE,50\n"
-        "PETCT_0cc,03-03-2002,MELANOMA,40\n",
+        "PETCT_0aa,1/1/2000,LYMPHOMA,60\n"
+        "PETCT_0bb,2/2/2001,NEGATIVE,50\n"
+        "PETCT_0cc,3/3/2002,MELANOMA,40\n",
         encoding="utf-8",
     )
     return {"truth": truth, "pred": pred, "meta": meta, "tmp": tmp_path}
@@ -139,24 +139,28 @@ def test_duplicate_case_names_and_no_pairs_are_clear_errors(tmp_path: Path) -> N
 def test_metadata_pairs_by_patient_path_or_case(tmp_path: Path) -> None:
     by_patient = tmp_path / "a.csv"
     by_patient.write_text(
-        "Subject ID;Study Date;Diagnosis\n"
-        "PETCT_1;01-01-2000;Lung cancer\n"
-        "PETCT_2;01-01-2001;LYMPHOMA\n"
-        "PETCT_2;05-05-2003;NEGATIVE\n"
-        "PETCT_3;01-01-2001;MELANOMA\n"
-        "PETCT_3;05-05-2003;NEGATIVE\n",
+        "Subject ID;Modality;Study Date;Diagnosis\n"
+        "PETCT_1;PT;1/1/2000;Lung cancer\n"
+        "PETCT_1;CT;1/1/2000;Lung cancer\n"
+        "PETCT_2;PT;1/1/2001;LYMPHOMA\n"
+        "PETCT_2;PT;5/5/2003;NEGATIVE\n"
+        "PETCT_3;PT;2001-01-01;MELANOMA\n"
+        "PETCT_3;PT;2003-05-05;NEGATIVE\n",
         encoding="utf-8",
     )
     meta = read_metadata(by_patient)
     assert meta.cohort_of("PETCT_1_01-01-2000-NA-PET-CT") == "LUNG_CANCER"
-    assert meta.cohort_of("PETCT_2_05-05-2003-NA") == "NEGATIVE"  # date picks the row
+    assert meta.cohort_of("PETCT_2_05-05-2003-NA-PET-CT") == "NEGATIVE"  # date picks the row
+    assert meta.cohort_of("PETCT_2_01-01-2001-NA-PET-CT") == "LYMPHOMA"
+    assert meta.cohort_of("PETCT_3_2001-01-01") == "MELANOMA"
     assert meta.cohort_of("PETCT_3_09-09-2009-NA") == "UNKNOWN"  # rows disagree, no date
     assert meta.cohort_of("PETCT_10_01-01-2000") == "UNKNOWN"  # PETCT_1 is no prefix of it
 
     by_path = tmp_path / "b.csv"
     by_path.write_text(
         'File Location,diagnosis\n'
-        '"./FDG-PET-CT-Lesions/PETCT_4/10-10-2010-NA-PET-CT Ganzkoerper  primaer",MELANOMA\n',
+        '"./FDG-PET-CT-Lesions/PETCT_4/10-10-2010-NA-PET-CT Ganzkoerper  primaer/'
+        '2.000000-PET-1234",MELANOMA\n',
         encoding="utf-8",
     )
     assert read_metadata(by_path).cohort_of(
