@@ -59,8 +59,6 @@ UNKNOWN = "UNKNOWN"
 GRID_TOLERANCE = 1e-4
 """Largest absolute difference in spacing (mm), origin (mm) and direction cosines."""
 
-SUMMARY_METRICS: tuple[str, ...] = ("dsc", "fpv_ml", "fnv_ml", "tmtv_diff_ml")
-
 
 # ------------------------------------------------------------------------------ pairing
 
