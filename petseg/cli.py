@@ -18,6 +18,7 @@ from petseg.errors import PetsegError
 
 COMMANDS: tuple[str, ...] = (
     "evaluate",
+    "predict",
 )
 """Module names under `petseg.commands`; the command name uses '-' for '_'."""
 
