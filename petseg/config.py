@@ -41,6 +41,8 @@ class PreprocessingConfig:
         ct_fill_hu: value for CT voxels outside its field of view when resampled.
         body_threshold_hu: CT threshold used to find the body before cleaning the mask.
         body_margin_mm: margin added around the body bounding box before cropping.
+        orientation: anatomical orientation of the network grid's axes (SimpleITK
+            code, e.g. "RAS"), so every scan reaches the network the same way round.
     """
 
     channel_order: tuple[str, ...] = ("pet", "ct")
@@ -49,6 +51,7 @@ class PreprocessingConfig:
     ct_fill_hu: float = -1024.0
     body_threshold_hu: float = -500.0
     body_margin_mm: float = 10.0
+    orientation: str = "RAS"
 
 
 @dataclasses.dataclass(frozen=True)

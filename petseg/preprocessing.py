@@ -7,9 +7,10 @@ min-max scaled to [0, 1]; PET kept in SUV; both resampled (linear) onto an isotr
 `target_spacing_mm` grid over the crop, the label (nearest) too.
 
 The isotropic grid keeps the PET's axes but reorders/flips them to the closest match of
-`NETWORK_ORIENTATION`, so the network always sees bodies the same way round whatever
-direction matrix the input file carries (MONAI's `Orientationd("RAS")` in the authors'
-pipeline has the same purpose).
+`PreprocessingConfig.orientation` ("RAS": axis 0 of `[x, y, z]` points to the patient's
+Right, axis 1 Anterior, axis 2 Superior; numpy `[D, H, W]` = `[z, y, x]`), so the
+network always sees bodies the same way round whatever direction matrix the input file
+carries (MONAI's `Orientationd("RAS")` in the authors' pipeline has the same purpose).
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ from petseg.errors import PetsegError
 from petseg.geometry import CropBox, Geometry, isotropic_grid, resample, same_grid
 
 log = logging.getLogger(__name__)
-
-NETWORK_ORIENTATION = "RAS"
-"""Array orientation of the network's grid: axis 0 of `[x, y, z]` points to the patient's
-Right, axis 1 Anterior, axis 2 Superior (numpy `[D, H, W]` = `[z, y, x]`)."""
 
 CHANNELS: tuple[str, ...] = ("pet", "ct")
 """Channel names `PreprocessingConfig.channel_order` may use."""
@@ -176,8 +173,7 @@ def preprocess_case(
     ct_pet = ct_on_pet_grid(ct, pet_geometry, config.ct_fill_hu)
     ct_hu = sitk.GetArrayViewFromImage(ct_pet)
     box = body_box(ct_hu, pet_geometry, config)
-    # a future `PreprocessingConfig.orientation` field (stored in checkpoints) takes over
-    orientation = getattr(config, "orientation", NETWORK_ORIENTATION)
+    orientation = config.orientation
     grid = isotropic_grid(box.geometry(pet_geometry), config.target_spacing_mm, orientation)
 
     # crop first (the paper's order), so scaling and resampling touch only the body box
