@@ -17,6 +17,8 @@ from petseg import __version__
 from petseg.errors import PetsegError
 
 COMMANDS: tuple[str, ...] = (
+    "report",
+    "suv",
 )
 """Module names under `petseg.commands`; the command name uses '-' for '_'."""
 

@@ -12,6 +12,8 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.errors import PetsegError
+
 LAS_DIRECTION: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 """Direction cosines with the first axis flipped against RAS, as real autoPET PET images."""
 
@@ -75,3 +77,34 @@ class Geometry:
         direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
         points = np.asarray(self.origin) + (corners * np.asarray(self.spacing)) @ direction.T
         return np.stack([points.min(axis=0), points.max(axis=0)])
+
+
+GRID_TOLERANCE_MM: float = 1e-3
+"""Spacing and origin may differ by this much (mm) between images on 'the same' grid."""
+DIRECTION_TOLERANCE: float = 1e-4
+
+
+def grid_difference(image: sitk.Image, reference: sitk.Image) -> str:
+    """'' when both images share size, spacing, origin and direction, else what differs."""
+    if tuple(image.GetSize()) != tuple(reference.GetSize()):
+        return f"size {image.GetSize()} vs {reference.GetSize()}"
+    checks = (
+        ("spacing", image.GetSpacing(), reference.GetSpacing(), GRID_TOLERANCE_MM),
+        ("origin", image.GetOrigin(), reference.GetOrigin(), GRID_TOLERANCE_MM),
+        ("direction", image.GetDirection(), reference.GetDirection(), DIRECTION_TOLERANCE),
+    )
+    for name, a, b, tolerance in checks:
+        if not np.allclose(a, b, rtol=0.0, atol=tolerance):
+            return f"{name} {tuple(round(v, 4) for v in a)} vs {tuple(round(v, 4) for v in b)}"
+    return ""
+
+
+def check_same_grid(image: sitk.Image, reference: sitk.Image, name: str,
+                    reference_name: str) -> None:
+    """Raise `PetsegError` naming `name` when `image` is not on `reference`'s grid."""
+    difference = grid_difference(image, reference)
+    if difference:
+        raise PetsegError(
+            f"{name}: not on the grid of {reference_name} ({difference}); "
+            f"resample it onto that grid first"
+        )
