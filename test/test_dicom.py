@@ -160,6 +160,15 @@ def test_admin_decay_correction_does_not_decay_the_dose(tmp_path) -> None:
     assert parameters.decayed_dose_bq == DOSE_BQ
 
 
+def test_images_already_in_suv_are_kept(tmp_path) -> None:
+    write_series(tmp_path / "pet", "PT", "LAS-like", series_tags={"Units": "GML"},
+                 drop=("PatientWeight",))
+    image, parameters = read_pet_suv(tmp_path / "pet")
+    assert parameters.factor == 1.0
+    np.testing.assert_allclose(sitk.GetArrayFromImage(image),
+                               activity_bqml(expected_image_points(image)), rtol=0.005)
+
+
 def test_earliest_acquisition_is_the_reference_when_the_series_time_is_later(tmp_path) -> None:
     """A reprocessed series (SeriesTime 12:00) still decays to the 11:03:00 acquisition."""
     write_series(tmp_path / "pet", "PT", "LAS-like", series_tags={"SeriesTime": "120000"},
