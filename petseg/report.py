@@ -36,6 +36,8 @@ PEAK_SUBSAMPLES: int = 5
 """Sub-points per axis and voxel used to weigh each voxel by its share of the sphere."""
 BODY_SUV: float = 0.3
 """PET voxels at or above this SUV count as body when locating the body regions."""
+BODY_GRID_MM: float = 8.0
+"""The body is located on blocks of at most this size (mean SUV per block)."""
 REGIONS: tuple[str, ...] = ("head/neck", "thorax", "abdomen", "pelvis", "extremities")
 REGION_BOUNDS: tuple[float, float, float] = (0.34, 0.55, 0.77)
 """Upper limits of head/neck, thorax and abdomen as fractions of the span from the top
@@ -96,8 +98,9 @@ class BodyModel:
     """Where the body is on an LPS-oriented copy of the PET, for the region rule.
 
     The rule (coarse, on purpose):
-    1. Body = PET >= `BODY_SUV` with holes filled slice by slice; the top of the body
-       is the highest axial slice whose body area is >= 1 % of the largest slice's.
+    1. Body = PET (means of blocks up to `BODY_GRID_MM`) >= `BODY_SUV`, holes filled
+       slice by slice; the top of the body is the highest axial slice whose body area
+       is >= 1 % of the largest slice's.
     2. Legs: going up from the lowest body slice, slices whose two largest in-plane
        components each hold >= 25 % of the slice's body area are legs; the first slice
        above them is the crotch. Without such slices the lowest body slice stands in.
@@ -110,7 +113,8 @@ class BodyModel:
     the reader, not an anatomical label.
 
     Attributes:
-        reference: the LPS-oriented PET (identity direction) for point -> index mapping.
+        reference: the LPS-oriented, block-averaged PET (identity direction) for
+            point -> index mapping.
         body: bool `[z, y, x]` body mask on `reference` (z index grows to the head).
         top: z index of the top of the body, None if no body was found.
         crotch: z index where the trunk ends (crotch or lowest body slice).
@@ -127,6 +131,10 @@ class BodyModel:
     def of(cls, pet: sitk.Image, body_suv: float = BODY_SUV) -> BodyModel:
         """Locate the body on a PET (SUV) of any orientation."""
         reference = axis_aligned_lps(sitk.Cast(pet, sitk.sitkFloat32))
+        # A coarse rule needs no fine grid: average blocks of about BODY_GRID_MM.
+        shrink = [max(1, int(BODY_GRID_MM // s)) for s in reference.GetSpacing()]
+        if max(shrink) > 1:
+            reference = sitk.BinShrink(reference, shrink)
         in_plane = np.zeros((3, 3, 3), dtype=bool)
         in_plane[1] = True
         body = ndimage.binary_fill_holes(

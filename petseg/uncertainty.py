@@ -28,14 +28,17 @@ def fold_std(fold_probabilities: list[sitk.Image]) -> sitk.Image:
     reference = fold_probabilities[0]
     for index, image in enumerate(fold_probabilities[1:], start=1):
         check_same_grid(image, reference, f"fold probability {index}", "fold probability 0")
-    # Two passes over the folds hold two float32 volumes, never a stack of all folds.
+    # Two passes over the folds hold three float32 volumes, never a stack of all folds.
     mean = np.zeros(sitk.GetArrayViewFromImage(reference).shape, dtype=np.float32)
     for image in fold_probabilities:
         mean += sitk.GetArrayViewFromImage(image)
     mean /= len(fold_probabilities)
     squares = np.zeros_like(mean)
+    difference = np.empty_like(mean)
     for image in fold_probabilities:
-        squares += np.square(sitk.GetArrayViewFromImage(image) - mean)
+        np.subtract(sitk.GetArrayViewFromImage(image), mean, out=difference)
+        np.multiply(difference, difference, out=difference)
+        squares += difference
     squares /= len(fold_probabilities)
     result = sitk.GetImageFromArray(np.sqrt(squares))
     result.CopyInformation(reference)
