@@ -204,13 +204,14 @@ def mip_png(pet: sitk.Image, mask: sitk.Image | None, path: str | Path,
         ]
 
     views = panel(None, suv_window)
-    captions = ["PET MIP, SUV {:g}-{:g}".format(*suv_window)]
+    captions = [("PET MIP, SUV {:g}-{:g}".format(*suv_window), "PET")]
     if uncertainty is not None:
         unc_views = mip_views(axis_aligned_lps(sitk.Cast(uncertainty, sitk.sitkFloat32)))
         # a wider window keeps the grey pale so the disagreement colour stands out
         views += panel(unc_views, (suv_window[0], suv_window[0] + 2.5 * (suv_window[1]
                                                                          - suv_window[0])))
-        captions.append("ensemble disagreement (SD {:g}-{:g})".format(*uncertainty_range))
+        captions.append(("ensemble disagreement (SD {:g}-{:g})".format(*uncertainty_range),
+                         "SD"))
 
     height = HEADER_PX + size_c[1] + FOOTER_PX
     widths = [v.shape[1] for v in views]
@@ -233,7 +234,10 @@ def mip_png(pet: sitk.Image, mask: sitk.Image | None, path: str | Path,
         draw.text((x_cor + size_c[0] - 8, 2), "L", fill=TEXT_RGB, font=font)
         draw.text((x_sag + 2, 2), "A", fill=TEXT_RGB, font=font)
         draw.text((x_sag + size_s[0] - 8, 2), "P", fill=TEXT_RGB, font=font)
-        draw.text((x_cor + 2, HEADER_PX + size_c[1] + 1), captions[p], fill=TEXT_RGB, font=font)
+        long, short = captions[p]
+        panel_width = size_c[0] + VIEW_GAP_PX + size_s[0] - 2
+        caption = long if draw.textlength(long, font=font) <= panel_width else short
+        draw.text((x_cor + 2, HEADER_PX + size_c[1] + 1), caption, fill=TEXT_RGB, font=font)
     path = Path(path)
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")

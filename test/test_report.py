@@ -299,3 +299,55 @@ def test_report_command_refuses_a_mask_on_another_grid(tmp_path, capsys) -> None
                    f"{tmp_path / 'pet.mha'} (size (8, 8, 9) vs (8, 8, 8)); "
                    f"resample it onto that grid first\n")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- predict --extras
+
+def test_predict_extras_writes_report_picture_and_uncertainty(tmp_path) -> None:
+    import cc3d
+    from inference_synthetic import make_case
+    from test_checkpoint import _ensemble
+
+    from petseg.config import InferenceConfig, save_json
+
+    _ensemble(tmp_path / "weights", folds=3)
+    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25), tmp_path / "inf.json")
+    pet, ct, _, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
+    for kind, image in (("pet", pet), ("ct", ct)):
+        write_image(image, tmp_path / "in" / "images" / kind / f"c1-{kind}.mha")
+    out, extras = tmp_path / "out", tmp_path / "extras"
+    code = main(["predict", "--input", str(tmp_path / "in"), "--output", str(out),
+                 "--weights", str(tmp_path / "weights"), "--config", str(tmp_path / "inf.json"),
+                 "--device", "cpu", "--allow-missing-folds", "--extras", str(extras)])
+    assert code == 0
+    masks = list((out / "images" / "automated-petct-lesion-segmentation").iterdir())
+    assert [p.name for p in masks] == ["c1-pet.mha"]
+    assert sorted(p.name for p in extras.iterdir()) == [
+        "c1-pet_lesions.csv", "c1-pet_lesions.json", "c1-pet_mip.png",
+        "c1-pet_uncertainty.mha"]
+    [entry] = json.loads((out / "results.json").read_text())
+    assert entry["extras"]["json"] == str(extras / "c1-pet_lesions.json")
+    mask = read_image(masks[0])
+    report = json.loads((extras / "c1-pet_lesions.json").read_text())
+    mask_zyx = sitk.GetArrayFromImage(mask)
+    assert report["n_lesions"] == cc3d.connected_components(mask_zyx, connectivity=18,
+                                                            return_N=True)[1]
+    assert report["tmtv_ml"] == pytest.approx(
+        mask_zyx.sum() * np.prod(pet.GetSpacing()) / 1000.0, rel=1e-5)
+    uncertainty = read_image(extras / "c1-pet_uncertainty.mha")
+    assert uncertainty.GetSize() == pet.GetSize() and uncertainty.GetOrigin() == pytest.approx(
+        pet.GetOrigin())
+    spread = sitk.GetArrayFromImage(uncertainty)
+    assert spread.min() >= 0.0 and spread.max() <= 0.5 and spread.max() > 0.0
+
+
+def test_predict_refuses_extras_inside_the_mask_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    inside = out / "images" / "automated-petct-lesion-segmentation" / "x"
+    code = main(["predict", "--input", str(tmp_path), "--output", str(out),
+                 "--extras", str(inside)])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"petseg predict: error: --extras {inside}: lies in the challenge mask folder, which "
+        f"must hold only masks; choose another folder\n")
+    assert not out.exists()
