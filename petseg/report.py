@@ -39,10 +39,14 @@ BODY_SUV: float = 0.3
 BODY_GRID_MM: float = 8.0
 """The body is located on blocks of at most this size (mean SUV per block)."""
 REGIONS: tuple[str, ...] = ("head/neck", "thorax", "abdomen", "pelvis", "extremities")
-REGION_BOUNDS: tuple[float, float, float] = (0.34, 0.55, 0.77)
-"""Upper limits of head/neck, thorax and abdomen as fractions of the span from the top
-of the body (vertex) to the crotch; pelvis reaches 1. From adult body proportions
-(stature fractions: shoulders 0.82, diaphragm 0.71, iliac crest 0.59, crotch 0.47)."""
+REGION_BOUNDS: tuple[float, float, float] = (0.12, 0.40, 0.70)
+"""Where thorax, abdomen and pelvis begin, as fractions of the trunk from the narrowest
+neck slice (0) to the crotch (1). From adult proportions, as depth below the vertex in
+fractions of stature: mid neck 0.15, sternal notch 0.195, diaphragm domes 0.29-0.30,
+iliac crest 0.42, crotch 0.535."""
+BLADDER_TO_CROTCH: float = 0.12
+"""Crotch below the bladder, as a fraction of neck-to-bladder (bladder centre at a depth
+of about 0.50 of stature)."""
 CSV_COLUMNS: tuple[str, ...] = (
     "case", "lesion", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg",
     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "region",
@@ -95,59 +99,75 @@ def suv_peak_at(pet_zyx: np.ndarray, centre_zyx: Sequence[int],
 
 @dataclasses.dataclass(frozen=True)
 class BodyModel:
-    """Where the body is on an LPS-oriented copy of the PET, for the region rule.
+    """Where the body and its landmarks are on an LPS-oriented copy of the PET.
 
-    The rule (coarse, on purpose):
+    The rule (coarse, on purpose; z is the axial slice index, growing to the head):
     1. Body = PET (means of blocks up to `BODY_GRID_MM`) >= `BODY_SUV`, holes filled
-       slice by slice; the top of the body is the highest axial slice whose body area
-       is >= 1 % of the largest slice's.
-    2. Legs: going up from the lowest body slice, slices whose two largest in-plane
-       components each hold >= 25 % of the slice's body area are legs; the first slice
-       above them is the crotch. Without such slices the lowest body slice stands in.
-    3. A centroid below the crotch, or in an axial slice's component that is less than
-       half as large as that slice's largest (an arm beside trunk or head), is
-       "extremities".
-    4. Otherwise the fraction f = (top - z) / (top - crotch) picks head/neck (f < 0.34),
-       thorax (< 0.55), abdomen (< 0.77) or pelvis.
-    Scans starting below the vertex shift the bounds upwards; the result is a hint for
-    the reader, not an anatomical label.
+       slice by slice; body slices hold >= 1 % of the largest slice's body area.
+    2. Neck: the smallest slice in the upper 45 % of the body that is < 45 % of the
+       largest slice and < 60 % of a head above it (the head < 75 % of the largest);
+       else the top of the body (a scan starting at the skull base).
+    3. Crotch: going up from the lowest body slice, slices whose two largest in-plane
+       components each hold >= 25 % of the slice are legs, and the crotch is the first
+       slice above them. Without legs, the bladder (the blocks above half the hottest
+       block's SUV in the lowest 40 % between neck and lowest slice, if that is > 3 x
+       the body's median SUV) places it
+       `BLADDER_TO_CROTCH` of neck-to-bladder lower; else the lowest body slice.
+    4. `extremities`: below a measured crotch (or 10 % of the trunk below an estimated
+       one), or in an in-plane component less than half the slice's largest (an arm).
+    5. Else f = (neck - z) / (neck - crotch): `head/neck` f < 0.12, `thorax` < 0.40,
+       `abdomen` < 0.70, else `pelvis` (`REGION_BOUNDS`).
 
     Attributes:
         reference: the LPS-oriented, block-averaged PET (identity direction) for
             point -> index mapping.
-        body: bool `[z, y, x]` body mask on `reference` (z index grows to the head).
+        body: bool `[z, y, x]` body mask on `reference`.
         top: z index of the top of the body, None if no body was found.
-        crotch: z index where the trunk ends (crotch or lowest body slice).
-        legs: whether leg slices were found below `crotch`.
+        neck: z index of the neck (or the top of the body).
+        crotch: z index where the trunk ends.
+        legs: True when the crotch was measured from leg slices.
     """
 
     reference: sitk.Image
     body: np.ndarray
     top: int | None
-    crotch: int
+    neck: float
+    crotch: float
     legs: bool
 
     @classmethod
     def of(cls, pet: sitk.Image, body_suv: float = BODY_SUV) -> BodyModel:
-        """Locate the body on a PET (SUV) of any orientation."""
+        """Locate the body and its landmarks on a PET (SUV) of any orientation."""
         reference = axis_aligned_lps(sitk.Cast(pet, sitk.sitkFloat32))
         # A coarse rule needs no fine grid: average blocks of about BODY_GRID_MM.
         shrink = [max(1, int(BODY_GRID_MM // s)) for s in reference.GetSpacing()]
         if max(shrink) > 1:
             reference = sitk.BinShrink(reference, shrink)
+        suv = sitk.GetArrayViewFromImage(reference)
         in_plane = np.zeros((3, 3, 3), dtype=bool)
         in_plane[1] = True
-        body = ndimage.binary_fill_holes(
-            sitk.GetArrayViewFromImage(reference) >= body_suv, structure=in_plane)
+        body = ndimage.binary_fill_holes(suv >= body_suv, structure=in_plane)
         areas = body.sum(axis=(1, 2))
         if areas.max(initial=0) == 0:
-            return cls(reference, body, None, 0, False)
+            return cls(reference, body, None, 0.0, 0.0, False)
         slices = np.flatnonzero(areas >= 0.01 * areas.max())
         top, bottom = int(slices.max()), int(slices.min())
+        neck = _neck(areas, top, bottom)
         z = bottom
         while z <= top and _two_legs(body[z]):
             z += 1
-        return cls(reference, body, top, z, z > bottom)
+        if z > bottom:
+            return cls(reference, body, top, neck, float(z), True)
+        lower = slice(bottom, max(bottom + 1, int(bottom + 0.4 * (neck - bottom))))
+        hot = np.where(body[lower], suv[lower], 0.0)
+        peak = float(hot.max())
+        crotch = float(bottom)
+        if peak > 3.0 * np.median(suv[body]):
+            # the bladder's centre: mean slice of the blocks above half its peak
+            bladder = bottom + float(np.mean(np.nonzero(hot >= 0.5 * peak)[0]))
+            if neck > bladder:
+                crotch = max(crotch, bladder - BLADDER_TO_CROTCH * (neck - bladder))
+        return cls(reference, body, top, neck, crotch, False)
 
     def region(self, point_mm: Sequence[float]) -> str:
         """The body region of a physical point (mm, LPS), one of `REGIONS` or "unknown"."""
@@ -155,20 +175,41 @@ class BodyModel:
             return "unknown"
         x, y, z = self.reference.TransformPhysicalPointToContinuousIndex(
             [float(p) for p in point_mm])
-        if self.legs and z < self.crotch - 0.5:
+        span = max(self.neck - self.crotch, 1.0)
+        margin = 0.5 if self.legs else 0.1 * span
+        if z < self.crotch - margin:
             return "extremities"
         k = int(np.clip(round(z), 0, self.body.shape[0] - 1))
         if _in_minor_component(self.body[k], y, x):
             return "extremities"
-        span = max(self.top - self.crotch, 1)
-        fraction = (self.top - z) / span
-        for name, bound in zip(REGIONS[:3], REGION_BOUNDS, strict=True):
-            if fraction < bound:
-                return name
-        return "pelvis"
+        fraction = (self.neck - z) / span
+        if fraction < REGION_BOUNDS[0]:
+            return "head/neck"
+        if fraction < REGION_BOUNDS[1]:
+            return "thorax"
+        return "abdomen" if fraction < REGION_BOUNDS[2] else "pelvis"
 
 
 _IN_PLANE_8 = np.ones((3, 3), dtype=bool)
+
+
+def _neck(areas: np.ndarray, top: int, bottom: int) -> float:
+    """z index of the narrowest neck slice, or `top` when no head sits above one.
+
+    Neck candidates lie in the upper 45 % of the body, hold < 45 % of the largest slice's
+    area and < 60 % of the widest slice above them, which must itself be < 75 % of the
+    largest (a head, not a chest above a waist).
+    """
+    largest = float(areas.max())
+    best, best_area = float(top), np.inf
+    above = 0.0
+    for k in range(top, int(top - 0.45 * (top - bottom)) - 1, -1):
+        area = float(areas[k])
+        if (area < 0.45 * largest and area < 0.6 * above and above < 0.75 * largest
+                and area < best_area):
+            best, best_area = float(k), area
+        above = max(above, area)
+    return best
 
 
 def _two_legs(body_slice: np.ndarray) -> bool:

@@ -150,11 +150,12 @@ def test_mask_on_another_grid_is_refused() -> None:
 
 # ----------------------------------------------------------------------------- regions
 
-def body_phantom(direction) -> sitk.Image:
+def body_phantom(direction, legs: bool = True) -> sitk.Image:
     """A standing body (SUV 1 in air 0) with adult proportions, LPS mm, 8 mm voxels.
 
-    Vertex at z 1750, chin 1530, shoulders 1440, crotch 820; arms beside the trunk,
-    legs down to z 300.
+    Vertex at z 1750, chin 1550, narrowest neck 1490, shoulders 1440, crotch 820; arms
+    beside the trunk. With `legs`, two legs down to z 300; without, the scan ends at
+    z 650 in thighs that touch, and a hot bladder (SUV 30) sits at z 880.
     """
     image = make_image((75, 38, 188), (8.0, 8.0, 8.0), (0.0, 0.0, 0.0), direction)
     centre_index = (np.asarray(image.GetSize()) - 1) / 2.0
@@ -162,13 +163,24 @@ def body_phantom(direction) -> sitk.Image:
     image.SetOrigin(tuple(np.array([0.0, 0.0, 1050.0]) - offset))
     p = physical_grid(image)
     x, y, z = p[..., 0], p[..., 1], p[..., 2]
-    body = (x / 80) ** 2 + (y / 95) ** 2 + ((z - 1640) / 110) ** 2 <= 1
-    body |= ((x / 55) ** 2 + (y / 55) ** 2 <= 1) & (z > 1430) & (z < 1545)
+    neck_radius = 45.0 + 15.0 * np.abs(z - 1490.0) / 60.0
+    body = (x / 80) ** 2 + (y / 95) ** 2 + ((z - 1650) / 100) ** 2 <= 1
+    body |= (x**2 + y**2 <= neck_radius**2) & (z > 1430) & (z < 1560)
     body |= ((x / 170) ** 2 + (y / 110) ** 2 <= 1) & (z > 820) & (z <= 1440)
     for side in (-1, 1):
-        body |= (((x - side * 85) / 70) ** 2 + (y / 75) ** 2 <= 1) & (z > 300) & (z <= 830)
         body |= (((x - side * 215) / 35) ** 2 + (y / 40) ** 2 <= 1) & (z > 950) & (z < 1420)
-    return like(body.astype(np.float32), image)
+        if legs:
+            body |= (((x - side * 85) / 70) ** 2 + (y / 75) ** 2 <= 1) & (z > 300) & (z <= 830)
+    if not legs:
+        body |= ((x / 160) ** 2 + (y / 80) ** 2 <= 1) & (z > 650) & (z <= 830)
+    suv = body.astype(np.float32)
+    if not legs:
+        suv[np.linalg.norm(p - np.array([0.0, 0.0, 880.0]), axis=-1) <= 35.0] = 30.0
+    return like(suv, image)
+
+
+def z_mm(body: BodyModel, index: float) -> float:
+    return body.reference.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, float(index)))[2]
 
 
 SITES = {
@@ -184,13 +196,22 @@ SITES = {
 
 @pytest.mark.parametrize("direction", [LAS_DIRECTION, RAS_DIRECTION], ids=["LAS", "RAS"])
 def test_body_regions_follow_the_documented_rule(direction) -> None:
-    pet = body_phantom(direction)
-    body = BodyModel.of(pet)
+    body = BodyModel.of(body_phantom(direction))
     assert body.legs
-    crotch_z = body.reference.TransformIndexToPhysicalPoint((0, 0, body.crotch))[2]
-    top_z = body.reference.TransformIndexToPhysicalPoint((0, 0, body.top))[2]
-    assert top_z == pytest.approx(1750, abs=16) and crotch_z == pytest.approx(830, abs=16)
+    assert z_mm(body, body.top) == pytest.approx(1750, abs=16)
+    assert z_mm(body, body.neck) == pytest.approx(1490, abs=12)
+    assert z_mm(body, body.crotch) == pytest.approx(830, abs=16)
     assert {site: body.region(site) for site in SITES} == SITES
+
+
+def test_without_legs_the_bladder_places_the_crotch() -> None:
+    body = BodyModel.of(body_phantom(LAS_DIRECTION, legs=False))
+    assert not body.legs
+    # 0.12 of neck-to-bladder below the bladder: 880 - 0.12 * (1490 - 880)
+    assert z_mm(body, body.crotch) == pytest.approx(807, abs=16)
+    sites = {**{site: region for site, region in SITES.items() if site[2] > 830},
+             (85.0, 0.0, 690.0): "extremities", (85.0, 0.0, 790.0): "pelvis"}
+    assert {site: body.region(site) for site in sites} == sites
 
 
 def test_report_names_each_lesions_region() -> None:
