@@ -154,7 +154,7 @@ def draw_patient(rng: np.random.Generator, cohort: str) -> Patient:
     params["wobble_phase"] = float(rng.uniform(0, 2 * math.pi))
     # Scan range: from above the vertex or the skull base down to the upper thighs.
     d_top = float(rng.uniform(-35, 25) if rng.random() < 0.6 else rng.uniform(25, 150))
-    d_bottom = height * float(rng.uniform(0.555, 0.64))
+    d_bottom = height * float(rng.uniform(0.552, 0.62))
     slices = int(np.clip(round((d_bottom - d_top) / 3.0) + 1, 250, 330))
     if d_top + 3.0 * (slices - 1) < 0.548 * height:
         d_top = 0.548 * height - 3.0 * (slices - 1)
@@ -251,7 +251,7 @@ class _Builder:
         self.spine_v = _interp(
             [P["skull_base"] * H, P["chin"] * H, P["shoulder"] * H, 0.27 * H, P["t12"] * H,
              0.40 * H, P["sacrum_top"] * H, P["pubis"] * H],
-            [b * g * ap for b in (18, 14, 30, 48, 42, 30, 40, 70)])
+            [b * g * ap for b in (12, 8, 28, 48, 42, 30, 40, 70)])
 
     # -- helpers ---------------------------------------------------------------------
     def frac(self, name: str) -> float:
@@ -287,13 +287,18 @@ class _Builder:
         return box, inside
 
     def section(self, box: Box, a: np.ndarray, b_ant: np.ndarray, b_post: np.ndarray,
-                p: float | np.ndarray = 2.0, u0: float = 0.0, v0: float = 0.0,
-                ) -> np.ndarray:
-        """Superellipse cross-sections per slice inside `box` (a, b per z index of box)."""
+                p: float | np.ndarray = 2.0, u0: float = 0.0,
+                v0: float | np.ndarray = 0.0) -> np.ndarray:
+        """Superellipse cross-sections per slice inside `box` (a, b, v0 per z of box)."""
         U, V, _ = self.c.patient_grids(box)
-        a = np.maximum(a, 1e-3)[:, None, None]
-        b = np.where(v0 > V, np.maximum(b_ant, 1e-3)[:, None, None],
-                     np.maximum(b_post, 1e-3)[:, None, None])
+        nz = box[0].stop - box[0].start
+
+        def per_z(x: float | np.ndarray) -> np.ndarray:
+            return np.broadcast_to(np.asarray(x, np.float32), (nz,))[:, None, None]
+
+        v0 = per_z(v0)
+        a = np.maximum(per_z(a), 1e-3)
+        b = np.where(v0 > V, np.maximum(per_z(b_ant), 1e-3), np.maximum(per_z(b_post), 1e-3))
         pp = np.asarray(p, np.float32)
         if pp.ndim:
             pp = pp[:, None, None]
@@ -329,8 +334,8 @@ class _Builder:
         self.c.paint(box, self.section(box, a_m, b_m, b_m, pw), T.MUSCLE, only=[T.SUBCUT_FAT])
         # Body cavity (thorax, abdomen, pelvis) inside the muscle wall.
         in_cav = (d > self.frac("lung_apex") - 10) & (d < self.frac("pubis") + 10)
-        wall_l = np.interp(d, [self.frac("shoulder"), 0.25 * self.H, 0.45 * self.H],
-                           [60.0, 16.0, 22.0]) * P["lean_muscle"]
+        wall_l = np.interp(d, [self.frac("shoulder"), 0.21 * self.H, 0.27 * self.H,
+                               0.45 * self.H], [45.0, 20.0, 14.0, 20.0]) * P["lean_muscle"]
         wall_p = np.interp(d, [0.25 * self.H, 0.40 * self.H, 0.47 * self.H], [22, 45, 60])
         a_c = np.where(in_cav, a_m - wall_l, 0.0)
         cav = self.section(box, a_c, b_m - 12.0, b_m - wall_p, pw)
@@ -366,16 +371,16 @@ class _Builder:
     def _table(self) -> None:
         P = self.p.params
         c = self.c
-        d_mid = 0.45 * self.H
-        y_back = float(self.c.axis_y(d_mid)) + float(self.b_m(d_mid)) + 0.7 * float(
-            self.fat(d_mid))
-        y0 = y_back + max(4.0, P["table_gap"])
-        x0 = float(self.c.axis_x(d_mid))
+        d0, d1 = self.d_trunk
+        dd = np.linspace(d0, d1, 200)
+        back = self.c.axis_y(dd) + self.b_m(dd) + 0.7 * self.fat(dd)
+        y0 = float(back.max()) + 1.0 + abs(P["table_gap"] - 18.0) * 0.5
+        x0 = float(self.c.axis_x(0.45 * self.H))
         X = c.x[None, :] - x0
         Y = c.y[:, None]
         curve = y0 - max(P["table_curve"], 0.0004) * X**2
-        plate = (np.abs(Y - curve) < 2.5) & (np.abs(X) < 230)
-        plate |= (np.abs(Y - (curve + 45)) < 2.0) & (np.abs(X) < 210)
+        plate = (np.abs(Y - curve - 2.5) < 2.5) & (np.abs(X) < 230)
+        plate |= (np.abs(Y - (curve + 32)) < 2.0) & (np.abs(X) < 210)
         rows = np.flatnonzero(plate.any(axis=1))
         cols = np.flatnonzero(plate.any(axis=0))
         if rows.size == 0 or cols.size == 0:
@@ -402,18 +407,13 @@ class _Builder:
         found = self.dbox(neck_top, neck_bot, (-90, 90), (-100, 100))
         if found is not None:
             box, d = found
-            a = 50 * self.p.girth * np.ones_like(d) + self.fat(d)
-            b = 54 * self.p.girth * np.ones_like(d) + self.fat(d)
-            vv = np.interp(d, [neck_top, neck_bot], [flex * 0.5 + 5, 0.0])
-            U, V, _ = self.c.patient_grids(box)
-            m = ((U / a[:, None, None]) ** 2 + ((V - vv[:, None, None]) / b[:, None, None]) ** 2
-                 ) <= 1.0
-            self.c.paint(box, m, T.SUBCUT_FAT, only=[T.AIR])
-            a2 = a - self.fat(d)
-            b2 = b - self.fat(d)
-            m2 = ((U / a2[:, None, None]) ** 2 + ((V - vv[:, None, None]) / b2[:, None, None])
-                  ** 2) <= 1.0
-            self.c.paint(box, m2, T.MUSCLE, only=[T.SUBCUT_FAT])
+            g = self.p.girth
+            f = self.fat(d)
+            vv = np.interp(d, [neck_top, neck_bot], [flex * 0.5, 0.0])
+            outer = self.section(box, 52 * g + f, 50 * g + f, 68 * g + f, 2.1, v0=vv)
+            self.c.paint(box, outer, T.SUBCUT_FAT, only=[T.AIR])
+            inner = self.section(box, 52 * g, 50 * g, 68 * g, 2.1, v0=vv)
+            self.c.paint(box, inner, T.MUSCLE, only=[T.SUBCUT_FAT])
         # Skull: outer table, diploe (marrow) and inner table; brain inside.
         r_sk = [r - 5 for r in r_cran]
         res = self.blob(T.CORTEX, cran, r_sk, only=[T.SUBCUT_FAT, T.MUSCLE],
@@ -426,8 +426,6 @@ class _Builder:
         if res is not None:
             box, q = res
             q = q + 0.04 * self.noise(box, 8.0)
-            U, V, _D = self.c.patient_grids(box)
-            # Tentorium: the lowest, posterior part of the cranial cavity is cerebellum.
             brain = q < 1.0
             self.c.paint(box, brain, T.BRAIN_WHITE)
             depth = (1.0 - np.sqrt(np.clip(q, 0, 1))) * brain_r[0]
@@ -661,11 +659,15 @@ class _Builder:
         b_up = float(self.cav_b_ant(dr + 60))
         # Liver: right lobe under the right dome, left lobe across the midline.
         ls = P["liver"] * s
-        lc = (-0.42 * a_up + P["liver_shift"], -0.05 * b_up, dr + 78 * ls)
-        self.blob(T.LIVER, lc, (0.62 * a_up * ls, 0.85 * b_up * ls, 88 * ls),
-                  rotation(yaw=-0.2, roll=0.15), rough=0.12, corr=40, only=cav, clip=below)
-        self.blob(T.LIVER, (0.15 * a_up, -0.5 * b_up, dr + 48 * ls),
-                  (0.42 * a_up * ls, 0.38 * b_up, 42 * ls), rotation(yaw=0.3), rough=0.1,
+        lc = (-0.5 * a_up + P["liver_shift"], 0.0, dr + 72 * ls)
+
+        def medial(U: np.ndarray, V: np.ndarray, D: np.ndarray) -> np.ndarray:
+            return below(U, V, D) & (-0.1 * a_up - 0.5 * V > U)
+
+        self.blob(T.LIVER, lc, (0.55 * a_up * ls, 0.8 * b_up * ls, 82 * ls),
+                  rotation(yaw=-0.2, roll=0.15), rough=0.12, corr=40, only=cav, clip=medial)
+        self.blob(T.LIVER, (0.05 * a_up, -0.55 * b_up, dr + 42 * ls),
+                  (0.5 * a_up * ls, 0.28 * b_up, 38 * ls), rotation(yaw=0.35), rough=0.1,
                   only=cav, clip=below)
         self.points["liver"] = lc
         self.blob(T.GALLBLADDER, (-0.22 * a_up, -0.45 * b_up, dr + 110 * ls), (14, 16, 34),
@@ -794,7 +796,7 @@ class _Builder:
             return
         lab = self.c.labels[box]
         n1 = self.noise(box, 11.0)
-        stool = (lab == T.BOWEL_GAS) & (n1 > 0.4 - P["bowel_gas"])
+        stool = (lab == T.BOWEL_GAS) & (n1 > -0.1 - P["bowel_gas"])
         lab[stool] = T.BOWEL
         # Small bowel: loops in the central abdomen, walls and content from two fields.
         U, V, D = self.c.patient_grids(box)
@@ -804,7 +806,7 @@ class _Builder:
             np.abs(U) < 0.85 * a) & (bc[2] + 0.6 * r_bl > D)
         loops = region & (np.abs(n2) > 0.35)
         lab[loops] = T.BOWEL
-        gas = loops & (n1 < -1.1 + P["bowel_gas"]) & (np.abs(n2) > 0.8)
+        gas = loops & (n1 < -1.6 + P["bowel_gas"]) & (np.abs(n2) > 0.9)
         lab[gas] = T.BOWEL_GAS
         self.boxes["bowel"] = box
 
@@ -851,7 +853,7 @@ class _Builder:
                              only=only, never=never)
                 self.c.paint(found, rr <= rc, T.CSF, only=[*only, T.CORTEX], never=never)
             dm = top + 0.4 * h
-            tip = (0, vc + rc + 22 + 6 * (i > 4), dm + 0.5 * h)
+            tip = (0, vc + rc + (12 if i < 5 else 24), dm + 0.5 * h)
             paint_tube(self.c, [(0, vc + rc + 3, dm), tip], 4.5, T.CORTEX, only=only,
                        never=never, inner=(1.8, T.MARROW))
             span = 30.0 if 5 <= i < 17 else 22.0 + 16.0 * (i >= 17)
@@ -912,7 +914,7 @@ class _Builder:
             dd = dsa + t * (dcr - dsa) * 0.85
             w = (48 - 34 * t) * g
             vv = sv_s + 12 * t + 25 * t * t - 10
-            self.blob(T.CORTEX, (0, vv, dd), (w, 13 - 5 * t, 15), rotation(pitch=-0.4 - 0.5 * t),
+            self.blob(T.CORTEX, (0, vv, dd), (w, 14 - 5 * t, 24), rotation(pitch=-0.4 - 0.5 * t),
                       only=[*BODY_SOFT, T.BOWEL], shell=(2.0, T.MARROW))
         dh = self.frac("hip")
         a_p = float(self.a_m(dh))

@@ -154,7 +154,7 @@ def dataset_plan(cases: int, seed: int, layout: str, negative_fraction: float = 
 
     Exactly round(cases * negative_fraction) studies are NEGATIVE; the others cycle
     through LYMPHOMA, LUNG_CANCER and MELANOMA. In the autoPET layout about
-    `second_study_fraction` of the studies (at least one from 5 studies on) are a second,
+    `second_study_fraction` of the studies (at least one from 3 studies on) are a second,
     later study of an earlier patient, as in the published data.
     """
     if cases < 1:
@@ -170,10 +170,10 @@ def dataset_plan(cases: int, seed: int, layout: str, negative_fraction: float = 
     seeds = [int.from_bytes(_digest("dataset", seed, i)[:4], "big") & 0x7FFFFFFF
              for i in range(cases)]
     plan = [(seeds[i], seeds[i], cohorts[i], 0) for i in range(cases)]
-    if layout == "autopet" and cases >= 5 and second_study_fraction > 0:
+    if layout == "autopet" and cases >= 3 and second_study_fraction > 0:
         repeats = max(1, round(cases * second_study_fraction))
-        later = sorted(rng.choice(np.arange(cases // 2, cases), size=min(repeats, cases // 2),
-                                  replace=False).tolist())
+        later = sorted(rng.choice(np.arange(cases // 2, cases),
+                                  size=min(repeats, cases - cases // 2), replace=False).tolist())
         used: set[int] = set(later)
         for i in later:
             earlier = [j for j in range(i) if j not in used and plan[j][3] == 0]

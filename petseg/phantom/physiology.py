@@ -74,7 +74,7 @@ def draw_physiology(rng: np.random.Generator, anatomy: Anatomy) -> Physiology:
             float(rng.uniform(1.3, 1.9)) if rng.random() < 0.1 else 1.0),
         T.KIDNEY: float(rng.uniform(2.5, 5.0)), T.RENAL_PELVIS: _logu(rng, 4.0, 30.0),
         T.URETER: _logu(rng, 2.0, 25.0), T.BLADDER: bladder,
-        T.BOWEL: float(rng.uniform(1.0, 3.0)), T.BOWEL_GAS: 0.15,
+        T.BOWEL: float(rng.uniform(0.8, 2.2)), T.BOWEL_GAS: 0.15,
         T.STOMACH: float(rng.uniform(1.3, 3.5)), T.STOMACH_CONTENT: 0.3,
         T.GLAND: float(rng.uniform(1.5, 4.5)), T.BREAST: float(rng.uniform(0.5, 1.4)),
         T.PELVIC_ORGAN: float(rng.uniform(1.2, 2.5)) * (
@@ -113,7 +113,7 @@ def draw_physiology(rng: np.random.Generator, anatomy: Anatomy) -> Physiology:
         "tense_muscle_factor": float(rng.uniform(1.8, 4.0)),
         "myocardium_patchy": float(rng.random() < 0.4),
         "bowel_hot": float(rng.uniform(0.0, 1.0)),
-        "lung_vessels": float(rng.uniform(0.16, 0.24)),
+        "lung_vessels": float(rng.uniform(0.14, 0.2)),
         "calcified_aorta": float(p.age > 55 and rng.random() < 0.6),
         "muscle_fat_streaks": float(rng.uniform(0.0, 1.0)),
     }
@@ -218,7 +218,7 @@ def pet_activity(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -
         n = _noise(anatomy, tex, box, 30.0)
         region[m] *= np.clip(0.75 + 0.5 * n[m], 0.25, 1.8)
     # Bowel: patchy wall/content uptake; ureters: boluses of urine.
-    for wanted, corr, lo, hi in (([T.BOWEL], 18.0, 0.35, 1.5 + flags["bowel_hot"]),
+    for wanted, corr, lo, hi in (([T.BOWEL], 18.0, 0.35, 1.2 + 0.8 * flags["bowel_hot"]),
                                  ([T.URETER], 30.0, 0.08, 1.0), ([T.STOMACH], 25.0, 0.6, 1.3)):
         box = anatomy.bbox(wanted)
         if box is None:
@@ -267,11 +267,11 @@ def ct_density(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -> 
         region = ct[box]
         grad = np.broadcast_to(0.35 * np.clip(V + 60, 0, 200), m.shape)
         region[m] += grad[m]
-        n1 = _noise(anatomy, tex, box, 22.0)
-        n2 = _noise(anatomy, tex, box, 22.0)
+        n1 = _noise(anatomy, tex, box, 15.0)
+        n2 = _noise(anatomy, tex, box, 15.0)
         hilum = anatomy.points.get("carina", (0.0, 0.0, float(D.mean())))
         dist = np.sqrt((np.abs(U) - 45.0) ** 2 + (V - hilum[1]) ** 2 + (D - hilum[2] - 30) ** 2)
-        width = flags["lung_vessels"] * np.clip(1.6 - dist / 140.0, 0.35, 1.6)
+        width = flags["lung_vessels"] * np.clip(1.4 - dist / 180.0, 0.55, 1.4)
         vessel = m & (np.abs(n1) < width) & (np.abs(n2) < width)
         region[vessel] = np.float32(hu[T.BLOOD] - 30.0)
     # Texture: marrow, bowel content, liver, fat and muscle, cortex, breast.
