@@ -6,7 +6,9 @@ numpy array `[z, y, x]` has z growing towards the head, y towards the back and x
 the patient's left. Coronal views then show the patient's right on the viewer's left
 (radiological convention) and sagittal views show anterior on the left; the head is at
 the top of both. Pixels are square in millimetres, so the aspect ratio follows the voxel
-spacing. Only numpy and pillow draw (no plotting library).
+spacing. Only numpy and pillow draw (no plotting library). The helpers
+(`axis_aligned_lps`, `mip_views`, `view_size_px`, `resize_view`, `grey_rgb`, `outline`)
+are the one implementation of these projections; the phantom preview uses them too.
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ MAX_VIEW_PX: int = 1200
 _IDENTITY = np.eye(3)
 
 
-def axis_aligned_lps(image: sitk.Image, label: bool = False) -> sitk.Image:
+def axis_aligned_lps(image: sitk.Image, label: bool = False, fill: float = 0.0) -> sitk.Image:
     """The same volume on a grid whose axes point to patient Left, Posterior, Superior.
 
     Axis permutations and flips (LAS, RAS, LPS, ...) are exact (`sitk.DICOMOrient`); an
     oblique direction is then resampled onto an identity-direction grid that covers the
-    image (linear for images, nearest neighbour for labels, 0 outside).
+    image (linear for images, nearest neighbour for labels, `fill` outside).
 
     Args:
         image: any 3D image.
         label: True for masks (nearest-neighbour resampling if needed).
+        fill: value outside the image when an oblique one is resampled (e.g. -1024 HU).
 
     Returns:
         An image with identity direction; its numpy array is `[S, P, L]`-ordered `[z, y, x]`.
@@ -68,7 +71,7 @@ def axis_aligned_lps(image: sitk.Image, label: bool = False) -> sitk.Image:
     reference.SetOrigin(tuple(low))
     reference.SetDirection(tuple(_IDENTITY.ravel()))
     interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
-    return sitk.Resample(oriented, reference, sitk.Transform(), interpolator, 0.0)
+    return sitk.Resample(oriented, reference, sitk.Transform(), interpolator, fill)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +119,8 @@ def view_size_px(shape: tuple[int, int], spacing_rc_mm: tuple[float, float],
             max(1, round(rows * spacing_rc_mm[0] / pixel_mm)))
 
 
-def _resize(array: np.ndarray, size: tuple[int, int], label: bool) -> np.ndarray:
-    """Resize a 2D float or label array to `size` (width, height) with pillow."""
+def resize_view(array: np.ndarray, size: tuple[int, int], label: bool = False) -> np.ndarray:
+    """Resize a 2D view to `size` (width, height): bilinear float32, or nearest -> bool."""
     if label:
         resized = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).resize(
             size, Image.Resampling.NEAREST)
@@ -127,11 +130,15 @@ def _resize(array: np.ndarray, size: tuple[int, int], label: bool) -> np.ndarray
     return np.asarray(resized)
 
 
-def inverted_grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """`[H, W]` values -> `[H, W, 3]` uint8, `window[0]` white and `window[1]` black."""
+def grey_rgb(values: np.ndarray, window: tuple[float, float],
+             invert: bool = True) -> np.ndarray:
+    """`[H, W]` values -> `[H, W, 3]` uint8 grey over `window` (low, high).
+
+    Inverted (PET): `window[0]` white, `window[1]` black; else (CT) the other way round.
+    """
     low, high = window
     scaled = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
-    grey = np.round(255.0 * (1.0 - scaled)).astype(np.uint8)
+    grey = np.round(255.0 * (1.0 - scaled if invert else scaled)).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
 
 
@@ -149,16 +156,16 @@ def _draw_view(values: np.ndarray, mask: np.ndarray | None, overlay: np.ndarray 
                size: tuple[int, int], window: tuple[float, float],
                overlay_range: tuple[float, float]) -> np.ndarray:
     """One `[H, W, 3]` view: inverted grey, optional overlay blend, then outlines."""
-    rgb = inverted_grey(_resize(values, size, label=False), window).astype(np.float32)
+    rgb = grey_rgb(resize_view(values, size), window).astype(np.float32)
     if overlay is not None:
         low, high = overlay_range
-        alpha = np.clip((_resize(overlay, size, label=False) - low) / (high - low), 0.0, 1.0)
+        alpha = np.clip((resize_view(overlay, size) - low) / (high - low), 0.0, 1.0)
         colour = np.asarray(DISAGREEMENT_RGB, dtype=np.float32)
         rgb = rgb * (1.0 - 0.85 * alpha[..., None]) + colour * (0.85 * alpha[..., None])
         rgb = np.minimum(rgb, 254.0)  # a blend must never reach the outline colour
     rgb = np.round(rgb).astype(np.uint8)
     if mask is not None:
-        rgb[outline(_resize(mask, size, label=True))] = OUTLINE_RGB
+        rgb[outline(resize_view(mask, size, label=True))] = OUTLINE_RGB
     return rgb
 
 
