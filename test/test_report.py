@@ -237,6 +237,35 @@ def test_no_body_gives_unknown_region() -> None:
     assert BodyModel.of(pet).region((4.0, 4.0, 4.0)) == "unknown"
 
 
+ROBUST_SITE_REGIONS = {
+    "lung": "thorax", "node_hilum": "thorax", "node_mediastinum": "thorax",
+    "liver": "abdomen", "spleen": "abdomen", "adrenal": "abdomen",
+    "node_paraaortic": "abdomen", "node_iliac": "pelvis", "node_inguinal": "pelvis",
+}
+
+
+@pytest.mark.parametrize(("seed", "cohort"), [(1, "LYMPHOMA"), (10, "LUNG_CANCER")])
+def test_phantom_lesions_agree_with_the_phantoms_own_numbers(seed, cohort) -> None:
+    """Each separate phantom lesion: same volume, SUVmax, SUVmean; site-consistent region."""
+    from petseg.phantom import generate_case
+
+    case = generate_case(seed, "small", cohort=cohort)
+    report = lesion_report(case.seg, case.pet)
+    checked = 0
+    for info in case.lesions:
+        matches = [item for item in report["lesions"]
+                   if np.linalg.norm(np.subtract(item["centroid_mm"], info.centre_mm)) < 3.0]
+        if not matches:
+            continue  # merged with a neighbour into one component
+        (item,) = matches
+        assert item["volume_ml"] == pytest.approx(info.volume_ml, rel=1e-4)
+        assert item["suv_max"] == pytest.approx(info.suvmax, rel=1e-4)
+        assert item["suv_mean"] == pytest.approx(info.suvmean, rel=1e-4)
+        assert item["region"] == ROBUST_SITE_REGIONS.get(info.site, item["region"]), info.site
+        checked += 1
+    assert checked >= 3
+
+
 # ----------------------------------------------------------------------------- uncertainty
 
 def test_fold_std_is_the_population_standard_deviation() -> None:
