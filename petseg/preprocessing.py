@@ -80,15 +80,24 @@ def scale_ct(ct_hu: np.ndarray, clip_hu: tuple[float, float]) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions of a 3D bool mask that do not touch the volume's border."""
-    background = cc3d.connected_components(~mask, connectivity=6)
-    outside = np.unique(np.concatenate([
-        background[0].ravel(), background[-1].ravel(),
-        background[:, 0].ravel(), background[:, -1].ravel(),
-        background[:, :, 0].ravel(), background[:, :, -1].ravel(),
-    ]))
-    holes = (background > 0) & ~np.isin(background, outside[outside > 0])
-    return mask | holes
+    """Fill background regions of a 3D bool mask that do not touch the volume's border.
+
+    Works inside the mask's bounding box only (holes lie within it, and background on the
+    box's faces touches the empty outside), which keeps it fast on whole-body volumes.
+    """
+    box = mask_box(mask, (1.0, 1.0, 1.0), 0.0)
+    if box is None:
+        return mask
+    region = mask[box.slices_zyx]
+    background, count = cc3d.connected_components(~region, connectivity=6, return_N=True)
+    touches_border = np.zeros(count + 1, dtype=bool)
+    for face in (background[0], background[-1], background[:, 0], background[:, -1],
+                 background[:, :, 0], background[:, :, -1]):
+        touches_border[face] = True
+    touches_border[0] = True  # label 0 is the mask itself
+    out = mask.copy()
+    out[box.slices_zyx] |= ~touches_border[background]
+    return out
 
 
 def body_mask(ct_hu: np.ndarray, threshold_hu: float) -> np.ndarray:
@@ -167,13 +176,17 @@ def preprocess_case(
     ct_pet = ct_on_pet_grid(ct, pet_geometry, config.ct_fill_hu)
     ct_hu = sitk.GetArrayViewFromImage(ct_pet)
     box = body_box(ct_hu, pet_geometry, config)
-    grid = isotropic_grid(box.geometry(pet_geometry), config.target_spacing_mm,
-                          NETWORK_ORIENTATION)
+    # a future `PreprocessingConfig.orientation` field (stored in checkpoints) takes over
+    orientation = getattr(config, "orientation", NETWORK_ORIENTATION)
+    grid = isotropic_grid(box.geometry(pet_geometry), config.target_spacing_mm, orientation)
 
-    ct_scaled = pet_geometry.image_from_array(scale_ct(ct_hu, config.ct_clip_hu))
+    # crop first (the paper's order), so scaling and resampling touch only the body box
+    crop_geometry = box.geometry(pet_geometry)
+    ct_scaled = crop_geometry.image_from_array(scale_ct(ct_hu[box.slices_zyx], config.ct_clip_hu))
+    pet_cropped = sitk.RegionOfInterest(sitk.Cast(pet, sitk.sitkFloat32), box.size, box.index)
     fill_scaled = float(scale_ct(np.array([config.ct_fill_hu]), config.ct_clip_hu)[0])
     channels = {
-        "pet": resample(sitk.Cast(pet, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0),
+        "pet": resample(pet_cropped, grid, sitk.sitkLinear, 0.0),
         "ct": resample(ct_scaled, grid, sitk.sitkLinear, fill_scaled),
     }
     image = np.stack(
