@@ -109,7 +109,7 @@ class Patient:
 
 # Landmark depths as fractions of body height (vertex = 0), before jitter.
 _LANDMARKS: dict[str, float] = {
-    "brain_centre": 0.060, "orbit": 0.068, "maxilla": 0.092, "skull_base": 0.085,
+    "brain_centre": 0.047, "orbit": 0.068, "maxilla": 0.092, "skull_base": 0.085,
     "chin": 0.128, "larynx": 0.150, "thyroid": 0.162, "shoulder": 0.182,
     "sternal_notch": 0.195, "lung_apex": 0.170, "aortic_arch": 0.215, "carina": 0.240,
     "heart": 0.268, "dome_right": 0.287, "dome_left": 0.298, "t12": 0.342,
@@ -135,20 +135,21 @@ def draw_patient(rng: np.random.Generator, cohort: str) -> Patient:
     params["dome_left"] = max(params["dome_left"] + float(rng.normal(0, 0.006)),
                               params["dome_right"] + 0.004)
     draws = {
-        "ap": (1.0, 0.07), "head": (1.0, 0.04), "liver": (1.0, 0.12), "spleen": (1.0, 0.18),
-        "kidney": (1.0, 0.1), "heart": (1.0, 0.1), "stomach": (1.0, 0.25),
+        "ap": (1.0, 0.07), "head_scale": (1.0, 0.04), "liver_scale": (1.0, 0.12),
+        "spleen_scale": (1.0, 0.18), "kidney_scale": (1.0, 0.1), "heart_scale": (1.0, 0.1),
+        "stomach_scale": (1.0, 0.25),
         "lean_muscle": (1.0, 0.12), "neck_len": (1.0, 0.05), "arm_gap": (18.0, 14.0),
         "axis_dx": (0.0, 25.0), "axis_dy": (0.0, 18.0), "tilt_x": (0.0, 0.025),
         "tilt_y": (0.0, 0.02), "head_flex": (0.0, 12.0), "heart_yaw": (0.65, 0.15),
-        "liver_shift": (0.0, 12.0), "kidney_drop": (18.0, 8.0), "mediast": (1.0, 0.12),
-        "colon": (1.0, 0.15), "bowel_gas": (0.35, 0.15), "uterus": (1.0, 0.2),
-        "psoas": (1.0, 0.15), "breast": (1.0, 0.35), "table_gap": (18.0, 8.0),
+        "liver_shift": (0.0, 12.0), "kidney_drop": (18.0, 8.0), "mediast_scale": (1.0, 0.12),
+        "colon_scale": (1.0, 0.15), "bowel_gas": (0.35, 0.15), "uterus_scale": (1.0, 0.2),
+        "psoas_scale": (1.0, 0.15), "breast_scale": (1.0, 0.35), "table_gap": (18.0, 8.0),
         "table_curve": (0.0012, 0.0004), "bladder_x": (0.0, 8.0),
     }
     for name, (mean, sd) in draws.items():
         params[name] = float(rng.normal(mean, sd))
     params["bladder_ml"] = float(math.exp(rng.uniform(math.log(50), math.log(650))))
-    params["spleen"] *= 1.35 if (cohort == "LYMPHOMA" and rng.random() < 0.25) else 1.0
+    params["spleen_scale"] *= 1.35 if (cohort == "LYMPHOMA" and rng.random() < 0.25) else 1.0
     params["no_kidney"] = float(rng.random() < 0.03) * (1.0 if rng.random() < 0.5 else -1.0)
     params["no_spleen"] = float(rng.random() < 0.02)
     params["wobble_phase"] = float(rng.uniform(0, 2 * math.pi))
@@ -352,7 +353,7 @@ class _Builder:
         self.c.paint(box, para, T.MUSCLE, only=[T.FAT])
         # Breasts.
         if self.p.sex == "F" or self.p.fat > 2.0:
-            size = max(0.3, P["breast"]) * (1.0 if self.p.sex == "F" else 0.4) * (
+            size = max(0.3, P["breast_scale"]) * (1.0 if self.p.sex == "F" else 0.4) * (
                 0.7 + 0.3 * self.p.fat)
             dz = self.frac("heart") - 10
             for side in (-1, 1):
@@ -390,12 +391,12 @@ class _Builder:
 
     def head_neck(self) -> None:
         P = self.p.params
-        hs = P["head"] * self.s**0.3
+        hs = P["head_scale"] * self.s**0.3
         dh = self.frac("brain_centre")
         flex = P["head_flex"]
         # Cranium and face (skin/fat), then muscle inside the face and neck.
         cran = (0.0, flex * 0.3, dh)
-        r_cran = (74 * hs, 94 * hs, 100 * hs)
+        r_cran = (74 * hs, 94 * hs, 84 * hs)
         face_c = (0.0, -28 * hs + flex * 0.3, self.frac("maxilla") + 8)
         r_face = (58 * hs, 70 * hs, 62 * hs)
         self.blob(T.SUBCUT_FAT, cran, r_cran, only=[T.AIR])
@@ -414,6 +415,13 @@ class _Builder:
             self.c.paint(box, outer, T.SUBCUT_FAT, only=[T.AIR])
             inner = self.section(box, 52 * g, 50 * g, 68 * g, 2.1, v0=vv)
             self.c.paint(box, inner, T.MUSCLE, only=[T.SUBCUT_FAT])
+        # Deep neck fat: carotid spaces and supraclavicular fossae (lymph nodes sit here).
+        for side in (-1, 1):
+            paint_tube(self.c, [(side * 30, -6.0, self.frac("chin") - 5),
+                                (side * 34, -4.0, self.frac("shoulder") - 5)], 13.0, T.FAT,
+                       only=[T.MUSCLE])
+            self.blob(T.FAT, (side * 62 * self.p.girth, 5.0, self.frac("shoulder") + 8),
+                      (34, 26, 22), rough=0.2, corr=15, only=[T.MUSCLE])
         # Skull: outer table, diploe (marrow) and inner table; brain inside.
         r_sk = [r - 5 for r in r_cran]
         res = self.blob(T.CORTEX, cran, r_sk, only=[T.SUBCUT_FAT, T.MUSCLE],
@@ -429,7 +437,7 @@ class _Builder:
             brain = q < 1.0
             self.c.paint(box, brain, T.BRAIN_WHITE)
             depth = (1.0 - np.sqrt(np.clip(q, 0, 1))) * brain_r[0]
-            grey = brain & (depth < 4.5 + 2.5 * self.noise(box, 6.0))
+            grey = brain & (depth < 7.0 + 2.5 * self.noise(box, 8.0))
             self.c.paint(box, grey, T.BRAIN_GREY)
         # Skull base plate, cerebellum, deep grey nuclei, ventricles.
         cb = (0.0, 42 * hs, dh + 48 * hs)
@@ -501,7 +509,7 @@ class _Builder:
                 radii = [r_up + 8, r_up, r_lo, 0.75 * r_lo]
                 self._limb(pts, radii, side, arm=True)
         elif self.p.arms == "up":
-            hs = P["head"] * self.s**0.3
+            hs = P["head_scale"] * self.s**0.3
             for side in (-1, 1):
                 r_up = 40 * g + fat_arm
                 x_head = 74 * hs + 10 + gap * 0.7 + r_up
@@ -570,15 +578,15 @@ class _Builder:
         for side in (-1, 1):
             cap |= ((U - side * 48 * self.s) ** 2 / 45.0**2 + (V - 10) ** 2 / 55.0**2
                     ) * 30.0 * self.s < np.maximum(D - d_ap, 0.0)
-        medi = P["mediast"] * np.interp(D, [d_ap, self.frac("aortic_arch"), self.frac("heart")],
-                                        [18.0, 26.0, 30.0])
+        medi = P["mediast_scale"] * np.interp(
+            D, [d_ap, self.frac("aortic_arch"), self.frac("heart")], [18.0, 26.0, 30.0])
         sv = self.spine_v(d)[:, None, None]
         lung = above & cap & (np.abs(U - 6.0) > medi) & label_in(self.c.labels[box], [T.FAT])
         lung &= ~((np.abs(U) < 32.0) & (sv - 30.0 < V))
         self.c.paint(box, lung, T.LUNG)
         self.boxes["thorax"] = box
         # Heart on the diaphragm, left-anterior, with pericardial fat.
-        hs = P["heart"] * self.s
+        hs = P["heart_scale"] * self.s
         dc = 0.5 * (dr + dl) - 48 * hs
         centre = (32.0 * hs, -0.3 * float(self.cav_b_ant(dc)), dc)
         rot = rotation(yaw=P["heart_yaw"], pitch=-0.5, roll=0.25)
@@ -658,7 +666,7 @@ class _Builder:
         a_up = float(self.cav_a(dr + 60))
         b_up = float(self.cav_b_ant(dr + 60))
         # Liver: right lobe under the right dome, left lobe across the midline.
-        ls = P["liver"] * s
+        ls = P["liver_scale"] * s
         lc = (-0.5 * a_up + P["liver_shift"], 0.0, dr + 72 * ls)
 
         def medial(U: np.ndarray, V: np.ndarray, D: np.ndarray) -> np.ndarray:
@@ -674,12 +682,12 @@ class _Builder:
                   rotation(pitch=0.4), only=[T.LIVER, T.FAT])
         # Spleen, stomach.
         if not P["no_spleen"]:
-            ss = P["spleen"] * s
+            ss = P["spleen_scale"] * s
             sc = (0.70 * a_up, 0.32 * b_up, dl + 62 * ss)
             self.blob(T.SPLEEN, sc, (32 * ss, 58 * ss, 55 * ss), rotation(yaw=0.6), rough=0.1,
                       only=[*cav, T.LUNG], clip=below)
             self.points["spleen"] = sc
-        st = max(P["stomach"], 0.4) * s
+        st = max(P["stomach_scale"], 0.4) * s
         stc = (0.36 * a_up, -0.28 * b_up, dl + 55 * s)
         res = self.blob(T.STOMACH, stc, (48 * st, 40 * st, 72 * st),
                         rotation(yaw=0.5, roll=-0.35), rough=0.08, only=cav, clip=below,
@@ -696,7 +704,7 @@ class _Builder:
         pan = [(-40.0, sv_k - 55, dk - 5), (0.0, sv_k - 62, dk - 15), (55.0, sv_k - 40, dk - 30)]
         paint_tube(self.c, pan, [13.0, 10.0, 9.0], T.PANCREAS, only=[T.FAT])
         # Kidneys with the renal pelvis, ureters to the bladder.
-        ks = P["kidney"] * s
+        ks = P["kidney_scale"] * s
         d_bl = self.frac("pubis") - 0.75 * (3 * P["bladder_ml"] * 1000 / 4 / math.pi) ** (1 / 3)
         v_bl = -float(self.cav_b_ant(d_bl)) + (3 * P["bladder_ml"] * 1000 / 4 / math.pi) ** (
             1 / 3) * 0.9 + 6
@@ -737,7 +745,7 @@ class _Builder:
             paint_tube(self.c, il, [8.0, 7.0, 6.5, 6.0], T.BLOOD, only=cav)
             self.paths[f"iliac_{name}"] = np.asarray(il)
         # Psoas muscles from T12 to the lesser trochanters.
-        ps = max(P["psoas"], 0.6)
+        ps = max(P["psoas_scale"], 0.6)
         for side in (-1, 1):
             pts = [(side * 24, float(self.spine_v(self.frac("t12"))) + 2, self.frac("t12")),
                    (side * 40 * s, float(self.spine_v(0.43 * H)) - 5, 0.43 * H),
@@ -761,7 +769,7 @@ class _Builder:
                 self.blob(T.SUBCUT_FAT, tc, (32, 34, 34), only=[T.AIR])
                 self.blob(T.TESTIS, tc, (14, 16, 20), only=[T.SUBCUT_FAT, T.MUSCLE])
         else:
-            us = max(P["uterus"], 0.5)
+            us = max(P["uterus_scale"], 0.5)
             self.blob(T.PELVIC_ORGAN, (0, bc[1] + 0.8 * r_bl + 10, d_bl - 0.6 * r_bl),
                       (28 * us, 22 * us, 40 * us), rotation(pitch=0.6), only=cav)
         # Colon frame, then small-bowel loops filling the rest of the abdominal cavity.
@@ -773,7 +781,7 @@ class _Builder:
         s = self.s
         a = float(self.cav_a(0.42 * H))
         b = float(self.cav_b_ant(0.42 * H))
-        cs = max(P["colon"], 0.6)
+        cs = max(P["colon_scale"], 0.6)
         d_hep = dr + 95 * s
         d_spl = dl + 70 * s
         d_rect = self.frac("crotch") - 10

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from petseg.geometry import Geometry
 
@@ -267,6 +268,13 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], cells: Sequence
         float32 array of `shape`.
     """
     shape = tuple(int(s) for s in shape)
+    if min(cells) < 2.5:
+        # Correlation of a few voxels at most: filtered white noise is cheaper than a
+        # lattice as fine as the grid itself.
+        sigma = [0.45 * float(c) if c > 1.0 else 0.0 for c in cells]
+        field = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma,
+                                    mode="wrap", truncate=3.0)
+        return field / max(float(field.std()), 1e-6)
     coarse_shape = tuple(int(np.ceil(s / max(float(c), 1.0))) + 3
                          for s, c in zip(shape, cells, strict=True))
     field = rng.standard_normal(coarse_shape, dtype=np.float32)

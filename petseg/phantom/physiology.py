@@ -109,6 +109,7 @@ def draw_physiology(rng: np.random.Generator, anatomy: Anatomy) -> Physiology:
     flags = {
         "brown_fat": float(rng.random() < (0.2 if young else 0.06)),
         "brown_fat_suv": float(rng.uniform(2.0, 10.0)),
+        "brown_fat_extent": float(rng.uniform(0.6, 1.4)),
         "tense_muscles": float(rng.random() < 0.15),
         "tense_muscle_factor": float(rng.uniform(1.8, 4.0)),
         "myocardium_patchy": float(rng.random() < 0.4),
@@ -228,22 +229,25 @@ def pet_activity(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -
         n = _noise(anatomy, tex, box, corr)[m]
         w = 1.0 / (1.0 + np.exp(-2.5 * n))
         region[m] *= lo + (hi - lo) * w
-    # Brown fat (supraclavicular, axillary, paravertebral) and tense neck/shoulder muscles.
+    # Brown fat (deep cervical, supraclavicular, axillary, paravertebral depots) and tense
+    # neck and shoulder muscles.
+    P = anatomy.patient.params
     H = anatomy.patient.height
-    top = anatomy.patient.params["chin"] * H
-    bot = anatomy.patient.params["heart"] * H
-    box = canvas.box((-250, 250), (-200, 200), (top, bot))
+    box = canvas.box((-250, 250), (-200, 200), (P["chin"] * H, P["heart"] * H))
     if box is not None and (flags["brown_fat"] or flags["tense_muscles"]):
         lab = labels[box]
         region = pet[box]
-        n = _noise(anatomy, tex, box, 12.0)
+        n = _noise(anatomy, tex, box, 10.0)
+        U, V, D = canvas.patient_grids(box)
+        neck = P["sternal_notch"] * H + 25 > D
         if flags["brown_fat"]:
-            U, V, _ = canvas.patient_grids(box)
-            near = (np.abs(U) > 25) | (V > 20)
-            m = label_in(lab, [T.FAT, T.SUBCUT_FAT]) & (n > 0.7) & near
-            region[m] = flags["brown_fat_suv"] * np.clip(0.5 + 0.3 * n[m], 0.4, 1.3)
+            spine_v = anatomy.points.get("spine_t8", (0.0, 40.0, 0.0))[1]
+            depot = (neck & (np.abs(U) > 20) & (np.abs(U) < 95)) | (
+                (np.abs(U) > 18) & (np.abs(U) < 50) & (spine_v - 10 < V))
+            m = label_in(lab, [T.FAT, T.SUBCUT_FAT]) & (n > flags["brown_fat_extent"]) & depot
+            region[m] = flags["brown_fat_suv"] * np.clip(0.6 + 0.3 * n[m], 0.5, 1.3)
         if flags["tense_muscles"]:
-            m = (lab == T.MUSCLE) & (n > 0.2)
+            m = (lab == T.MUSCLE) & (n > 0.6) & neck
             region[m] *= flags["tense_muscle_factor"]
     for name, centre, radius, value, _ in phys.spots:
         _spot(anatomy, pet, centre, radius, value, "max")
