@@ -105,7 +105,7 @@ class BodyModel:
     1. Body = PET (means of blocks up to `BODY_GRID_MM`) >= `BODY_SUV`, holes filled
        slice by slice; body slices hold >= 1 % of the largest slice's body area.
     2. Neck: the smallest slice in the upper 45 % of the body that is < 45 % of the
-       largest slice and < 60 % of a head above it (the head < 75 % of the largest);
+       largest slice and < 80 % of a head above it (the head < 75 % of the largest);
        else the top of the body (a scan starting at the skull base).
     3. Crotch: going up from the lowest body slice, slices whose two largest in-plane
        components each hold >= 25 % of the slice are legs, and the crotch is the first
@@ -113,8 +113,9 @@ class BodyModel:
        block's SUV in the lowest 40 % between neck and lowest slice, if that is > 3 x
        the body's median SUV) places it
        `BLADDER_TO_CROTCH` of neck-to-bladder lower; else the lowest body slice.
-    4. `extremities`: below a measured crotch (or 10 % of the trunk below an estimated
-       one), or in an in-plane component less than half the slice's largest (an arm).
+    4. `extremities`: more than 5 % of the trunk below a measured crotch (10 % below an
+       estimated one), or in an in-plane component less than half the slice's largest
+       (an arm).
     5. Else f = (neck - z) / (neck - crotch): `head/neck` f < 0.12, `thorax` < 0.40,
        `abdomen` < 0.70, else `pelvis` (`REGION_BOUNDS`).
 
@@ -176,7 +177,7 @@ class BodyModel:
         x, y, z = self.reference.TransformPhysicalPointToContinuousIndex(
             [float(p) for p in point_mm])
         span = max(self.neck - self.crotch, 1.0)
-        margin = 0.5 if self.legs else 0.1 * span
+        margin = (0.05 if self.legs else 0.1) * span
         if z < self.crotch - margin:
             return "extremities"
         k = int(np.clip(round(z), 0, self.body.shape[0] - 1))
@@ -197,7 +198,7 @@ def _neck(areas: np.ndarray, top: int, bottom: int) -> float:
     """z index of the narrowest neck slice, or `top` when no head sits above one.
 
     Neck candidates lie in the upper 45 % of the body, hold < 45 % of the largest slice's
-    area and < 60 % of the widest slice above them, which must itself be < 75 % of the
+    area and < 80 % of the widest slice above them, which must itself be < 75 % of the
     largest (a head, not a chest above a waist).
     """
     largest = float(areas.max())
@@ -205,7 +206,7 @@ def _neck(areas: np.ndarray, top: int, bottom: int) -> float:
     above = 0.0
     for k in range(top, int(top - 0.45 * (top - bottom)) - 1, -1):
         area = float(areas[k])
-        if (area < 0.45 * largest and area < 0.6 * above and above < 0.75 * largest
+        if (area < 0.45 * largest and area < 0.8 * above and above < 0.75 * largest
                 and area < best_area):
             best, best_area = float(k), area
         above = max(above, area)
