@@ -296,7 +296,10 @@ def lesion_report(mask: sitk.Image, pet: sitk.Image,
     for number, lesion in enumerate(lesions, start=1):
         lesion["lesion"] = number
     lesions = [{"lesion": item.pop("lesion"), **item} for item in lesions]
-    regions = {name: sum(item["region"] == name for item in lesions) for name in REGIONS}
+    regions = {name: sum(item["region"] == name for item in lesions)
+               for name in (*REGIONS, "unknown")}
+    if not regions["unknown"]:
+        del regions["unknown"]
     return {
         "n_lesions": n,
         "tmtv_ml": sum(item["volume_ml"] for item in lesions),
