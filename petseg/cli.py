@@ -18,7 +18,10 @@ from petseg.errors import PetsegError
 
 COMMANDS: tuple[str, ...] = (
     "evaluate",
+    "phantom",
     "predict",
+    "report",
+    "suv",
 )
 """Module names under `petseg.commands`; the command name uses '-' for '_'."""
 

@@ -12,6 +12,8 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.errors import PetsegError
+
 LAS_DIRECTION: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 """Direction cosines with the first axis flipped against RAS, as real autoPET PET images."""
 
@@ -223,3 +225,33 @@ def isotropic_grid(region: Geometry, spacing_mm: float, orientation: str | None 
         origin=tuple(float(v) for v in origin),
         direction=tuple(float(v) for v in new_direction.reshape(-1)),
     )
+
+
+def grid_difference(image: sitk.Image, reference: sitk.Image, tol_mm: float = 1e-3) -> str:
+    """'' when both images lie on the same grid (`same_grid`), else what differs.
+
+    The text names the first differing attribute with both values, e.g.
+    "origin (0.5, 0.0, 0.0) vs (0.0, 0.0, 0.0)".
+    """
+    a, b = Geometry.of(image), Geometry.of(reference)
+    if same_grid(a, b, tol_mm):
+        return ""
+    fields = ("size", "spacing", "origin", "direction")
+    for digits in (4, 8):
+        for name in fields:
+            va = tuple(round(v, digits) for v in getattr(a, name))
+            vb = tuple(round(v, digits) for v in getattr(b, name))
+            if va != vb:
+                return f"{name} {va} vs {vb}"
+    return f"grids differ: {a} vs {b}"
+
+
+def check_same_grid(image: sitk.Image, reference: sitk.Image, name: str,
+                    reference_name: str) -> None:
+    """Raise `PetsegError` naming `name` when `image` is not on `reference`'s grid."""
+    difference = grid_difference(image, reference)
+    if difference:
+        raise PetsegError(
+            f"{name}: not on the grid of {reference_name} ({difference}); "
+            f"resample it onto that grid first"
+        )

@@ -187,16 +187,35 @@ def _entry(files: CaseFiles, output: Path | None, error: str | None,
     }
 
 
+def _extras(name: str, pet: sitk.Image, prediction: Prediction,
+            extras_dir: Path) -> dict[str, Any]:
+    """Write one case's clinical extras; {"extras": paths} or {"extras_error": message}."""
+    from petseg.report import write_extras
+
+    try:
+        paths = write_extras(name, pet, prediction.mask, extras_dir,
+                             fold_probabilities=prediction.fold_probabilities)
+    except Exception as exc:  # the mask is written; extras must not fail the case
+        message = str(exc) if isinstance(exc, PetsegError) else f"{type(exc).__name__}: {exc}"
+        log.warning("case %s: extras not written: %s", name, message)
+        return {"extras_error": message}
+    return {"extras": {kind: str(path) for kind, path in paths.items()}}
+
+
 def predict_cases(
     cases: CaseList,
     output_dir: str | Path,
     predictor: Predictor,
     save_probability: bool = False,
+    extras_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every case and write masks + `results.json` under `output_dir`.
 
     With `cases.single` any error propagates (nothing is written); otherwise a failing
-    case is recorded with its error and the others still run. Returns the entries.
+    case is recorded with its error and the others still run. With `extras_dir`, each
+    case's lesion report, MIP picture and (with two or more folds) uncertainty map go
+    there (`petseg.report.write_extras`); a failure there is logged and recorded in the
+    entry's `extras_error`, never fails the case. Returns the entries.
     """
     output_dir = Path(output_dir)
     mask_dir = output_dir.joinpath(*MASK_FOLDER)
@@ -205,7 +224,9 @@ def predict_cases(
         start = time.perf_counter()
         try:
             case = read_case(files, predictor.model_config.preprocessing.ct_fill_hu)
-            prediction = predictor.predict(case.pet, case.ct, probability=save_probability)
+            prediction = predictor.predict(
+                case.pet, case.ct, probability=save_probability,
+                fold_probabilities=extras_dir is not None and len(predictor.networks) > 1)
             target = write_image(prediction.mask, mask_dir / f"{files.name}.mha")
             if prediction.probability is not None:
                 write_image(prediction.probability,
@@ -224,5 +245,7 @@ def predict_cases(
         log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds,
                  target)
         results.append(_entry(files, target, None, seconds, round(lesion_ml, 3)))
+        if extras_dir is not None:
+            results[-1].update(_extras(files.name, case.pet, prediction, Path(extras_dir)))
     write_json(results, output_dir / RESULTS_NAME)
     return results

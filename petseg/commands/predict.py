@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "resources/, else built-in defaults)")
     parser.add_argument("--min-lesion-ml", type=float, default=0.0,
                         help="remove predicted lesions smaller than this volume (default 0: off)")
+    parser.add_argument("--extras", type=Path, default=None, metavar="DIR",
+                        help="also write per case a lesion report (JSON, CSV), a MIP picture "
+                             "and, with two or more folds, an uncertainty map into DIR "
+                             "(default: off; keep DIR outside the challenge output folder)")
     parser.add_argument("--save-probability", action="store_true",
                         help="also write the ensemble probability (float32, PET grid) under "
                              "OUTPUT/probabilities/")
@@ -46,9 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
     from petseg.config import InferenceConfig, load_json
+    from petseg.errors import PetsegError
     from petseg.io import find_cases
-    from petseg.pipeline import Predictor, find_weights_dir, predict_cases
+    from petseg.pipeline import MASK_FOLDER, Predictor, find_weights_dir, predict_cases
 
+    if args.extras is not None:
+        mask_dir = args.output.joinpath(*MASK_FOLDER).resolve()
+        if args.extras.resolve() == mask_dir or mask_dir in args.extras.resolve().parents:
+            raise PetsegError(f"--extras {args.extras}: lies in the challenge mask folder, "
+                              "which must hold only masks; choose another folder")
     cases = find_cases(args.input)
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
@@ -59,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(weights, config, device=args.device,
                           allow_missing=args.allow_missing_folds,
                           min_component_ml=args.min_lesion_ml)
-    results = predict_cases(cases, args.output, predictor, save_probability=args.save_probability)
+    results = predict_cases(cases, args.output, predictor, save_probability=args.save_probability,
+                            extras_dir=args.extras)
     failed = [entry["name"] for entry in results if entry["error_messages"]]
     if failed:
         logging.getLogger(__name__).error("%d of %d case(s) failed: %s (see %s)", len(failed),
