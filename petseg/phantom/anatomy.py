@@ -418,7 +418,7 @@ class _Builder:
         # Deep neck fat: carotid spaces and supraclavicular fossae (lymph nodes sit here).
         for side in (-1, 1):
             paint_tube(self.c, [(side * 30, -6.0, self.frac("chin") - 5),
-                                (side * 34, -4.0, self.frac("shoulder") - 5)], 13.0, T.FAT,
+                                (side * 34, -4.0, self.frac("shoulder") - 5)], 16.0, T.FAT,
                        only=[T.MUSCLE])
             self.blob(T.FAT, (side * 62 * self.p.girth, 5.0, self.frac("shoulder") + 8),
                       (34, 26, 22), rough=0.2, corr=15, only=[T.MUSCLE])

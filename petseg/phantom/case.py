@@ -127,6 +127,8 @@ def generate_study(seed: int, study_seed: int, size: str = "full", cohort: str |
     """One study of the patient `seed`; further studies of that patient differ in
     `study_seed` and `study_index` (physiology, lesions, noise and date change; the
     anatomy stays)."""
+    if seed < 0 or study_seed < 0:
+        raise ValueError(f"seeds must be non-negative, got {seed}, {study_seed}")
     if cohort is None:
         cohort = draw_cohort(seed)
     if cohort not in COHORTS:

@@ -33,10 +33,11 @@ HOT_ORGANS: dict[str, tuple[int, ...]] = {
     "ureter": (T.URETER,), "brain": (T.BRAIN_GREY,),
 }
 
-_NODE = (*BODY_SOFT, T.GLAND)
-# Tissues each site may grow into (first choice, then a relaxed set).
+_NODE = (T.FAT, T.SUBCUT_FAT, T.SOFT, T.GLAND)
+# Tissues each site may grow into (first choice, then a relaxed set): lymph nodes sit in
+# fat and push muscles aside only when large.
 _ALLOWED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "node": (_NODE, (*_NODE, T.LUNG, T.BOWEL)),
+    "node": (_NODE, (*_NODE, T.MUSCLE, T.LUNG, T.BOWEL)),
     "lung": ((T.LUNG,), (T.LUNG, *BODY_SOFT)),
     "liver": ((T.LIVER,), (T.LIVER, *BODY_SOFT)),
     "spleen": ((T.SPLEEN,), (T.SPLEEN, *BODY_SOFT)),
@@ -444,7 +445,7 @@ def render_lesion(plan: LesionPlan, index: int, centre: Sequence[float], anatomy
     # CT appearance.
     ct = targets.ct[box]
     look = plan.ct
-    hu_soft = rng.uniform(25.0, 50.0)
+    hu_soft = rng.uniform(20.0, 45.0)
     if look == "soft_tissue":
         ct[mask] = hu_soft + 6.0 * het[mask]
     elif look == "hypodense":

@@ -305,7 +305,7 @@ def ct_density(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -> 
         vessel = m & (np.abs(n1) < width) & (np.abs(n2) < width)
         region[vessel] = np.float32(hu[T.BLOOD] - 30.0)
     # Texture: marrow, bowel and stomach content, liver, breast; cortex varies voxel-wise.
-    for wanted, corr, amp in (([T.MARROW], 12.0, 40.0), ([T.BOWEL], 8.0, 35.0),
+    for wanted, corr, amp in (([T.MARROW], 12.0, 40.0), ([T.BOWEL], 8.0, 18.0),
                               ([T.STOMACH_CONTENT], 10.0, 40.0), ([T.LIVER], 25.0, 4.0),
                               ([T.BREAST], 6.0, 15.0)):
         found = _tissue_noise(anatomy, tex, wanted, corr)
