@@ -240,9 +240,6 @@ def _site_centre(rng: np.random.Generator, site: str, anatomy: Anatomy,
     side = 1.0 if rng.random() < 0.5 else -1.0
     name = "left" if side > 0 else "right"
     jit = rng.normal(0.0, 1.0, 3)
-    spine_v = None
-    if "spine_t8" in pts:
-        spine_v = pts["spine_t8"][1]
     if site == "node_neck":
         d = rng.uniform(P["chin"] * H - 15, P["shoulder"] * H - 15)
         return (side * rng.uniform(22, 42), rng.uniform(-5, 20) - 15, d)
@@ -288,7 +285,6 @@ def _site_centre(rng: np.random.Generator, site: str, anatomy: Anatomy,
                "bowel": (T.BOWEL,)}
     if site in tissues:
         return sampler.voxel(rng, tissues[site])
-    del spine_v
     return None
 
 

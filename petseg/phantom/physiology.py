@@ -275,9 +275,8 @@ def pet_activity(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -
         if flags["tense_muscles"]:
             m = (lab == T.MUSCLE) & (n > 0.6) & neck
             region[m] *= flags["tense_muscle_factor"]
-    for name, centre, radius, value, _ in phys.spots:
+    for _site, centre, radius, value, _ in phys.spots:
         _spot(anatomy, pet, centre, radius, value, "max")
-        del name
     return pet
 
 
@@ -330,8 +329,7 @@ def ct_density(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -> 
             for t in (0.2, 0.5, 0.8):
                 c = aorta[k] * (1 - t) + aorta[k + 1] * t + np.array([7.0, 6.0, 0.0])
                 _spot(anatomy, ct, tuple(float(x) for x in c), 2.5, 600.0, "set")
-    for name, centre, radius, _, ct_visible in phys.spots:
+    for _site, centre, radius, _, ct_visible in phys.spots:
         if ct_visible:
             _spot(anatomy, ct, centre, radius, hu[T.SOFT], "set")
-        del name
     return ct

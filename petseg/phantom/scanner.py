@@ -55,7 +55,7 @@ class Grids:
 
 
 def make_grids(rng: np.random.Generator, size: str, d_top: float, d_bottom: float,
-               height: float, weight: float, params: dict[str, float],
+               weight: float, params: dict[str, float],
                direction: tuple[float, ...] = LAS_DIRECTION) -> Grids:
     """PET and CT grids for a patient scanned from depth `d_top` to `d_bottom` (mm).
 
@@ -106,7 +106,6 @@ def make_grids(rng: np.random.Generator, size: str, d_top: float, d_bottom: floa
     tx, ty = params["tilt_x"], params["tilt_y"]
     axis_x = ((-3000.0, ax - tx * 3000.0), (3000.0, ax + tx * 3000.0))
     axis_y = ((-3000.0, ay - ty * 3000.0), (3000.0, ay + ty * 3000.0))
-    del height
     return Grids(pet=pet, ct=ct, z_vertex=z_vertex, axis_x=axis_x, axis_y=axis_y,
                  fwhm_mm=fwhm, pet_noise=pet_noise, ct_noise_hu=ct_noise)
 
