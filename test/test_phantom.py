@@ -307,6 +307,8 @@ def test_dataset_plan_negative_fraction_and_errors() -> None:
         dataset_plan(2, seed=1, layout="challenge", negative_fraction=1.5)
     with pytest.raises(PetsegError, match="--cases 0: at least one case is needed"):
         dataset_plan(0, seed=1, layout="challenge")
+    with pytest.raises(PetsegError, match="--seed -3: use a non-negative integer"):
+        dataset_plan(2, seed=-3, layout="challenge")
 
 
 # -- preview ---------------------------------------------------------------------------

@@ -418,7 +418,7 @@ class _Builder:
         # Deep neck fat: carotid spaces and supraclavicular fossae (lymph nodes sit here).
         for side in (-1, 1):
             paint_tube(self.c, [(side * 30, -6.0, self.frac("chin") - 5),
-                                (side * 34, -4.0, self.frac("shoulder") - 5)], 13.0, T.FAT,
+                                (side * 34, -4.0, self.frac("shoulder") - 5)], 16.0, T.FAT,
                        only=[T.MUSCLE])
             self.blob(T.FAT, (side * 62 * self.p.girth, 5.0, self.frac("shoulder") + 8),
                       (34, 26, 22), rough=0.2, corr=15, only=[T.MUSCLE])
@@ -554,7 +554,6 @@ class _Builder:
     # -- thorax ----------------------------------------------------------------------
     def thorax(self) -> None:
         P = self.p.params
-        H = self.H
         d_ap = self.frac("lung_apex")
         dr, dl = self.frac("dome_right"), self.frac("dome_left")
         d_low = max(dr, dl) + 95 * self.s
@@ -598,12 +597,11 @@ class _Builder:
                   clip=lambda U, V, D: dia_fn(U, V) - 2 > D)
         lv_c = tuple(np.asarray(centre) + rot @ np.array([14.0, 6.0, 6.0]) * hs)
         r_lv = (44 * hs, 30 * hs, 30 * hs)
-        res = self.blob(T.MYOCARDIUM, lv_c, r_lv, rot, only=[T.BLOOD])
+        self.blob(T.MYOCARDIUM, lv_c, r_lv, rot, only=[T.BLOOD])
         wall = float(P["lean_muscle"]) * 10.0
         self.blob(T.BLOOD, lv_c, [r - wall for r in r_lv], rot, only=[T.MYOCARDIUM])
         self.points["heart"] = centre
         self.points["lv"] = lv_c
-        del res
         # Great vessels, airways and oesophagus.
         d_arch = self.frac("aortic_arch")
         sv_arch = float(self.spine_v(d_arch))
@@ -640,7 +638,6 @@ class _Builder:
                (22.0, sv_dia - 40, dl + 25)]
         paint_tube(self.c, oes, 6.5, T.SOFT, only=[*list(BODY_SOFT), T.LUNG])
         self.paths["aorta"] = np.asarray(aorta)
-        del H, box
 
     def _dia_fn(self, dr: float, dl: float, k: float) -> Callable[[np.ndarray, np.ndarray],
                                                                   np.ndarray]:
@@ -820,7 +817,6 @@ class _Builder:
 
     # -- skeleton --------------------------------------------------------------------
     def skeleton(self) -> None:
-        P = self.p.params
         H = self.H
         s = self.s
         g = self.p.girth
@@ -885,8 +881,8 @@ class _Builder:
                     A = max(float(self.cav_a(dd)), 40.0 + 8.0 * i) + 6.0
                     B = float(self.cav_b_post(dd) if th < math.pi / 2 else self.cav_b_ant(dd))
                     pts.append((side * A * math.sin(th), (B + 6.0) * math.cos(th), dd))
-                paint_tube(self.c, pts, 5.0 + 0.5 * (i > 2), T.CORTEX, only=[*BODY_SOFT, T.LUNG],
-                           inner=(1.8, T.MARROW))
+                paint_tube(self.c, pts, 4.6 + 0.5 * (i > 2), T.CORTEX, only=[*BODY_SOFT, T.LUNG],
+                           inner=(2.2, T.MARROW))
                 if reach > 0.6:
                     end = pts[-1]
                     cart = [end, (side * 22.0, -float(self.b_m(end[2])) + 14,
@@ -959,7 +955,6 @@ class _Builder:
             paint_tube(self.c, [gt, (gt[0] - side * 10, 2.0, dh + 60), knee], [17, 14, 14],
                        T.CORTEX, only=[*BODY_SOFT], inner=(4.5, T.YELLOW_MARROW))
         self.points["sacrum"] = (0.0, sv_s, dsa + 30)
-        del P
 
 
 def build_anatomy(canvas: Canvas, patient: Patient, tex: np.random.Generator) -> Anatomy:

@@ -127,14 +127,16 @@ def generate_study(seed: int, study_seed: int, size: str = "full", cohort: str |
     """One study of the patient `seed`; further studies of that patient differ in
     `study_seed` and `study_index` (physiology, lesions, noise and date change; the
     anatomy stays)."""
+    if seed < 0 or study_seed < 0:
+        raise ValueError(f"seeds must be non-negative, got {seed}, {study_seed}")
     if cohort is None:
         cohort = draw_cohort(seed)
     if cohort not in COHORTS:
         raise ValueError(f"cohort must be one of {COHORTS}, got {cohort!r}")
     prm = np.random.default_rng([seed, 0])
     patient = draw_patient(prm, cohort)
-    grids: Grids = make_grids(prm, size, patient.d_top, patient.d_bottom, patient.height,
-                              patient.weight, patient.params)
+    grids: Grids = make_grids(prm, size, patient.d_top, patient.d_bottom, patient.weight,
+                              patient.params)
     canvas = Canvas(grids.pet, grids.z_vertex, grids.axis_x, grids.axis_y)
     size_code = 0 if size == "small" else 1
     anatomy = build_anatomy(canvas, patient, np.random.default_rng([seed, 1, size_code]))

@@ -159,6 +159,8 @@ def dataset_plan(cases: int, seed: int, layout: str, negative_fraction: float = 
     """
     if cases < 1:
         raise PetsegError(f"--cases {cases}: at least one case is needed")
+    if seed < 0:
+        raise PetsegError(f"--seed {seed}: use a non-negative integer")
     if not 0.0 <= negative_fraction <= 1.0:
         raise PetsegError(f"--negative-fraction {negative_fraction}: use a value in [0, 1]")
     rng = np.random.default_rng([seed, 99])

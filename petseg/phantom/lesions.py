@@ -33,10 +33,11 @@ HOT_ORGANS: dict[str, tuple[int, ...]] = {
     "ureter": (T.URETER,), "brain": (T.BRAIN_GREY,),
 }
 
-_NODE = (*BODY_SOFT, T.GLAND)
-# Tissues each site may grow into (first choice, then a relaxed set).
+_NODE = (T.FAT, T.SUBCUT_FAT, T.SOFT, T.GLAND)
+# Tissues each site may grow into (first choice, then a relaxed set): lymph nodes sit in
+# fat and push muscles aside only when large.
 _ALLOWED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "node": (_NODE, (*_NODE, T.LUNG, T.BOWEL)),
+    "node": (_NODE, (*_NODE, T.MUSCLE, T.LUNG, T.BOWEL)),
     "lung": ((T.LUNG,), (T.LUNG, *BODY_SOFT)),
     "liver": ((T.LIVER,), (T.LIVER, *BODY_SOFT)),
     "spleen": ((T.SPLEEN,), (T.SPLEEN, *BODY_SOFT)),
@@ -239,9 +240,6 @@ def _site_centre(rng: np.random.Generator, site: str, anatomy: Anatomy,
     side = 1.0 if rng.random() < 0.5 else -1.0
     name = "left" if side > 0 else "right"
     jit = rng.normal(0.0, 1.0, 3)
-    spine_v = None
-    if "spine_t8" in pts:
-        spine_v = pts["spine_t8"][1]
     if site == "node_neck":
         d = rng.uniform(P["chin"] * H - 15, P["shoulder"] * H - 15)
         return (side * rng.uniform(22, 42), rng.uniform(-5, 20) - 15, d)
@@ -287,7 +285,6 @@ def _site_centre(rng: np.random.Generator, site: str, anatomy: Anatomy,
                "bowel": (T.BOWEL,)}
     if site in tissues:
         return sampler.voxel(rng, tissues[site])
-    del spine_v
     return None
 
 
@@ -444,7 +441,7 @@ def render_lesion(plan: LesionPlan, index: int, centre: Sequence[float], anatomy
     # CT appearance.
     ct = targets.ct[box]
     look = plan.ct
-    hu_soft = rng.uniform(25.0, 50.0)
+    hu_soft = rng.uniform(20.0, 45.0)
     if look == "soft_tissue":
         ct[mask] = hu_soft + 6.0 * het[mask]
     elif look == "hypodense":

@@ -20,6 +20,7 @@ import dataclasses
 import math
 
 import numpy as np
+import scipy.ndimage as ndi
 
 from petseg.phantom.anatomy import Anatomy, Tissue
 from petseg.phantom.canvas import Box, label_in, segment_distance, smooth_noise
@@ -172,6 +173,31 @@ def _noise(anatomy: Anatomy, tex: np.random.Generator, box: Box, corr_mm: float)
     return smooth_noise(tex, shape, cells)
 
 
+def _tissue_noise(anatomy: Anatomy, tex: np.random.Generator, wanted: list[int],
+                  corr_mm: float) -> tuple[Box, np.ndarray, np.ndarray] | None:
+    """Smooth unit-variance noise sampled only at the voxels of the `wanted` tissues.
+
+    A random lattice of pitch `corr_mm` is interpolated (linearly) at those voxels, so the
+    cost follows the tissue's voxel count, not its bounding box (muscle, fat and marrow
+    span the whole body).
+
+    Returns:
+        (box, mask within the box, noise values at the mask's voxels) or None.
+    """
+    box = anatomy.bbox(wanted)
+    if box is None:
+        return None
+    mask = label_in(anatomy.labels[box], wanted)
+    idx = np.nonzero(mask)
+    cells = [max(corr_mm / sp, 1.0) for sp in anatomy.canvas.spacing_zyx]
+    shape = [s.stop - s.start for s in box]
+    lattice = tex.standard_normal([int(np.ceil(n / c)) + 2 for n, c in zip(shape, cells,
+                                                                          strict=True)])
+    coords = [i.astype(np.float32) / np.float32(c) for i, c in zip(idx, cells, strict=True)]
+    values = ndi.map_coordinates(lattice.astype(np.float32), coords, order=1, mode="nearest")
+    return box, mask, values / max(float(values.std()), 1e-6)
+
+
 def _spot(anatomy: Anatomy, volume: np.ndarray, centre: tuple[float, float, float],
           radius: float, value: float, mode: str) -> None:
     """Add a Gaussian-edged ball (patient coords) to `volume` ('max' or 'set' inside)."""
@@ -198,12 +224,12 @@ def pet_activity(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -
     for wanted, corr, amp in (([T.LIVER, T.SPLEEN], 25.0, 0.07), ([T.BRAIN_GREY], 12.0, 0.1),
                               ([T.MARROW], 20.0, 0.12), ([T.MUSCLE], 60.0, 0.12),
                               ([T.GLAND], 15.0, 0.3), ([T.LUNG], 40.0, 0.1)):
-        box = anatomy.bbox(wanted)
-        if box is None:
+        found = _tissue_noise(anatomy, tex, wanted, corr)
+        if found is None:
             continue
+        box, m, n = found
         region = pet[box]
-        m = label_in(labels[box], wanted)
-        region[m] *= np.clip(1.0 + amp * _noise(anatomy, tex, box, corr)[m], 0.3, None)
+        region[m] *= np.clip(1.0 + amp * n, 0.3, None)
     # Lungs: more activity in the dependent (posterior) parts.
     box = anatomy.bbox([T.LUNG])
     if box is not None:
@@ -249,9 +275,8 @@ def pet_activity(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -
         if flags["tense_muscles"]:
             m = (lab == T.MUSCLE) & (n > 0.6) & neck
             region[m] *= flags["tense_muscle_factor"]
-    for name, centre, radius, value, _ in phys.spots:
+    for _site, centre, radius, value, _ in phys.spots:
         _spot(anatomy, pet, centre, radius, value, "max")
-        del name
     return pet
 
 
@@ -278,24 +303,25 @@ def ct_density(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -> 
         width = flags["lung_vessels"] * np.clip(1.4 - dist / 180.0, 0.55, 1.4)
         vessel = m & (np.abs(n1) < width) & (np.abs(n2) < width)
         region[vessel] = np.float32(hu[T.BLOOD] - 30.0)
-    # Texture: marrow, bowel content, liver, fat and muscle, cortex, breast.
-    for wanted, corr, amp in (([T.MARROW], 12.0, 40.0), ([T.BOWEL], 8.0, 35.0),
+    # Texture: marrow, bowel and stomach content, liver, breast; cortex varies voxel-wise.
+    for wanted, corr, amp in (([T.MARROW], 12.0, 40.0), ([T.BOWEL], 8.0, 18.0),
                               ([T.STOMACH_CONTENT], 10.0, 40.0), ([T.LIVER], 25.0, 4.0),
-                              ([T.MUSCLE, T.SUBCUT_FAT, T.FAT], 20.0, 6.0),
-                              ([T.CORTEX], 6.0, 120.0), ([T.BREAST], 6.0, 15.0)):
-        box = anatomy.bbox(wanted)
-        if box is None:
+                              ([T.BREAST], 6.0, 15.0)):
+        found = _tissue_noise(anatomy, tex, wanted, corr)
+        if found is None:
             continue
-        m = label_in(labels[box], wanted)
-        region = ct[box]
-        region[m] += amp * _noise(anatomy, tex, box, corr)[m]
+        box, m, n = found
+        ct[box][m] += amp * n
+    cortex = labels == T.CORTEX
+    ct[cortex] += tex.normal(0.0, 120.0, int(cortex.sum())).astype(np.float32)
     if flags["muscle_fat_streaks"] > 0.3:
-        box = anatomy.bbox([T.MUSCLE])
-        if box is not None:
-            m = labels[box] == T.MUSCLE
-            n = _noise(anatomy, tex, box, 7.0)
-            streak = m & (np.abs(n) < 0.06 * flags["muscle_fat_streaks"])
-            ct[box][streak] = np.float32(hu[T.FAT])
+        found = _tissue_noise(anatomy, tex, [T.MUSCLE], 7.0)
+        if found is not None:
+            box, m, n = found
+            region = ct[box]
+            values = region[m]
+            values[np.abs(n) < 0.06 * flags["muscle_fat_streaks"]] = np.float32(hu[T.FAT])
+            region[m] = values
     # Calcified plaques in the aortic wall of older patients.
     aorta = anatomy.paths.get("abdominal_aorta")
     if flags["calcified_aorta"] and aorta is not None:
@@ -303,8 +329,7 @@ def ct_density(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -> 
             for t in (0.2, 0.5, 0.8):
                 c = aorta[k] * (1 - t) + aorta[k + 1] * t + np.array([7.0, 6.0, 0.0])
                 _spot(anatomy, ct, tuple(float(x) for x in c), 2.5, 600.0, "set")
-    for name, centre, radius, _, ct_visible in phys.spots:
+    for _site, centre, radius, _, ct_visible in phys.spots:
         if ct_visible:
             _spot(anatomy, ct, centre, radius, hu[T.SOFT], "set")
-        del name
     return ct

@@ -55,7 +55,7 @@ class Grids:
 
 
 def make_grids(rng: np.random.Generator, size: str, d_top: float, d_bottom: float,
-               height: float, weight: float, params: dict[str, float],
+               weight: float, params: dict[str, float],
                direction: tuple[float, ...] = LAS_DIRECTION) -> Grids:
     """PET and CT grids for a patient scanned from depth `d_top` to `d_bottom` (mm).
 
@@ -106,7 +106,6 @@ def make_grids(rng: np.random.Generator, size: str, d_top: float, d_bottom: floa
     tx, ty = params["tilt_x"], params["tilt_y"]
     axis_x = ((-3000.0, ax - tx * 3000.0), (3000.0, ax + tx * 3000.0))
     axis_y = ((-3000.0, ay - ty * 3000.0), (3000.0, ay + ty * 3000.0))
-    del height
     return Grids(pet=pet, ct=ct, z_vertex=z_vertex, axis_x=axis_x, axis_y=axis_y,
                  fwhm_mm=fwhm, pet_noise=pet_noise, ct_noise_hu=ct_noise)
 
@@ -129,21 +128,35 @@ def _noise_gain(sigma_vox: tuple[float, float, float]) -> float:
 _POOL = 1 << 23
 
 
-def white_noise(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
-    """Standard normal float32 noise `[z, y, x]`, cheaply.
+def add_noise(volume: np.ndarray, rng: np.random.Generator, scale: float | None = None,
+              level: tuple[float, float] | None = None) -> None:
+    """Add zero-mean Gaussian noise to a float32 `[z, y, x]` volume, in place.
 
-    For large volumes each slice is a window at a random offset into one pool of 8.4 M
-    normal numbers (several times faster than drawing every voxel, no visible repetition).
+    Args:
+        scale: constant standard deviation, or
+        level: `(c, floor)`: standard deviation `c * sqrt(max(v, 0) + floor)` of the
+            voxel value v (Poisson-like).
+
+    Slice by slice, each slice taking a window at a random offset into one pool of 8.4 M
+    normal numbers: several times faster than drawing every voxel, with no visible
+    repetition, and no whole-volume temporary.
     """
-    plane = shape[1] * shape[2]
-    if shape[0] * plane <= _POOL:
-        return rng.standard_normal(shape, dtype=np.float32)
-    pool = rng.standard_normal(_POOL + plane, dtype=np.float32)
-    offsets = rng.integers(0, _POOL, shape[0])
-    out = np.empty(shape, np.float32)
+    plane = volume.shape[1] * volume.shape[2]
+    small = volume.size <= _POOL
+    pool = rng.standard_normal(volume.size if small else _POOL + plane, dtype=np.float32)
+    offsets = (np.arange(volume.shape[0]) * plane if small
+               else rng.integers(0, _POOL, volume.shape[0]))
     for k, off in enumerate(offsets):
-        out[k] = pool[off:off + plane].reshape(shape[1], shape[2])
-    return out
+        noise = pool[off:off + plane].reshape(volume.shape[1], volume.shape[2])
+        if level is not None:
+            c, floor = level
+            std = np.maximum(volume[k], 0.0)
+            std += floor
+            np.sqrt(std, out=std)
+            std *= c
+            volume[k] += noise * std
+        else:
+            volume[k] += noise * np.float32(scale)
 
 
 def pet_image(activity: np.ndarray, grids: Grids, rng: np.random.Generator) -> np.ndarray:
@@ -153,16 +166,7 @@ def pet_image(activity: np.ndarray, grids: Grids, rng: np.random.Generator) -> n
     correlated at the resolution scale because it is blurred with the image.
     """
     sigma = blur_sigma_vox(grids.pet, grids.fwhm_mm)
-    amplitude = grids.pet_noise / _noise_gain(sigma)
-    noise = white_noise(rng, activity.shape)
-    level = np.maximum(activity, 0.0)
-    level += 0.004
-    np.sqrt(level, out=level)
-    level *= amplitude
-    noise *= level
-    del level
-    activity += noise
-    del noise
+    add_noise(activity, rng, level=(grids.pet_noise / _noise_gain(sigma), 0.0))
     out = ndi.gaussian_filter(activity, sigma, mode="nearest", truncate=3.0)
     np.maximum(out, 0.0, out=out)
     return out
@@ -189,10 +193,7 @@ def ct_image(density: np.ndarray, grids: Grids, rng: np.random.Generator) -> sit
     it some spatial correlation as in a reconstructed CT; voxels outside the CT's
     reconstruction circle read -1024 HU.
     """
-    noise = white_noise(rng, density.shape)
-    noise *= grids.ct_noise_hu * 1.4
-    density += noise
-    del noise
+    add_noise(density, rng, scale=grids.ct_noise_hu * 1.4)
     # Reconstruction circle of the CT, in physical x/y, applied on the PET grid.
     pet, ct = grids.pet, grids.ct
     radius = 0.5 * ct.size[0] * ct.spacing[0]
