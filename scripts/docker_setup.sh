@@ -8,6 +8,7 @@
 #      CA bundle trusted) when absent. It stands in for the CUDA PyTorch base image where
 #      no image registry is reachable; see docs/container.md.
 #
+# Usage: scripts/docker_setup.sh [-h | --help]
 # Root only. Environment:
 #   PETSEG_CPU_BASE_IMAGE          name of the local base image (default petseg-base-cpu:bookworm)
 #   PETSEG_DOCKER_STORAGE_DRIVER   overlay2 | vfs (default: overlay2 when the kernel has
