@@ -8,8 +8,9 @@
 # BASE_IMAGE: official PyTorch runtime image with requirements.txt's torch (2.13.0), pinned
 # by digest; CUDA 12.6 runs on drivers from R525 on (CUDA 13 needs R580+). It ships
 # Ubuntu 24.04's Python 3.12, not the 3.11 of the local environment (no 2.13.0 image has
-# 3.11); every pin in requirements.txt has 3.12 wheels. `./build.sh --cpu` swaps in a local Debian bookworm
-# (Python 3.11) base where no registry is reachable; nothing else changes.
+# 3.11); every pin in requirements.txt has 3.12 wheels. `./build.sh --cpu` swaps in a
+# local Debian bookworm (Python 3.11) base where no registry is reachable; nothing else
+# in this file changes.
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime@sha256:6acf597eeb8e376a96580dde4952f37cc017fef732bb40bfc73f28f25e3f64b4
 
 # ---- base: environment and the unprivileged user ----------------------------------------
