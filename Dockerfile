@@ -60,10 +60,13 @@ CMD ["--help"]
 
 # ---- inference (default): the grand-challenge algorithm ----------------------------------
 # Weights come before the code so that code changes do not copy the weights again.
-# WEIGHTS_DIR: another weights folder of the build context (the test uses one).
+# WEIGHTS_DIR: another weights folder of the build context (the test uses one). Owned by
+# the user, so files saved with private modes (0600) stay readable; the legacy builder has
+# no `COPY --chmod`, and a `RUN chmod` would store the weights twice.
 FROM runtime AS inference
 ARG WEIGHTS_DIR=weights
-COPY ${WEIGHTS_DIR}/ /opt/app/weights/
+COPY --chown=10001:10001 ${WEIGHTS_DIR}/ /opt/app/weights/
+COPY --chown=10001:10001 resources/ /opt/app/resources/
 COPY --from=package /opt/petseg /opt/petseg
 COPY process.py /opt/app/
 USER 10001:10001

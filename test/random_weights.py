@@ -42,7 +42,7 @@ def make_random_weights(out_dir: str | Path, folds: int = 5, seed: int = 0) -> P
             out_dir / f"{fold_name(fold)}.safetensors", network.state_dict(), config,
             metrics={DSC_KEY: 0.5 + 0.05 * fold}, extra={"random": True, "seed": seed + fold},
         ))
-    return write_manifest(out_dir, files, n_folds=folds).parent
+    return write_manifest(out_dir, [f.name for f in files], n_folds=folds).parent
 
 
 def main(argv: list[str] | None = None) -> int:
