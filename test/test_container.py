@@ -7,6 +7,7 @@ need no Docker daemon.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from container_check import MASK_FOLDER, check_output, dice, main
+import SimpleITK as sitk
+from container_check import MASK_FOLDER, check_output, dice, geometry_difference, main
 
 from petseg.geometry import LAS_DIRECTION, Geometry
 from petseg.io import write_image
@@ -204,8 +206,8 @@ def test_every_copied_path_exists_and_enters_the_build_context() -> None:
         if not line.startswith("COPY ") or "--from=" in line:
             continue
         for source in line.split()[1:-1]:
-            if "[" in source or "$" in source:  # optional or build-arg paths
-                continue
+            if source.startswith("--") or "[" in source or "$" in source:
+                continue  # flags, optional (`.wh[l]`) and build-arg paths
             source = source.rstrip("/")
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
             assert source in allowed, f".dockerignore keeps {source} out of the build context"
@@ -241,3 +243,69 @@ def test_dockerfile_is_hadolint_clean() -> None:
     result = subprocess.run([str(HADOLINT), str(ROOT / "Dockerfile")], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- the fixture and the test weights --------------------------------------------------
+
+FIXTURE = ROOT / "test" / "input"
+
+
+def only_image(folder: Path) -> Path:
+    files = sorted(folder.iterdir())
+    assert len(files) == 1, f"{folder}: {len(files)} files, expected one"
+    return files[0]
+
+
+def test_fixture_is_one_small_case_with_real_world_geometry() -> None:
+    pet_path = only_image(FIXTURE / "images" / "pet")
+    ct_path = only_image(FIXTURE / "images" / "ct")
+    assert pet_path.suffix == ct_path.suffix == ".mha"
+    assert pet_path.name != ct_path.name  # the challenge's two uuids differ
+    pet = Geometry.of(sitk.ReadImage(str(pet_path)))
+    ct = Geometry.of(sitk.ReadImage(str(ct_path)))
+    assert pet.direction == LAS_DIRECTION
+    assert pet.spacing == pytest.approx((2.0364, 2.0364, 3.0))
+    assert ct.size != pet.size and max(ct.spacing) < min(pet.spacing)  # CT on a finer grid
+    assert sum(f.stat().st_size for f in FIXTURE.rglob("*") if f.is_file()) < 1_000_000
+    suv = sitk.GetArrayFromImage(sitk.ReadImage(str(pet_path)))
+    assert suv.max() > 2.5 * np.median(suv)  # lesions stand out for the network to find
+
+
+def test_fixture_regenerates_identically(tmp_path) -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "make_test_fixture.sh"), "--input-only", "--input",
+         str(tmp_path / "input")], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PETSEG_PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    for kind in ("pet", "ct"):
+        committed = only_image(FIXTURE / "images" / kind)
+        fresh = only_image(tmp_path / "input" / "images" / kind)
+        assert fresh.name == committed.name
+        a, b = sitk.ReadImage(str(committed)), sitk.ReadImage(str(fresh))
+        assert Geometry.of(a) == Geometry.of(b)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+
+
+@pytest.mark.skipif(not (ROOT / "test" / "expected_output").exists(),
+                    reason="no expected output committed yet (scripts/make_test_fixture.sh)")
+def test_expected_output_is_a_non_empty_mask_on_the_fixture_pet() -> None:
+    pet = sitk.ReadImage(str(only_image(FIXTURE / "images" / "pet")))
+    mask = sitk.ReadImage(str(only_image(ROOT / "test" / "expected_output" / MASK_FOLDER)))
+    assert geometry_difference(Geometry.of(mask), Geometry.of(pet)) is None
+    assert sitk.GetArrayFromImage(mask).sum() > 0
+
+
+def test_random_weights_are_a_loadable_ensemble(tmp_path) -> None:
+    from random_weights import TINY_NETWORK, make_random_weights
+
+    from petseg.checkpoint import dsc_weights, load_ensemble
+
+    out = make_random_weights(tmp_path / "w", folds=3, seed=7)
+    checkpoints = load_ensemble(out)  # checks every sha256 against the manifest
+    assert [c.meta["fold"] for c in checkpoints] == ["fold_0", "fold_1", "fold_2"]
+    assert dsc_weights(checkpoints) == pytest.approx([0.5, 0.55, 0.6])
+    assert all(c.model_config.network == TINY_NETWORK for c in checkpoints)
+    name = next(k for k in checkpoints[0].state_dict if k.endswith("weight"))
+    assert not np.array_equal(checkpoints[0].state_dict[name], checkpoints[1].state_dict[name])
+    again = load_ensemble(make_random_weights(tmp_path / "w", folds=3, seed=7))
+    np.testing.assert_array_equal(again[2].state_dict[name], checkpoints[2].state_dict[name])
