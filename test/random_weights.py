@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from petseg.checkpoint import DSC_KEY, fold_name, save_checkpoint, write_manifest
 
+from petseg.checkpoint import DSC_KEY, fold_name, save_checkpoint, write_manifest
 from petseg.config import ModelConfig, NetworkConfig
 from petseg.model import build_network
 
