@@ -11,6 +11,8 @@
 # Expected mask: test/expected_output when weights/ holds the bundled ensemble; when it
 # does not, a tiny random-weights ensemble is written to out/test-weights, baked into the
 # image instead, and the expected mask comes from `petseg predict` on the host.
+# A second run mounts another random ensemble at /opt/ml/model (where grand-challenge
+# puts an uploaded model) and checks that the container uses it instead.
 # Environment:
 #   PETSEG_REQUIRE_DOCKER=1  fail when no Docker daemon answers (default: skip, saying so)
 #   PETSEG_TEST_BASE         auto (default): the Dockerfile's pinned CUDA PyTorch image when
@@ -100,23 +102,43 @@ case "${PETSEG_GPUS:-auto}" in
     fi ;;
   *) fail "PETSEG_GPUS must be auto, all or none" ;;
 esac
-volume="petseg-test-output-$$-$RANDOM"
-cleanup() { docker volume rm -f "$volume" >/dev/null 2>&1 || true; }
+volumes=()
+cleanup() { ((${#volumes[@]} == 0)) || docker volume rm -f "${volumes[@]}" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-docker volume create "$volume" >/dev/null
-say "running $tag on test/input (${gpus[*]:-no GPU})"
-start=$SECONDS
-docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
-  --memory 30g --memory-swap 30g --shm-size 128m --pids-limit 256 "${gpus[@]}" \
-  --volume "$root/test/input:/input:ro" --volume "$volume:/output" "$tag" \
-  || fail "the container exited with status $?"
-say "the container ran in $((SECONDS - start)) s"
-# Copy /output out through tar, so the files belong to the caller, not the image's user.
-mkdir -p "$work/output"
-docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
-  -C /output -cf - . | tar -C "$work/output" -xf -
-PYTHONPATH="$root" "$python" test/container_check.py "$work/output" --input test/input \
-  --expected "$expected" || fail "the container's output is wrong (kept in $work/output)"
+
+run_case() {  # run_case NAME EXPECTED_DIR [extra docker run arguments]: run, copy out, check
+  local name="$1" expected_dir="$2" volume="petseg-test-output-$$-$RANDOM" start=$SECONDS
+  shift 2
+  volumes+=("$volume")
+  docker volume create "$volume" >/dev/null
+  say "$name: running $tag on test/input (${gpus[*]:-no GPU})"
+  docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
+    --memory 30g --memory-swap 30g --shm-size 128m --pids-limit 256 "${gpus[@]}" \
+    --volume "$root/test/input:/input:ro" --volume "$volume:/output" "$@" "$tag" \
+    || fail "$name: the container exited with status $?"
+  say "$name: the container ran in $((SECONDS - start)) s"
+  # Copy /output out through tar, so the files belong to the caller, not the image's user.
+  mkdir -p "$work/$name"
+  docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
+    -C /output -cf - . | tar -C "$work/$name" -xf -
+  PYTHONPATH="$root" "$python" test/container_check.py "$work/$name" --input test/input \
+    --expected "$expected_dir" || fail "$name: the container's output is wrong (in $work/$name)"
+}
+
+run_case baked-weights "$expected"
+
+# A model mounted at /opt/ml/model (grand-challenge's model tarball) replaces the baked-in
+# weights: another random ensemble, read-only, one folder down as an unpacked tarball may be.
+model="$work/model"
+PYTHONPATH="$root" "$python" test/random_weights.py "$model/petseg-model" --folds 2 --seed 100 >&2
+chmod -R a+rX "$model"  # checkpoints are written with private modes
+scripts/make_test_fixture.sh --expected-only --weights "$model/petseg-model" \
+  --expected "$work/model-expected"
+mask() { echo "$1"/images/automated-petct-lesion-segmentation/*.mha; }
+if cmp -s "$(mask "$expected")" "$(mask "$work/model-expected")"; then
+  fail "the mounted model predicts the same mask as the baked-in weights; the test cannot tell them apart"
+fi
+run_case mounted-model "$work/model-expected" --volume "$model:/opt/ml/model:ro"
 
 # --- the train image ---------------------------------------------------------------------
 start=$SECONDS
