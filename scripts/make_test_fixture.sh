@@ -10,9 +10,10 @@
 #   --input DIR         where the case goes / is read from (default test/input)
 #   --expected DIR      where the expected output goes (default test/expected_output)
 #   -h, --help          this help
-# The case: images/pet/<uuid>.mha (SUV, LAS direction, 2.0364 x 2.0364 x 3 mm) and
-# images/ct/<uuid>.mha (HU, on a finer grid of its own), with fixed uuids so a
-# regenerated fixture keeps its names. Run it again whenever the weights change.
+# The case: `petseg phantom --size small` study (seed PHANTOM_SEED below, 5 lesions):
+# images/pet/<uuid>.mha (SUV, 96 x 96 x 128 voxels, LAS direction) and
+# images/ct/<uuid>.mha (HU, on the PET grid), under 1 MB; the same seed writes the same
+# files and uuids. Rerun it whenever the bundled weights change.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -34,38 +35,26 @@ done
 weights="$(realpath -m "$weights")" input="$(realpath -m "$input")"
 expected="$(realpath -m "$expected")"
 cd "$root"
+PHANTOM_SEED=2
 python="${PETSEG_PYTHON:-$root/.venv/bin/python}"
 [[ -x "$python" ]] || python="$(command -v python3)"
 export PYTHONPATH="$root"
 
 if ((do_input)); then
+  # One lesion-bearing study of the project's whole-body phantom, small size, CT on the
+  # PET grid (a CT on its own finer grid would double the fixture past 1 MB).
   mkdir -p "$(dirname "$input")"
   tmp="$(mktemp -d "$(dirname "$input")/.input.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
-  "$python" - "$tmp" <<'PY'
-"""One small case with real-world geometry: PET on an LAS grid, CT on a finer one."""
-import sys
-from pathlib import Path
-
-sys.path.insert(0, "test")
-from inference_synthetic import finer_ct_geometry, make_case  # noqa: E402
-
-from petseg.io import write_image  # noqa: E402
-
-PET_UUID = "5f0c7e2a-3d1b-4c8e-9a6f-2b7d4e1c0a93"
-CT_UUID = "c81e4b6d-0f2a-47d5-b3e9-6a1f8c2d5e07"
-out = Path(sys.argv[1])
-pet, _, _, _ = make_case()
-_, ct, _, _ = make_case(ct_geometry=finer_ct_geometry(pet))
-write_image(pet, out / "images" / "pet" / f"{PET_UUID}.mha")
-write_image(ct, out / "images" / "ct" / f"{CT_UUID}.mha")
-print(f"input case: PET {pet.GetSize()} at {pet.GetSpacing()} mm, CT {ct.GetSize()}",
-      file=sys.stderr)
-PY
-  rm -rf "$input"
+  "$python" -m petseg phantom "$tmp/phantom" --cases 1 --seed "$PHANTOM_SEED" \
+    --layout challenge --size small --ct-grid pet --negative-fraction 0 >&2
+  mv "$tmp/phantom/case_000/images" "$tmp/images"
+  rm -rf "$tmp/phantom" "$input"
   mv "$tmp" "$input"
   chmod -R a+rX "$input"  # the image's unprivileged user reads it through a mount
   trap - EXIT
+  echo "input case: $(cd "$input" && find images -type f | sort | tr '\n' ' ')" \
+    "($(du -sh "$input" | cut -f1))" >&2
 fi
 
 if ((do_expected)); then

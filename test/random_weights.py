@@ -5,7 +5,7 @@
 The container test bakes it into the inference image when weights/ holds no trained
 ensemble, and compares the container's mask with the host's prediction from the same
 weights. The network is the paper's residual UNet at a tiny width, channels (4, 8, 16),
-strides (2, 2), so both predictions take seconds on a CPU.
+strides (2, 2), on a 6 mm grid, so both predictions take seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 
 from petseg.checkpoint import DSC_KEY, fold_name, save_checkpoint, write_manifest
-from petseg.config import ModelConfig, NetworkConfig
+from petseg.config import ModelConfig, NetworkConfig, PreprocessingConfig
 from petseg.model import build_network
 
 TINY_NETWORK = NetworkConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+COARSE_PREPROCESSING = PreprocessingConfig(target_spacing_mm=6.0)
+"""A 6 mm network grid: 27 times fewer voxels than the paper's 2 mm, seconds per case."""
 
 
 def make_random_weights(out_dir: str | Path, folds: int = 5, seed: int = 0) -> Path:
@@ -33,7 +35,7 @@ def make_random_weights(out_dir: str | Path, folds: int = 5, seed: int = 0) -> P
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    config = ModelConfig(network=TINY_NETWORK)
+    config = ModelConfig(network=TINY_NETWORK, preprocessing=COARSE_PREPROCESSING)
     files = []
     for fold in range(folds):
         torch.manual_seed(seed + fold)
