@@ -5,7 +5,7 @@
 # Usage: ./export.sh [options]
 #   --image NAME:TAG   image to save (default petseg:VERSION, VERSION from pyproject.toml)
 #   --cpu              default image petseg:VERSION-cpu (the local CPU build)
-#   --output FILE      tarball to write (default <repo>/petseg-VERSION[-cpu].tar.gz)
+#   --output FILE      tarball to write (default <repo>/out/petseg-VERSION[-cpu].tar.gz)
 #   -h, --help         this help
 # Writes FILE and FILE.sha256 (`sha256sum -c` format) atomically and prints the sha256.
 # Uses pigz when installed, gzip otherwise.
@@ -29,7 +29,7 @@ done
 version="$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$root/pyproject.toml" | head -n 1)"
 [[ -n "$version" ]] || die "$root/pyproject.toml: no version found; add version = \"X.Y.Z\""
 image="${image:-petseg:$version$suffix}"
-output="${output:-$root/petseg-$version$suffix.tar.gz}"
+output="${output:-$root/out/petseg-$version$suffix.tar.gz}"
 command -v docker >/dev/null || die "docker not found; install Docker (root: scripts/docker_setup.sh)"
 docker image inspect "$image" >/dev/null 2>&1 || die "image $image not found; build it with ./build.sh"
 mkdir -p "$(dirname "$output")"
