@@ -80,7 +80,9 @@ if ((cpu)); then
   suffix=-cpu
 fi
 if ((!cpu)) && compgen -G ".whl/*.whl" >/dev/null; then
-  echo "build.sh: feeding local wheels from .whl/: $(cd .whl && echo *.whl)" >&2
+  echo "build.sh: feeding local wheels from .whl/: $(cd .whl && echo *.whl) (a CPU torch" \
+    "wheel left by --cpu is not installed over the base image's torch; delete .whl/ to" \
+    "shrink the build context)" >&2
 fi
 [[ -n "$base_image" ]] && build_args+=(--build-arg "BASE_IMAGE=$base_image")
 if [[ -n "$weights" ]]; then
