@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run every check of the project: ruff, hadolint and shellcheck (when installed), the
+# Run every check of the project: ruff, hadolint and shellcheck (pinned in .venv), the
 # pytest suite, then the container test (build the inference image, run it on test/input
 # with the challenge's docker flags, check its output; build the train image, check
 # `--help`).
@@ -28,10 +28,10 @@ trap report EXIT
 
 lint_paths=()
 for path in petseg test benchmarks process.py; do [[ -e "$path" ]] && lint_paths+=("$path"); done
-hadolint="$(command -v hadolint || true)"
-[[ -z "$hadolint" && -x .venv/bin/hadolint ]] && hadolint=.venv/bin/hadolint
-
 part bootstrap scripts/bootstrap.sh
+# hadolint and shellcheck come pinned in .venv (requirements-dev.txt); a system one also works
+export PATH="$root/.venv/bin:$PATH"
+hadolint="$(command -v hadolint || true)"
 part ruff .venv/bin/python -m ruff check "${lint_paths[@]}"
 if [[ -n "$hadolint" ]]; then
   part hadolint "$hadolint" Dockerfile

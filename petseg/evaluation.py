@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
+from petseg.geometry import grid_difference
 from petseg.io import atomic_path, image_stem, image_suffix, read_image
 from petseg.metrics import CaseMetrics, case_metrics
 
@@ -55,10 +56,6 @@ COHORTS: tuple[str, ...] = ("LYMPHOMA", "LUNG_CANCER", "MELANOMA", "NEGATIVE")
 
 ALL = "ALL"
 UNKNOWN = "UNKNOWN"
-
-GRID_TOLERANCE = 1e-4
-"""Largest absolute difference in spacing (mm), origin (mm) and direction cosines."""
-
 
 # ------------------------------------------------------------------------------ pairing
 
@@ -145,26 +142,6 @@ def pair_cases(pred_dir: str | Path, truth_dir: str | Path) -> Pairing:
 
 
 # ------------------------------------------------------------------------ one case
-
-
-def grid_difference(a: sitk.Image, b: sitk.Image, tolerance: float = GRID_TOLERANCE) -> str | None:
-    """How the grids of two SimpleITK images differ, or None if they match.
-
-    Size must be equal; spacing, origin and direction may differ by `tolerance`.
-    """
-    checks = (
-        ("size", a.GetSize(), b.GetSize(), 0.0),
-        ("spacing", a.GetSpacing(), b.GetSpacing(), tolerance),
-        ("origin", a.GetOrigin(), b.GetOrigin(), tolerance),
-        ("direction", a.GetDirection(), b.GetDirection(), tolerance),
-    )
-    for name, va, vb, tol in checks:
-        if len(va) != len(vb) or any(abs(x - y) > tol for x, y in zip(va, vb, strict=True)):
-            fmt = ", ".join
-            return (
-                f"{name} ({fmt(f'{x:g}' for x in va)}) vs ({fmt(f'{x:g}' for x in vb)})"
-            )
-    return None
 
 
 def _mask_array(image: sitk.Image, path: Path) -> np.ndarray:

@@ -227,30 +227,34 @@ def isotropic_grid(region: Geometry, spacing_mm: float, orientation: str | None 
     )
 
 
-def grid_difference(image: sitk.Image, reference: sitk.Image, tol_mm: float = 1e-3) -> str:
-    """'' when both images lie on the same grid (`same_grid`), else what differs.
+GRID_TOLERANCE = 1e-4
+"""Largest difference (mm for spacing/origin, cosine for direction) still counted as one grid."""
 
-    The text names the first differing attribute with both values, e.g.
-    "origin (0.5, 0.0, 0.0) vs (0.0, 0.0, 0.0)".
+
+def grid_difference(a: sitk.Image, b: sitk.Image, tolerance: float = GRID_TOLERANCE) -> str | None:
+    """How the grids of two SimpleITK images differ, or None if they match.
+
+    Size must be equal; spacing, origin and direction may differ by `tolerance`. The text
+    names the first differing attribute with both values, e.g. "origin (0.5, 0, 0) vs (0, 0, 0)".
     """
-    a, b = Geometry.of(image), Geometry.of(reference)
-    if same_grid(a, b, tol_mm):
-        return ""
-    fields = ("size", "spacing", "origin", "direction")
-    for digits in (4, 8):
-        for name in fields:
-            va = tuple(round(v, digits) for v in getattr(a, name))
-            vb = tuple(round(v, digits) for v in getattr(b, name))
-            if va != vb:
-                return f"{name} {va} vs {vb}"
-    return f"grids differ: {a} vs {b}"
+    checks = (
+        ("size", a.GetSize(), b.GetSize(), 0.0),
+        ("spacing", a.GetSpacing(), b.GetSpacing(), tolerance),
+        ("origin", a.GetOrigin(), b.GetOrigin(), tolerance),
+        ("direction", a.GetDirection(), b.GetDirection(), tolerance),
+    )
+    for name, va, vb, tol in checks:
+        if len(va) != len(vb) or any(abs(x - y) > tol for x, y in zip(va, vb, strict=True)):
+            fmt = ", ".join
+            return f"{name} ({fmt(f'{x:g}' for x in va)}) vs ({fmt(f'{x:g}' for x in vb)})"
+    return None
 
 
 def check_same_grid(image: sitk.Image, reference: sitk.Image, name: str,
                     reference_name: str) -> None:
     """Raise `PetsegError` naming `name` when `image` is not on `reference`'s grid."""
     difference = grid_difference(image, reference)
-    if difference:
+    if difference is not None:
         raise PetsegError(
             f"{name}: not on the grid of {reference_name} ({difference}); "
             f"resample it onto that grid first"

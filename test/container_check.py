@@ -23,8 +23,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
-from petseg.geometry import Geometry
+from petseg.geometry import grid_difference
 from petseg.io import image_stem, read_image
+from petseg.metrics import dice
 
 MASK_FOLDER = Path("images", "automated-petct-lesion-segmentation")
 PET_FOLDER = Path("images", "pet")
@@ -64,24 +65,6 @@ def single_file(folder: Path, what: str) -> tuple[Path | None, str | None]:
         names = ", ".join(e.name for e in entries) or "nothing"
         return None, f"{folder}: holds {len(entries)} entries ({names}); exactly one {what} file"
     return entries[0], None
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice 2|A n B| / (|A| + |B|) of two same-shape masks; NaN when both are empty."""
-    a, b = a.astype(bool), b.astype(bool)
-    total = int(a.sum()) + int(b.sum())
-    return float("nan") if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def geometry_difference(actual: Geometry, expected: Geometry) -> str | None:
-    """None when two grids agree (size exactly, the rest within `GEOMETRY_TOLERANCE`)."""
-    if actual.size != expected.size:
-        return f"size {actual.size} != {expected.size}"
-    for field in ("spacing", "origin", "direction"):
-        a, e = np.asarray(getattr(actual, field)), np.asarray(getattr(expected, field))
-        if not np.allclose(a, e, rtol=0.0, atol=GEOMETRY_TOLERANCE):
-            return f"{field} {tuple(a.round(6))} != {tuple(e.round(6))}"
-    return None
 
 
 def _check_results(path: Path, case: str) -> list[str]:
@@ -137,7 +120,7 @@ def check_output(
         report.failures.append(str(exc))
         return report
 
-    difference = geometry_difference(Geometry.of(mask), Geometry.of(pet))
+    difference = grid_difference(mask, pet, GEOMETRY_TOLERANCE)
     if difference:
         report.failures.append(f"{mask_path}: geometry differs from the input PET: {difference}")
         return report
