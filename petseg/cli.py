@@ -18,6 +18,7 @@ from petseg.errors import PetsegError
 
 COMMANDS: tuple[str, ...] = (
     "predict",
+    "phantom",
 )
 """Module names under `petseg.commands`; the command name uses '-' for '_'."""
 
