@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from petseg.config import InferenceConfig, PreprocessingConfig
 from petseg.errors import PetsegError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ Predictor = Callable[[torch.Tensor], torch.Tensor]
 sigmoid output)."""
 
 Mode = Literal["reference", "fast"]
-Precision = Literal["auto", "fp32", "fp16"]
 Stitch = Literal["auto", "device", "cpu"]
 Blend = Literal["gaussian", "constant"]
 
@@ -715,21 +715,6 @@ def _prepare(networks: Sequence[Predictor], device: torch.device, channels_last:
             network.to(device=device, memory_format=memory_format)  # type: ignore[call-arg]
 
 
-def _normalised_weights(count: int, weights: Sequence[float] | None) -> list[float]:
-    if weights is None:
-        return [1.0 / count] * count
-    if len(weights) != count:
-        raise ValueError(f"{len(weights)} ensemble weights for {count} networks")
-    values = [float(w) for w in weights]
-    if any(w < 0 or not math.isfinite(w) for w in values) or sum(values) <= 0:
-        raise PetsegError(
-            f"ensemble weights {values} must be non-negative with a positive sum;"
-            " fix the fold metrics in the weights manifest"
-        )
-    total = sum(values)
-    return [w / total for w in values]
-
-
 def _infer_size_divisor(networks: Sequence[Predictor]) -> int:
     divisor = 1
     for network in networks:
@@ -742,23 +727,13 @@ def _infer_size_divisor(networks: Sequence[Predictor]) -> int:
 
 def run_ensemble(
     networks: Sequence[Predictor],
-    image: torch.Tensor,
+    image: np.ndarray | torch.Tensor,
+    config: InferenceConfig | None = None,
     *,
     weights: Sequence[float] | None = None,
     body_mask: np.ndarray | torch.Tensor | None = None,
-    device: torch.device | str | None = None,
-    mode: Mode = "reference",
-    roi_size: Sequence[int] = (192, 192, 192),
-    overlap: float = 0.5,
-    blend: Blend = "gaussian",
-    windows_per_batch: int | Literal["auto"] = "auto",
-    precision: Precision = "auto",
-    stitch: Stitch = "auto",
-    memory_budget_gb: float | None = None,
-    fast_overlap: int = 32,
+    device: torch.device | str = "auto",
     size_divisor: int | None = None,
-    tta: int = 1,
-    time_budget_s: float | None = None,
     channels_last: bool = True,
     bytes_per_voxel: float | None = None,
 ) -> EngineResult:
@@ -768,93 +743,81 @@ def run_ensemble(
         networks: fold networks (moved to `device`, set to eval mode and `channels_last_3d`
             in place) or plain callables; each maps `[B, C, d, h, w]` to logits
             `[B, K, d, h, w]`; the lesion probability is softmax channel 1 (sigmoid if K = 1).
-        image: `[C, D, H, W]` float tensor (PET in SUV, CT scaled to [0, 1], ...), any device.
+        image: `[C, D, H, W]` float (PET in SUV, CT scaled to [0, 1], ...), any device.
+        config: window, ensemble, precision, memory and test-time-augmentation settings
+            (`InferenceConfig`, default: the paper's reference mode).
         weights: per-network ensemble weights (normalised to sum 1); None for the plain mean.
         body_mask: optional `[D, H, W]` bool mask; windows without a body voxel are skipped
-            and their voxels outside every kept window get probability 0.
-        device: where the networks run; default CUDA if available, else CPU.
-        mode: "reference" (the paper's `roi_size` windows at `overlap`) or "fast" (windows
-            as large as memory allows, up to the whole volume in one forward).
-        roi_size: reference-mode window `(d, h, w)`; fast mode never goes below it.
-        overlap: reference-mode overlap fraction, as in MONAI.
-        blend: reference-mode blending, "gaussian" (sigma 0.125 x window) or "constant".
-        windows_per_batch: windows per forward, or "auto" (from the free memory).
-        precision: "fp16" (CUDA autocast), "fp32", or "auto" (fp16 on CUDA, fp32 on CPU).
-        stitch: where the accumulation buffers live: "device", "cpu" or "auto" (device if they
-            take at most half of the memory budget).
-        memory_budget_gb: memory the engine may plan for (GB = 1e9 bytes); default 90 % of
-            the free GPU memory, or half the available RAM on the CPU.
-        fast_overlap: fast-mode overlap between tiles, voxels.
+            and voxels that no kept window covers get probability 0.
+        device: where the networks run: "auto" (CUDA if available), "cpu", "cuda".
         size_divisor: spatial sizes the networks accept are multiples of this; default from
             the networks' `strides` (MONAI UNet), else 1.
-        tta: flip passes to average (1 = none, up to 8, see `FLIP_AXES`).
-        time_budget_s: if given, as many flip passes (up to 8) as fit into this many seconds,
-            counted from the call's start and judged by the first pass; overrides `tta`.
-        channels_last: run in `channels_last_3d` layout.
+        channels_last: run in `channels_last_3d` layout (faster on CUDA and with oneDNN).
         bytes_per_voxel: activation cost per window voxel; default measured on the networks.
 
     Returns:
         `EngineResult` with the probability `[D, H, W]` (float32, CPU) and run statistics.
 
     Raises:
-        PetsegError: when even one smallest window with CPU stitching runs out of memory.
+        PetsegError: bad ensemble weights or settings, or out of memory even with one
+            smallest window and the buffers on the CPU.
     """
+    from petseg.inference import normalized_weights, resolve_device
+
     started = time.perf_counter()
+    config = config or InferenceConfig()
+    image = torch.as_tensor(image)
     if image.ndim != 4:
         raise ValueError(f"image must be [C, D, H, W], got shape {tuple(image.shape)}")
-    if not networks:
-        raise ValueError("no networks given")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    weights_used = normalized_weights(len(networks), weights)
+    batch_setting = check_settings(config)
+    device = resolve_device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    precision_used: Literal["fp32", "fp16"] = (
-        ("fp16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
-    )
-    if device.type != "cuda":
-        precision_used = "fp32"  # fp16 convolutions on the CPU are emulated and slow
-    weights_used = _normalised_weights(len(networks), weights)
+    precision: Literal["fp32", "fp16"] = "fp16" if device.type == "cuda" else "fp32"
+    if config.precision != "auto" and device.type == "cuda":
+        precision = config.precision
     divisor = size_divisor or _infer_size_divisor(networks)
     in_channels = int(image.shape[0])
     _prepare(networks, device, channels_last)
-    if time_budget_s is not None:
+    if config.time_budget_s is not None:
         flips = list(FLIP_AXES)
     else:
-        flips = list(FLIP_AXES[: max(1, min(int(tta), len(FLIP_AXES)))])
+        flips = list(FLIP_AXES[: max(1, min(int(config.tta), len(FLIP_AXES)))])
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     cost = bytes_per_voxel
     if cost is None:
         measured = activation_bytes_per_voxel(
-            networks[0], in_channels, device, precision_used, channels_last, divisor
+            networks[0], in_channels, device, precision, channels_last, divisor
         )
         cost = measured * COST_SAFETY["cuda" if device.type == "cuda" else "cpu"]
-    if memory_budget_gb is not None:
-        budget = memory_budget_gb * 1e9
+    if config.memory_budget_gb is not None:
+        budget = config.memory_budget_gb * 1e9
     elif device.type == "cuda":
         budget = available_memory_bytes(device) * DEVICE_MEMORY_FRACTION
     else:
         budget = available_memory_bytes(device) * HOST_MEMORY_FRACTION
 
-    batch_cap: int | Literal["auto"] = windows_per_batch
-    stitch_now: Stitch = stitch
+    stitch: Stitch = config.stitch
     fallbacks: list[str] = []
     with torch.inference_mode():
         while True:
             plan = make_plan(
                 image.shape[1:],
-                mode=mode,
-                roi_size=roi_size,
-                overlap=overlap,
-                blend=blend,
-                windows_per_batch=batch_cap,
-                precision=precision_used,
-                stitch=stitch_now,
+                mode=config.mode,
+                roi_size=config.roi_size,
+                overlap=config.overlap,
+                blend=config.blend,
+                windows_per_batch=batch_setting,
+                precision=precision,
+                stitch=stitch,
                 budget_bytes=budget,
                 bytes_per_voxel=cost,
                 in_channels=in_channels,
                 size_divisor=divisor,
-                fast_overlap=fast_overlap,
+                fast_overlap=config.fast_overlap,
                 body_mask=body_mask,
                 device_type=device.type,
             )
@@ -863,7 +826,7 @@ def run_ensemble(
             try:
                 probability, passes, first_pass = _run_plan(
                     networks, weights_used, image, plan, device, channels_last, flips,
-                    time_budget_s, started,
+                    config.time_budget_s, started,
                 )
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not _is_oom(exc):
@@ -875,27 +838,27 @@ def run_ensemble(
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            step = _fallback(plan, mode, roi_size, device)
+            step = _fallback(plan, config.mode, config.roi_size, device)
             if step is None:
                 raise PetsegError(
                     f"out of memory on {device} even with one {plan.window} window and the"
-                    " buffers on the CPU; free the device or run with --device cpu"
+                    " buffers on the CPU; free the device, lower roi_size or use --device cpu"
                 )
             name, value = step
             fallbacks.append(f"{name}={value}")
             log.warning("out of memory with %s; retrying with %s=%s", plan.describe(), name, value)
             if name == "windows_per_batch":
-                batch_cap = int(value)
+                batch_setting = int(value)
             elif name == "budget_gb":
                 budget = float(value) * 1e9
-                batch_cap = 1
+                batch_setting = 1
             else:
-                stitch_now = "cpu"
-                batch_cap = 1
+                stitch = "cpu"
+                batch_setting = 1
 
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return EngineResult(
-        probability=probability,
+        probability=probability.clone(),  # an ordinary tensor, usable outside inference mode
         plan=plan,
         passes=passes,
         seconds=time.perf_counter() - started,
@@ -903,6 +866,47 @@ def run_ensemble(
         peak_device_bytes=peak,
         fallbacks=tuple(fallbacks),
     )
+
+
+def check_settings(config: InferenceConfig) -> int | Literal["auto"]:
+    """Raise `PetsegError` for settings the JSON loader cannot check; returns windows_per_batch."""
+    batch = config.windows_per_batch
+    if batch != "auto" and not (isinstance(batch, int) and batch >= 1):
+        raise PetsegError(
+            f"windows_per_batch {batch!r}: must be a positive integer or \"auto\";"
+            " fix the inference config"
+        )
+    if not 1 <= int(config.tta) <= len(FLIP_AXES):
+        raise PetsegError(f"tta {config.tta}: must be 1 to {len(FLIP_AXES)} flip passes")
+    if not 0 <= config.overlap < 1:
+        raise PetsegError(f"overlap {config.overlap}: must be >= 0 and < 1")
+    if config.time_budget_s is not None and config.time_budget_s <= 0:
+        raise PetsegError(f"time budget {config.time_budget_s} s: must be positive")
+    return batch
+
+
+SKIP_THRESHOLD_HU = -900.0
+"""CT above this counts as body for window skipping: everything denser than air, lung
+parenchyma included, so a window inside a lung is never skipped."""
+
+
+def body_mask_for_windows(
+    image: np.ndarray | torch.Tensor, preprocessing: PreprocessingConfig
+) -> np.ndarray | None:
+    """`[D, H, W]` bool: voxels of the CT channel denser than air (`SKIP_THRESHOLD_HU`).
+
+    `image` is the network input `[C, D, H, W]` with the CT clipped and scaled as
+    `preprocessing` says; None when the channels hold no CT.
+    """
+    from petseg.preprocessing import scale_ct
+
+    if "ct" not in preprocessing.channel_order:
+        return None
+    channel = preprocessing.channel_order.index("ct")
+    threshold = float(scale_ct(np.array([SKIP_THRESHOLD_HU]), preprocessing.ct_clip_hu)[0])
+    ct = image[channel]
+    mask = ct > threshold
+    return mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
 
 
 def _fallback(

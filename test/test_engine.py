@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
+from inference_synthetic import make_case
 from monai.inferers import sliding_window_inference
+from test_checkpoint import _ensemble
+from test_inference import SuvThreshold
 
-from petseg import engine
-from petseg.config import NetworkConfig
+from petseg import engine, pipeline
+from petseg.cli import main
+from petseg.config import InferenceConfig, ModelConfig, NetworkConfig, PreprocessingConfig
 from petseg.engine import FLIP_AXES, Plan, make_plan, run_ensemble
 from petseg.errors import PetsegError
 from petseg.model import build_network
@@ -66,14 +74,17 @@ def trained_ensemble() -> list[torch.nn.Module]:
             pairs = [tiny_phantom((24, 24, 24), 3, generator) for _ in range(2)]
             x = torch.stack([p[0] for p in pairs])
             y = torch.stack([p[1] for p in pairs]).long()
-            loss = torch.nn.functional.cross_entropy(
-                network(x), y, weight=torch.tensor([1.0, 5.0])
-            )
+            loss = torch.nn.functional.cross_entropy(network(x), y, weight=torch.tensor([1.0, 5.0]))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         networks.append(network.eval())
     return networks
+
+
+def cfg(**changes: object) -> InferenceConfig:
+    """The paper's inference settings with `changes`."""
+    return InferenceConfig(**changes)  # type: ignore[arg-type]
 
 
 def random_ensemble(count: int = 2) -> list[torch.nn.Module]:
@@ -94,8 +105,12 @@ def stock_probability(
     for network, weight in zip(networks, weights, strict=True):
         with torch.no_grad():
             blended = sliding_window_inference(
-                image[None], roi, 1, lambda x, n=network: torch.softmax(n(x), 1),
-                overlap=0.5, mode=mode,
+                image[None],
+                roi,
+                1,
+                lambda x, n=network: torch.softmax(n(x), 1),
+                overlap=0.5,
+                mode=mode,
             )
         result += blended[0, 1] * weight / total
     return result
@@ -124,8 +139,12 @@ def test_reference_mode_equals_monai_weighted_average(blend: str) -> None:
     roi = (16, 16, 16)
     expected = stock_probability(networks, image, roi, [0.7, 0.3], mode=blend)
     result = run_ensemble(
-        networks, image, weights=[0.7, 0.3], roi_size=roi, blend=blend,
-        windows_per_batch=3, device="cpu", bytes_per_voxel=100,
+        networks,
+        image,
+        cfg(roi_size=roi, blend=blend, windows_per_batch=3),
+        weights=[0.7, 0.3],
+        device="cpu",
+        bytes_per_voxel=100,
     )
     assert result.probability.shape == (24, 26, 30)
     assert result.probability.dtype == torch.float32
@@ -139,8 +158,9 @@ def test_reference_mode_pads_an_image_smaller_than_the_window_like_monai() -> No
     networks = random_ensemble(1)
     image = torch.rand(2, 12, 20, 26)
     expected = stock_probability(networks, image, (16, 16, 16))
-    result = run_ensemble(networks, image, roi_size=(16, 16, 16), device="cpu",
-                          bytes_per_voxel=100)
+    result = run_ensemble(
+        networks, image, cfg(roi_size=(16, 16, 16)), device="cpu", bytes_per_voxel=100
+    )
     assert result.plan.pad == ((2, 2), (0, 0), (0, 0))
     assert torch.allclose(result.probability, expected, atol=1e-5, rtol=0)
 
@@ -148,17 +168,31 @@ def test_reference_mode_pads_an_image_smaller_than_the_window_like_monai() -> No
 def test_zero_weight_fold_drops_out_of_the_weighted_ensemble() -> None:
     networks = random_ensemble(2)
     image = torch.rand(2, 20, 20, 20)
-    both = run_ensemble(networks, image, weights=[0.0, 2.0], roi_size=(16,) * 3, device="cpu",
-                        bytes_per_voxel=100)
-    second = run_ensemble(networks[1:], image, roi_size=(16,) * 3, device="cpu",
-                          bytes_per_voxel=100)
+    both = run_ensemble(
+        networks,
+        image,
+        cfg(roi_size=(16,) * 3),
+        weights=[0.0, 2.0],
+        device="cpu",
+        bytes_per_voxel=100,
+    )
+    second = run_ensemble(
+        networks[1:], image, cfg(roi_size=(16,) * 3), device="cpu", bytes_per_voxel=100
+    )
     assert torch.allclose(both.probability, second.probability, atol=1e-6, rtol=0)
 
 
 def test_bad_ensemble_weights_are_a_clear_error() -> None:
-    with pytest.raises(PetsegError, match=r"ensemble weights \[-1.0, 1.0\] must be non-negative"):
-        run_ensemble([pointwise_logits] * 2, torch.rand(2, 8, 8, 8), weights=[-1, 1],
-                     device="cpu", bytes_per_voxel=10)
+    with pytest.raises(
+        PetsegError, match=r"ensemble weights \[-1.0, 1.0\] must be finite, >= 0 and not all 0"
+    ):
+        run_ensemble(
+            [pointwise_logits] * 2,
+            torch.rand(2, 8, 8, 8),
+            weights=[-1, 1],
+            device="cpu",
+            bytes_per_voxel=10,
+        )
 
 
 # --- exact stitching with a trivial predictor ------------------------------------------------
@@ -168,12 +202,22 @@ def test_bad_ensemble_weights_are_a_clear_error() -> None:
     ("mode", "budget_gb", "batch"),
     [("reference", None, 1), ("reference", None, 4), ("fast", None, 1), ("fast", 2e-4, 2)],
 )
-def test_trivial_predictor_is_stitched_exactly(mode: str, budget_gb: float | None,
-                                                batch: int) -> None:
+def test_trivial_predictor_is_stitched_exactly(
+    mode: str, budget_gb: float | None, batch: int
+) -> None:
     image = torch.randn(2, 27, 35, 42)
     result = run_ensemble(
-        [pointwise_logits], image, mode=mode, roi_size=(12, 12, 12), windows_per_batch=batch,
-        memory_budget_gb=budget_gb, size_divisor=4, fast_overlap=4, bytes_per_voxel=40,
+        [pointwise_logits],
+        image,
+        cfg(
+            mode=mode,
+            roi_size=(12, 12, 12),
+            windows_per_batch=batch,
+            memory_budget_gb=budget_gb,
+            fast_overlap=4,
+        ),
+        size_divisor=4,
+        bytes_per_voxel=40,
         device="cpu",
     )
     if mode == "fast" and budget_gb is None:
@@ -204,9 +248,10 @@ def test_windows_outside_the_body_are_skipped_without_changing_the_body() -> Non
     image = torch.rand(2, 16, 32, 32)
     body = np.zeros((16, 32, 32), dtype=bool)
     body[2:14, 2:12, 3:13] = True
-    full = run_ensemble(networks, image, roi_size=(16,) * 3, device="cpu", bytes_per_voxel=100)
-    skipped = run_ensemble(networks, image, roi_size=(16,) * 3, body_mask=body, device="cpu",
-                           bytes_per_voxel=100)
+    full = run_ensemble(networks, image, cfg(roi_size=(16,) * 3), device="cpu", bytes_per_voxel=100)
+    skipped = run_ensemble(
+        networks, image, cfg(roi_size=(16,) * 3), body_mask=body, device="cpu", bytes_per_voxel=100
+    )
     # windows start at 0, 8, 16 along H and W; those starting at 16 hold no body voxel
     assert len(full.plan.starts) == 9
     assert skipped.plan.skipped == 5
@@ -220,8 +265,14 @@ def test_windows_outside_the_body_are_skipped_without_changing_the_body() -> Non
 
 def test_body_mask_of_the_wrong_shape_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"body mask shape \(8, 8, 9\) != image shape"):
-        run_ensemble([pointwise_logits], torch.rand(2, 8, 8, 8), roi_size=(4,) * 3,
-                     body_mask=np.ones((8, 8, 9), bool), device="cpu", bytes_per_voxel=10)
+        run_ensemble(
+            [pointwise_logits],
+            torch.rand(2, 8, 8, 8),
+            cfg(roi_size=(4,) * 3),
+            body_mask=np.ones((8, 8, 9), bool),
+            device="cpu",
+            bytes_per_voxel=10,
+        )
 
 
 # --- fast mode against the stock fp32 path, trained networks ---------------------------------
@@ -233,17 +284,24 @@ def test_fast_mode_mask_agrees_with_stock(trained_ensemble: list[torch.nn.Module
     stock = stock_probability(trained_ensemble, image, roi) > 0.5
     assert dice(stock, truth) > 0.7  # the networks did learn the task
 
-    reference = run_ensemble(trained_ensemble, image, roi_size=roi, device="cpu",
-                             bytes_per_voxel=100)
+    reference = run_ensemble(
+        trained_ensemble, image, cfg(roi_size=roi), device="cpu", bytes_per_voxel=100
+    )
     assert dice(reference.probability > 0.5, stock) >= 0.99
 
-    whole = run_ensemble(trained_ensemble, image, roi_size=roi, mode="fast", device="cpu",
-                         bytes_per_voxel=100)
+    whole = run_ensemble(
+        trained_ensemble, image, cfg(roi_size=roi, mode="fast"), device="cpu", bytes_per_voxel=100
+    )
     assert whole.plan.single_window
     assert dice(whole.probability > 0.5, stock) >= 0.98
 
-    tiled = run_ensemble(trained_ensemble, image, roi_size=roi, mode="fast", device="cpu",
-                         memory_budget_gb=7e-3, fast_overlap=12, bytes_per_voxel=100)
+    tiled = run_ensemble(
+        trained_ensemble,
+        image,
+        cfg(roi_size=roi, mode="fast", memory_budget_gb=7e-3, fast_overlap=12),
+        device="cpu",
+        bytes_per_voxel=100,
+    )
     assert len(tiled.plan.starts) > 1
     assert len(tiled.plan.starts) < len(reference.plan.starts)
     assert dice(tiled.probability > 0.5, stock) >= 0.98
@@ -270,10 +328,17 @@ class FakeOOM:
 def test_out_of_memory_halves_the_batch_and_keeps_the_result() -> None:
     networks = random_ensemble(2)
     image = torch.rand(2, 20, 24, 24)
-    plain = run_ensemble(networks, image, roi_size=(16,) * 3, device="cpu", bytes_per_voxel=100)
+    plain = run_ensemble(
+        networks, image, cfg(roi_size=(16,) * 3), device="cpu", bytes_per_voxel=100
+    )
     flaky = [FakeOOM(n, 16**3) for n in networks]
-    result = run_ensemble(flaky, image, roi_size=(16,) * 3, windows_per_batch=4,
-                          device="cpu", bytes_per_voxel=100)
+    result = run_ensemble(
+        flaky,
+        image,
+        cfg(roi_size=(16,) * 3, windows_per_batch=4),
+        device="cpu",
+        bytes_per_voxel=100,
+    )
     assert result.fallbacks == ("windows_per_batch=2", "windows_per_batch=1")
     assert result.plan.windows_per_batch == 1
     assert torch.allclose(result.probability, plain.probability, atol=1e-6, rtol=0)
@@ -282,8 +347,14 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_result() -> None:
 def test_out_of_memory_in_fast_mode_shrinks_the_window() -> None:
     image = torch.randn(2, 40, 48, 64)
     flaky = FakeOOM(pointwise_logits, 40 * 48 * 32)
-    result = run_ensemble([flaky], image, mode="fast", roi_size=(16,) * 3, size_divisor=8,
-                          fast_overlap=8, device="cpu", bytes_per_voxel=100)
+    result = run_ensemble(
+        [flaky],
+        image,
+        cfg(mode="fast", roi_size=(16,) * 3, fast_overlap=8),
+        size_divisor=8,
+        device="cpu",
+        bytes_per_voxel=100,
+    )
     assert flaky.failures >= 1
     assert result.fallbacks and result.fallbacks[0].startswith("budget_gb=")
     assert math.prod(result.plan.window) <= 40 * 48 * 32
@@ -293,15 +364,29 @@ def test_out_of_memory_in_fast_mode_shrinks_the_window() -> None:
 def test_out_of_memory_with_nothing_left_to_shrink_is_a_clear_error() -> None:
     always = FakeOOM(pointwise_logits, 0)
     with pytest.raises(PetsegError, match=r"out of memory on cpu even with one \(8, 8, 8\) window"):
-        run_ensemble([always], torch.rand(2, 8, 8, 8), roi_size=(8,) * 3, device="cpu",
-                     bytes_per_voxel=10)
+        run_ensemble(
+            [always],
+            torch.rand(2, 8, 8, 8),
+            cfg(roi_size=(8,) * 3),
+            device="cpu",
+            bytes_per_voxel=10,
+        )
 
 
 def _plan(**changes: object) -> Plan:
     base = dict(
-        shape=(100, 100, 100), pad=((0, 0),) * 3, window=(192, 192, 192), starts=((0, 0, 0),),
-        skipped=0, windows_per_batch=1, stitch="device", blend="gaussian", ramp=0,
-        precision="fp16", buffer_bytes=10**9, window_bytes=2 * 10**9,
+        shape=(100, 100, 100),
+        pad=((0, 0),) * 3,
+        window=(192, 192, 192),
+        starts=((0, 0, 0),),
+        skipped=0,
+        windows_per_batch=1,
+        stitch="device",
+        blend="gaussian",
+        ramp=0,
+        precision="fp16",
+        buffer_bytes=10**9,
+        window_bytes=2 * 10**9,
         estimated_bytes=3 * 10**9,
     )
     base.update(changes)
@@ -312,7 +397,9 @@ def test_fallback_order_ends_with_cpu_stitching_on_cuda() -> None:
     cuda = torch.device("cuda", 0)
     roi = (192, 192, 192)
     assert engine._fallback(_plan(windows_per_batch=8), "reference", roi, cuda) == (
-        "windows_per_batch", 4)
+        "windows_per_batch",
+        4,
+    )
     big = _plan(shape=(300, 200, 480), window=(304, 208, 480))
     step = engine._fallback(big, "fast", roi, cuda)
     assert step == ("budget_gb", 2.0)  # buffers 1 GB + half of the 2 GB window
@@ -332,9 +419,18 @@ T4_BUDGET = 14.5e9
 @pytest.mark.parametrize("mode", ["reference", "fast"])
 def test_plan_for_a_512x512x1000_volume_fits_a_t4(mode: str) -> None:
     plan = make_plan(
-        (1000, 512, 512), mode=mode, roi_size=(192,) * 3, overlap=0.5, blend="gaussian",
-        windows_per_batch="auto", precision="fp16", stitch="auto", budget_bytes=T4_BUDGET,
-        bytes_per_voxel=PAPER_FP16_BYTES_PER_VOXEL * 1.25, in_channels=2, size_divisor=16,
+        (1000, 512, 512),
+        mode=mode,
+        roi_size=(192,) * 3,
+        overlap=0.5,
+        blend="gaussian",
+        windows_per_batch="auto",
+        precision="fp16",
+        stitch="auto",
+        budget_bytes=T4_BUDGET,
+        bytes_per_voxel=PAPER_FP16_BYTES_PER_VOXEL * 1.25,
+        in_channels=2,
+        size_divisor=16,
     )
     assert plan.estimated_bytes <= T4_BUDGET
     assert plan.stitch == "device"  # 262 M voxels of buffers (2.6 GB) fit beside the windows
@@ -346,9 +442,18 @@ def test_plan_for_a_512x512x1000_volume_fits_a_t4(mode: str) -> None:
 
 def test_fast_plan_is_one_forward_when_the_cropped_body_fits() -> None:
     plan = make_plan(
-        (248, 104, 152), mode="fast", roi_size=(192,) * 3, overlap=0.5, blend="gaussian",
-        windows_per_batch="auto", precision="fp16", stitch="auto", budget_bytes=T4_BUDGET,
-        bytes_per_voxel=PAPER_FP16_BYTES_PER_VOXEL * 1.25, in_channels=2, size_divisor=16,
+        (248, 104, 152),
+        mode="fast",
+        roi_size=(192,) * 3,
+        overlap=0.5,
+        blend="gaussian",
+        windows_per_batch="auto",
+        precision="fp16",
+        stitch="auto",
+        budget_bytes=T4_BUDGET,
+        bytes_per_voxel=PAPER_FP16_BYTES_PER_VOXEL * 1.25,
+        in_channels=2,
+        size_divisor=16,
     )
     assert plan.window == (256, 112, 160)
     assert plan.pad == ((4, 4), (4, 4), (4, 4))
@@ -357,9 +462,17 @@ def test_fast_plan_is_one_forward_when_the_cropped_body_fits() -> None:
 
 def test_a_volume_too_big_for_the_device_is_stitched_on_the_cpu() -> None:
     plan = make_plan(
-        (1000, 512, 512), mode="reference", roi_size=(192,) * 3, overlap=0.5,
-        blend="gaussian", windows_per_batch="auto", precision="fp16", stitch="auto",
-        budget_bytes=4e9, bytes_per_voxel=200, in_channels=2,
+        (1000, 512, 512),
+        mode="reference",
+        roi_size=(192,) * 3,
+        overlap=0.5,
+        blend="gaussian",
+        windows_per_batch="auto",
+        precision="fp16",
+        stitch="auto",
+        budget_bytes=4e9,
+        bytes_per_voxel=200,
+        in_channels=2,
     )
     assert plan.stitch == "cpu"
     assert plan.buffer_bytes == 0
@@ -375,8 +488,7 @@ def test_activation_cost_counts_the_tensors_alive_at_the_peak() -> None:
 
 
 def test_activation_cost_of_a_unet_exceeds_its_input_and_output() -> None:
-    cost = engine.activation_bytes_per_voxel(build_network(TINY).eval(), 2, "cpu",
-                                             size_divisor=4)
+    cost = engine.activation_bytes_per_voxel(build_network(TINY).eval(), 2, "cpu", size_divisor=4)
     assert cost > (2 + 2) * 4
 
 
@@ -385,8 +497,9 @@ def test_activation_cost_of_a_unet_exceeds_its_input_and_output() -> None:
 
 def test_flip_equivariant_predictor_is_unchanged_by_flips() -> None:
     image = torch.randn(2, 20, 22, 26)
-    result = run_ensemble([pointwise_logits], image, roi_size=(12,) * 3, tta=8,
-                          device="cpu", bytes_per_voxel=40)
+    result = run_ensemble(
+        [pointwise_logits], image, cfg(roi_size=(12,) * 3, tta=8), device="cpu", bytes_per_voxel=40
+    )
     assert result.passes == 8
     # eight passes summed in float32: a few ulps more than one pass
     assert torch.allclose(result.probability, expected_pointwise(image), atol=5e-6, rtol=0)
@@ -398,11 +511,12 @@ def test_flips_are_undone_for_a_predictor_that_is_not_flip_equivariant() -> None
     def shift_w(x: torch.Tensor) -> torch.Tensor:
         return torch.roll(x, 1, dims=4)
 
-    result = run_ensemble([shift_w], image, mode="fast", tta=2, device="cpu",
-                          bytes_per_voxel=40, size_divisor=4)
+    result = run_ensemble(
+        [shift_w], image, cfg(mode="fast", tta=2), device="cpu", bytes_per_voxel=40, size_divisor=4
+    )
     assert result.plan.single_window and result.passes == 2
     logit = image[1] - image[0]
-    expected = (torch.sigmoid(torch.roll(logit, 1, 2)) + torch.sigmoid(torch.roll(logit, -1, 2)))
+    expected = torch.sigmoid(torch.roll(logit, 1, 2)) + torch.sigmoid(torch.roll(logit, -1, 2))
     assert torch.allclose(result.probability, expected / 2, atol=1e-6, rtol=0)
 
 
@@ -422,8 +536,9 @@ class FakeClock:
 
 
 @pytest.mark.parametrize(("budget", "passes"), [(0.5, 1), (3.5, 3), (100.0, 8)])
-def test_time_budget_sets_the_number_of_flip_passes(monkeypatch: pytest.MonkeyPatch,
-                                                    budget: float, passes: int) -> None:
+def test_time_budget_sets_the_number_of_flip_passes(
+    monkeypatch: pytest.MonkeyPatch, budget: float, passes: int
+) -> None:
     clock = FakeClock()
     monkeypatch.setattr(engine.time, "perf_counter", clock)
 
@@ -432,8 +547,112 @@ def test_time_budget_sets_the_number_of_flip_passes(monkeypatch: pytest.MonkeyPa
         return x + 1
 
     image = torch.randn(2, 12, 12, 12)
-    result = run_ensemble([one_second], image, mode="fast", time_budget_s=budget,
-                          device="cpu", bytes_per_voxel=40, size_divisor=4)
+    result = run_ensemble(
+        [one_second],
+        image,
+        cfg(mode="fast", time_budget_s=budget),
+        device="cpu",
+        bytes_per_voxel=40,
+        size_divisor=4,
+    )
     assert result.passes == passes
     assert result.pass_seconds == 1.0
     assert torch.allclose(result.probability, expected_pointwise(image), atol=1e-6, rtol=0)
+
+
+# --- the engine inside the pipeline -----------------------------------------------------------
+
+
+def test_body_mask_for_windows_counts_everything_denser_than_air() -> None:
+    hu = np.array([-1024.0, -1000.0, -950.0, -850.0, -800.0, 40.0, 1500.0])
+    scaled = (np.clip(hu, -1024, 1024) + 1024) / 2048
+    image = np.stack([np.zeros_like(scaled), scaled]).reshape(2, 1, 1, -1).astype(np.float32)
+    mask = engine.body_mask_for_windows(image, PreprocessingConfig())
+    assert mask is not None
+    assert mask.ravel().tolist() == [False, False, False, True, True, True, True]
+    pet_only = PreprocessingConfig(channel_order=("pet",))
+    assert engine.body_mask_for_windows(image[:1], pet_only) is None
+
+
+def test_predictor_in_fast_mode_gives_the_reference_mask() -> None:
+    pet, ct, seg, _ = make_case()
+    model = ModelConfig(network=TINY)
+    masks = {}
+    for mode in ("reference", "fast"):
+        predictor = pipeline.Predictor.from_networks(
+            [SuvThreshold()], model, cfg(roi_size=(32,) * 3, mode=mode), device="cpu"
+        )
+        masks[mode] = sitk.GetArrayFromImage(predictor.predict_case(pet, ct))
+    np.testing.assert_array_equal(masks["fast"], masks["reference"])
+    assert dice(torch.from_numpy(masks["fast"] > 0), torch.from_numpy(
+        sitk.GetArrayFromImage(seg) > 0)) >= 0.97
+
+
+def _write_case(folder: Path, name: str, pet: sitk.Image, ct: sitk.Image) -> None:
+    for modality, image in (("pet", pet), ("ct", ct)):
+        (folder / name / "images" / modality).mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(folder / name / "images" / modality / f"{name}.mha"), True)
+
+
+def test_folder_mode_reads_the_next_case_while_predicting(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    pet, ct, _, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
+    for name in ("case_a", "case_b", "case_c"):
+        _write_case(tmp_path / "input", name, pet, ct)
+    started: dict[str, threading.Event] = {n: threading.Event() for n in
+                                           ("case_a", "case_b", "case_c")}
+    overlapped: list[bool] = []
+    read_case = pipeline.read_case
+
+    def recording_read(files, fill_hu):  # type: ignore[no-untyped-def]
+        started[files.name].set()
+        return read_case(files, fill_hu)
+
+    monkeypatch.setattr(pipeline, "read_case", recording_read)
+    predictor = pipeline.Predictor.from_networks(
+        [SuvThreshold()], ModelConfig(network=TINY), cfg(roi_size=(32,) * 3), device="cpu"
+    )
+    predict = predictor.predict
+    order = iter(["case_b", "case_c", None])
+
+    def waiting_predict(*args, **kwargs):  # type: ignore[no-untyped-def]
+        upcoming = next(order)
+        if upcoming is not None:  # the next read must start while this case is predicted
+            overlapped.append(started[upcoming].wait(timeout=10))
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "predict", waiting_predict)
+    from petseg.io import find_cases
+
+    results = pipeline.predict_cases(find_cases(tmp_path / "input"), tmp_path / "out", predictor)
+    assert overlapped == [True, True]
+    assert [r["name"] for r in results] == ["case_a", "case_b", "case_c"]
+    assert all(r["error_messages"] == [] for r in results)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "weights"
+    _ensemble(folder)
+    return folder
+
+
+def test_predict_command_takes_mode_and_time_budget(tmp_path: Path, tiny_weights: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    pet, ct, _, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
+    _write_case(tmp_path / "input", "case", pet, ct)
+    settings = tmp_path / "inference.json"
+    settings.write_text(json.dumps({"roi_size": [32, 32, 32], "overlap": 0.25}))
+    common = ["predict", "--input", str(tmp_path / "input" / "case"), "--weights",
+              str(tiny_weights), "--config", str(settings), "--device", "cpu"]
+    assert main([*common, "--output", str(tmp_path / "ref")]) == 0
+    assert main([*common, "--output", str(tmp_path / "fast"), "--mode", "fast",
+                 "--time-budget", "600"]) == 0
+    masks = [sitk.GetArrayFromImage(sitk.ReadImage(str(next(
+        (tmp_path / out / "images/automated-petct-lesion-segmentation").glob("*.mha")))))
+        for out in ("ref", "fast")]
+    assert masks[0].shape == masks[1].shape == sitk.GetArrayFromImage(pet).shape
+    assert main([*common, "--output", str(tmp_path / "bad"), "--time-budget", "0"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "petseg predict: error: time budget 0.0 s: must be positive")
+    assert not (tmp_path / "bad").exists()
