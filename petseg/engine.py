@@ -37,7 +37,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from petseg.config import InferenceConfig, PreprocessingConfig
 from petseg.errors import PetsegError
@@ -639,15 +638,20 @@ def _run_plan(
     time_budget_s: float | None,
     started: float,
 ) -> tuple[torch.Tensor, int, float]:
-    """Run every pass of `plan`; returns (probability `[D, H, W]` CPU, passes, first pass s)."""
+    """Run every pass of `plan`; returns (probability `[D, H, W]` as a view of the
+    accumulator on the store device, passes, seconds of the first pass)."""
     store = device if plan.stitch == "device" else torch.device("cpu")
     in_dtype = torch.float16 if (plan.precision == "fp16" and store.type == "cuda") else None
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
 
-    padded = image.to(store, dtype=in_dtype or torch.float32)
-    pad_arg = [v for (a, b) in reversed(plan.pad) for v in (a, b)]
-    if any(pad_arg):
-        padded = F.pad(padded, pad_arg)
+    inside = tuple(slice(a, a + s) for s, (a, _b) in zip(plan.shape, plan.pad, strict=True))
+    dtype = in_dtype or torch.float32
+    if any(a or b for a, b in plan.pad):
+        # zeros, then the image copied (and cast) into the middle: one volume on the store
+        padded = torch.zeros((image.shape[0], *plan.padded_shape), dtype=dtype, device=store)
+        padded[(slice(None), *inside)].copy_(image)
+    else:
+        padded = image.to(store, dtype=dtype)
 
     importance = _importance_map(plan, device)
     importance_store = importance.to(store) if importance is not None else None
@@ -698,9 +702,7 @@ def _run_plan(
         del weight_sum
     elif passes > 1:
         accumulator.div_(passes)
-    inside = tuple(slice(a, a + s) for s, (a, _b) in zip(plan.shape, plan.pad, strict=True))
-    result = accumulator[inside].to("cpu", copy=False).contiguous()
-    return result, passes, first_pass
+    return accumulator[inside], passes, first_pass
 
 
 def _window_slices(start: Sequence[int], window: Sequence[int]) -> tuple[slice, ...]:
@@ -856,9 +858,12 @@ def run_ensemble(
                 stitch = "cpu"
                 batch_setting = 1
 
+    # copied outside inference mode: an ordinary, contiguous CPU tensor
+    result = torch.empty(probability.shape, dtype=torch.float32).copy_(probability)
+    del probability
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     return EngineResult(
-        probability=probability.clone(),  # an ordinary tensor, usable outside inference mode
+        probability=result,
         plan=plan,
         passes=passes,
         seconds=time.perf_counter() - started,
