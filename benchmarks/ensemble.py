@@ -51,6 +51,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--channels", type=int, nargs="+", default=None,
                         help="network width (default: the paper's on CUDA, half on CPU)")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--weights", type=str, default=None, metavar="DIR",
+                        help="trained fold checkpoints + manifest.json instead of random "
+                             "weights (DSC-weighted ensemble; --channels/--folds ignored)")
     parser.add_argument("--spacing", type=float, default=None,
                         help="grid spacing in mm (default 2 on CUDA, 4 on CPU)")
     parser.add_argument("--roi", type=int, default=None,
@@ -100,24 +103,40 @@ def phantom_volume(seed: int, spacing: float, shape: tuple[int, int, int] | None
     return out
 
 
+def trained_networks(folder: str) -> tuple[list[torch.nn.Module], list[float], tuple[int, ...]]:
+    """Fold networks from checkpoints (sha256-checked), their DSC weights and width."""
+    from petseg.checkpoint import dsc_weights, load_ensemble
+    from petseg.model import build_network
+
+    checkpoints = load_ensemble(folder)
+    network_config = checkpoints[0].model_config.network
+    networks = []
+    for checkpoint in checkpoints:
+        network = build_network(network_config)
+        network.load_state_dict(checkpoint.state_dict, strict=True)
+        networks.append(network.eval())
+    return networks, dsc_weights(checkpoints), tuple(network_config.channels)
+
+
 def stock(networks: list[torch.nn.Module], image: torch.Tensor, roi: int,
-          device: torch.device) -> torch.Tensor:
-    """MONAI sliding window per fold (fp32), then the plain average; `[D, H, W]` on CPU."""
+          device: torch.device, weights: list[float] | None = None) -> torch.Tensor:
+    """MONAI sliding window per fold (fp32), then the (weighted) average; `[D, H, W]`, CPU."""
     from monai.inferers import sliding_window_inference
 
     total = None
     batch = image[None].to(device)
-    for network in networks:
+    weights = weights or [1.0] * len(networks)
+    for network, weight in zip(networks, weights, strict=True):
         with torch.inference_mode():
             blended = sliding_window_inference(
                 batch, (roi,) * 3, 1, lambda x, n=network: torch.softmax(n(x), 1),
                 overlap=0.5, mode="gaussian",
             )
-        probability = blended[0, 1].float().cpu()
+        probability = blended[0, 1].float().cpu() * weight
         total = probability if total is None else total + probability
         del blended
     assert total is not None
-    return total / len(networks)
+    return total / sum(weights)
 
 
 def timed(run, device: torch.device, repeat: int, warmup: int,  # type: ignore[no-untyped-def]
@@ -160,12 +179,17 @@ def main() -> None:
 
     image = torch.from_numpy(phantom_volume(args.seed, spacing, shape))
     body = body_mask_for_windows(image, PreprocessingConfig())
-    networks = random_networks(args.folds, channels)
+    fold_weights = None
+    if args.weights:
+        networks, fold_weights, channels = trained_networks(args.weights)
+    else:
+        networks = random_networks(args.folds, channels)
     stock_networks = [copy.deepcopy(n).to(device) for n in networks]  # untouched layout
     print(f"# ensemble benchmark: {describe_machine(device)}")
     voxels = image[0].numel() / 1e6
     print(f"volume {tuple(image.shape[1:])} at {spacing} mm ({voxels:.1f} M voxels),"
-          f" {args.folds} folds, channels {channels}, reference window {roi}^3")
+          f" {len(networks)} folds, channels {channels},"
+          f" {'trained' if args.weights else 'random'} weights, reference window {roi}^3")
 
     sampler = PeakRSS() if not cuda else None
     rows = []
@@ -175,8 +199,8 @@ def main() -> None:
         stock_seconds = None
         if not args.no_stock:
             stock_probability, stock_seconds, peak = timed(
-                lambda: stock(stock_networks, image, roi, device), device, args.repeat, warmup,
-                sampler)
+                lambda: stock(stock_networks, image, roi, device, fold_weights), device,
+                args.repeat, warmup, sampler)
             reference_mask = stock_probability > 0.5
             rows.append(["stock MONAI fp32, fold by fold", f"{stock_seconds:.2f}", "1.00",
                          gib(peak), "1.0000", "0", "sliding_window_inference x folds"])
@@ -186,7 +210,7 @@ def main() -> None:
                                      memory_budget_gb=args.memory_budget_gb)
             result, seconds, peak = timed(
                 lambda config=config: run_ensemble(networks, image, config, body_mask=body,
-                                                   device=device),
+                                                   weights=fold_weights, device=device),
                 device, args.repeat, warmup, sampler)
             probability = result.probability
             agreement = difference = "-"
