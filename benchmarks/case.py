@@ -103,7 +103,10 @@ class RSSTrace:
             time.sleep(0.005)
 
     def peak(self, start: float = 0.0, end: float = float("inf")) -> int:
+        """Highest RSS sampled in [start, end] (the sample just before, for short stages)."""
         values = [v for t, v in self.samples if start <= t <= end]
+        if not values:
+            values = [v for t, v in self.samples if t < start][-1:]
         return max(values) if values else 0
 
     def __enter__(self) -> RSSTrace:
