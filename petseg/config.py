@@ -64,14 +64,43 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
-    """Sliding-window and ensemble settings (defaults: the paper's)."""
+    """Sliding-window and ensemble settings (defaults: the paper's).
+
+    Attributes:
+        roi_size: window `(d, h, w)` in voxels of the 2 mm grid (reference mode; the
+            smallest window fast mode uses).
+        overlap: reference-mode overlap fraction between windows.
+        ensemble: plain "mean" or DSC-"weighted" mean of the folds.
+        threshold: lesion probability above which a voxel is lesion.
+        blend: reference-mode blending of overlapping windows.
+        windows_per_batch: windows per forward, or "auto" (from the free GPU memory).
+        mode: "reference" (`roi_size` windows at `overlap`, the paper) or "fast" (windows as
+            large as memory allows, up to the whole cropped body in one forward).
+        precision: "fp16" autocast, "fp32", or "auto" (fp16 on CUDA, fp32 on the CPU).
+        stitch: where the accumulation buffers live: "device", "cpu" or "auto".
+        memory_budget_gb: memory the engine may plan for (GB); None = 90 % of the free
+            GPU memory, or half the available RAM on the CPU.
+        fast_overlap: overlap in voxels between the tiles of fast mode.
+        tta: flip passes averaged (1 = none, up to 8).
+        time_budget_s: seconds per case for preprocessing and inference; when set, as many
+            flip passes (up to 8) as fit are averaged, judged by the first pass.
+        skip_empty_windows: skip windows without a voxel denser than air in the CT.
+    """
 
     roi_size: tuple[int, int, int] = (192, 192, 192)
     overlap: float = 0.5
     ensemble: Literal["mean", "weighted"] = "weighted"
     threshold: float = 0.5
     blend: Literal["gaussian", "constant"] = "gaussian"
-    windows_per_batch: int = 1
+    windows_per_batch: int | Literal["auto"] = "auto"
+    mode: Literal["reference", "fast"] = "reference"
+    precision: Literal["auto", "fp32", "fp16"] = "auto"
+    stitch: Literal["auto", "device", "cpu"] = "auto"
+    memory_budget_gb: float | None = None
+    fast_overlap: int = 32
+    tta: int = 1
+    time_budget_s: float | None = None
+    skip_empty_windows: bool = True
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Sliding-window inference and the fold ensemble.
 
-Each network sees the whole prepared image through overlapping `roi_size` windows
-(MONAI's `sliding_window_inference`, Gaussian or constant blending); only the lesion
+Each network sees the whole prepared image through overlapping windows (Gaussian or
+constant blending, MONAI's window positions in the paper's reference mode); only the lesion
 probability (softmax channel 1) is kept and averaged over the networks, plainly or
-weighted (e.g. by each fold's validation Dice).
+weighted (e.g. by each fold's validation Dice). The work is done by `petseg.engine`.
 """
 
 from __future__ import annotations
@@ -51,54 +51,23 @@ def normalized_weights(count: int, weights: Sequence[float] | None = None) -> li
     return [w / total for w in values]
 
 
-def _as_batch(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    tensor = torch.as_tensor(image)
-    if tensor.ndim != 4:
-        raise ValueError(f"image must be [C, D, H, W], got shape {tuple(tensor.shape)}")
-    return tensor.to(device=device, dtype=torch.float32)[None]
-
-
 def network_probabilities(
     networks: Sequence[Network],
     image: np.ndarray | torch.Tensor,
     config: InferenceConfig,
     device: str | torch.device = "cpu",
+    body_mask: np.ndarray | torch.Tensor | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield each network's lesion probability `[D, H, W]` (float32, on `device`).
+    """Yield each network's lesion probability `[D, H, W]` (float32, CPU).
 
     `image` is `[C, D, H, W]` (any size: smaller than a window is padded with 0 and cropped
-    back). Networks must already live on `device`. On CUDA the forward runs under fp16
-    autocast; softmax and blending stay float32.
+    back). Each network runs alone through `petseg.engine.run_ensemble` with `config`.
     """
-    from monai.inferers import sliding_window_inference
-
-    device = resolve_device(device)
-    batch = _as_batch(image, device)
-    use_fp16 = device.type == "cuda"
+    from petseg.engine import run_ensemble
 
     for network in networks:
-        if isinstance(network, torch.nn.Module):
-            network.eval()
-
-        def lesion_probability(window: torch.Tensor, network: Network = network) -> torch.Tensor:
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_fp16):
-                logits = network(window)
-            return torch.softmax(logits.float(), dim=1)[:, 1:2]
-
-        with torch.inference_mode():
-            probability = sliding_window_inference(
-                batch,
-                roi_size=tuple(config.roi_size),
-                sw_batch_size=config.windows_per_batch,
-                predictor=lesion_probability,
-                overlap=config.overlap,
-                mode=config.blend,
-                padding_mode="constant",
-                cval=0.0,
-                sw_device=device,
-                device=device,
-            )
-        yield torch.as_tensor(probability)[0, 0].float()
+        yield run_ensemble([network], image, config, body_mask=body_mask,
+                           device=device).probability
 
 
 def sliding_window_probability(
@@ -107,21 +76,27 @@ def sliding_window_probability(
     config: InferenceConfig,
     weights: Sequence[float] | None = None,
     device: str | torch.device = "cpu",
+    body_mask: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Ensemble lesion probability of `image`.
+    """Ensemble lesion probability of `image` (the engine `petseg.engine.run_ensemble`).
 
     Args:
-        networks: the fold networks (on `device`), outputs 2-channel logits.
+        networks: the fold networks, outputs 2-channel logits.
         image: `[C, D, H, W]` float32 on the network grid (PET in SUV, CT in [0, 1]).
-        config: `roi_size`, `overlap`, `blend`, `windows_per_batch`.
+        config: windows (`mode`, `roi_size`, `overlap`, `blend`, `windows_per_batch`),
+            precision, memory and test-time-augmentation settings.
         weights: per-network weights (normalised to sum 1); None = plain mean.
         device: where the windows run ("auto", "cpu", "cuda").
+        body_mask: optional `[D, H, W]` bool; windows without a body voxel are skipped.
 
     Returns:
         Lesion probability `[D, H, W]`, float32 on the CPU, in [0, 1].
     """
-    factors = normalized_weights(len(networks), weights)
-    return weighted_mean(network_probabilities(networks, image, config, device), factors)
+    from petseg.engine import run_ensemble
+
+    result = run_ensemble(networks, image, config, weights=weights, body_mask=body_mask,
+                          device=device)
+    return result.probability.clamp_(0.0, 1.0)
 
 
 def weighted_mean(probabilities: Iterable[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 
 from petseg.checkpoint import MANIFEST_NAME, dsc_weights, load_ensemble
 from petseg.config import InferenceConfig, ModelConfig
+from petseg.engine import body_mask_for_windows, check_settings
 from petseg.errors import PetsegError
 from petseg.inference import (
     Network,
@@ -32,7 +34,7 @@ from petseg.inference import (
     sliding_window_probability,
     weighted_mean,
 )
-from petseg.io import CaseFiles, CaseList, read_case, write_image, write_json
+from petseg.io import Case, CaseFiles, CaseList, read_case, write_image, write_json
 from petseg.model import build_network, size_divisor
 from petseg.postprocessing import probability_on_pet_grid, probability_to_mask
 from petseg.preprocessing import preprocess_case
@@ -112,6 +114,7 @@ class Predictor:
     def _setup(self, networks: list[Network], model_config: ModelConfig,
                config: InferenceConfig, weights: Sequence[float] | None,
                device: str | torch.device, min_component_ml: float) -> None:
+        check_settings(config)
         divisor = size_divisor(model_config.network)
         if any(int(s) % divisor for s in config.roi_size):
             raise PetsegError(
@@ -129,17 +132,24 @@ class Predictor:
     def predict(self, pet: sitk.Image, ct: sitk.Image, probability: bool = False,
                 fold_probabilities: bool = False) -> Prediction:
         """Mask (and on request probabilities) on the PET grid for one PET (SUV) + CT (HU)."""
+        started = time.perf_counter()
         case = preprocess_case(pet, ct, self.model_config.preprocessing)
+        config = self.config
+        if config.time_budget_s is not None:  # what preprocessing left of the case's budget
+            left = max(config.time_budget_s - (time.perf_counter() - started), 1e-3)
+            config = dataclasses.replace(config, time_budget_s=left)
+        body = (body_mask_for_windows(case.image, self.model_config.preprocessing)
+                if config.skip_empty_windows else None)
         folds = None
         if fold_probabilities:
             maps = [p.cpu() for p in network_probabilities(self.networks, case.image,
-                                                           self.config, self.device)]
+                                                           config, self.device, body)]
             ensemble = weighted_mean(maps, self.weights)
             folds = [probability_on_pet_grid(p.numpy(), case.grid, case.crop_box,
                                              case.pet_geometry) for p in maps]
         else:
-            ensemble = sliding_window_probability(self.networks, case.image, self.config,
-                                                  self.weights, self.device)
+            ensemble = sliding_window_probability(self.networks, case.image, config,
+                                                  self.weights, self.device, body)
         on_pet = probability_on_pet_grid(ensemble.numpy(), case.grid, case.crop_box,
                                          case.pet_geometry)
         mask = probability_to_mask(on_pet, case.pet_geometry, self.config.threshold,
@@ -220,32 +230,44 @@ def predict_cases(
     output_dir = Path(output_dir)
     mask_dir = output_dir.joinpath(*MASK_FOLDER)
     results = []
-    for files in cases.cases:
-        start = time.perf_counter()
-        try:
-            case = read_case(files, predictor.model_config.preprocessing.ct_fill_hu)
-            prediction = predictor.predict(
-                case.pet, case.ct, probability=save_probability,
-                fold_probabilities=extras_dir is not None and len(predictor.networks) > 1)
-            target = write_image(prediction.mask, mask_dir / f"{files.name}.mha")
-            if prediction.probability is not None:
-                write_image(prediction.probability,
-                            output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha"))
-        except Exception as exc:
-            if cases.single:
-                raise
-            message = str(exc) if isinstance(exc, PetsegError) else f"{type(exc).__name__}: {exc}"
-            log.error("case %s failed: %s", files.name, message,
-                      exc_info=not isinstance(exc, PetsegError))
-            results.append(_entry(files, None, message, time.perf_counter() - start, None))
-            continue
-        lesion_ml = float(sitk.GetArrayViewFromImage(prediction.mask).sum()
-                          * np.prod(prediction.mask.GetSpacing()) / 1000.0)
-        seconds = time.perf_counter() - start
-        log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds,
-                 target)
-        results.append(_entry(files, target, None, seconds, round(lesion_ml, 3)))
-        if extras_dir is not None:
-            results[-1].update(_extras(files.name, case.pet, prediction, Path(extras_dir)))
+    fill_hu = predictor.model_config.preprocessing.ct_fill_hu
+    # one case ahead: the next case is read (SimpleITK releases the GIL) while this one runs
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="petseg-read") as prefetch:
+        reads: list[Future[Case] | None] = [
+            prefetch.submit(read_case, files, fill_hu) if index == 0 else None
+            for index, files in enumerate(cases.cases)
+        ]
+        for index, files in enumerate(cases.cases):
+            if index + 1 < len(cases.cases):
+                reads[index + 1] = prefetch.submit(read_case, cases.cases[index + 1], fill_hu)
+            start = time.perf_counter()
+            reading, reads[index] = reads[index], None
+            try:
+                case = reading.result()  # type: ignore[union-attr]
+                prediction = predictor.predict(
+                    case.pet, case.ct, probability=save_probability,
+                    fold_probabilities=extras_dir is not None and len(predictor.networks) > 1)
+                target = write_image(prediction.mask, mask_dir / f"{files.name}.mha")
+                if prediction.probability is not None:
+                    write_image(prediction.probability,
+                                output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha"))
+            except Exception as exc:
+                if cases.single:
+                    raise
+                message = (str(exc) if isinstance(exc, PetsegError)
+                           else f"{type(exc).__name__}: {exc}")
+                log.error("case %s failed: %s", files.name, message,
+                          exc_info=not isinstance(exc, PetsegError))
+                results.append(_entry(files, None, message, time.perf_counter() - start, None))
+                continue
+            lesion_ml = float(sitk.GetArrayViewFromImage(prediction.mask).sum()
+                              * np.prod(prediction.mask.GetSpacing()) / 1000.0)
+            seconds = time.perf_counter() - start
+            log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds,
+                     target)
+            results.append(_entry(files, target, None, seconds, round(lesion_ml, 3)))
+            if extras_dir is not None:
+                results[-1].update(_extras(files.name, case.pet, prediction, Path(extras_dir)))
+            del case
     write_json(results, output_dir / RESULTS_NAME)
     return results

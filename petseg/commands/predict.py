@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", choices=("mean", "weighted"), default=None,
                         help="plain mean or validation-DSC-weighted mean of the folds "
                              "(default: from --config)")
+    parser.add_argument("--mode", choices=("reference", "fast"), default=None,
+                        help="reference: the paper's 192^3 windows at overlap 0.5; fast: "
+                             "windows as large as GPU memory allows (default: from --config)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="seconds per case for preprocessing and inference: averages as "
+                             "many flipped passes (test-time augmentation, up to 8) as fit")
     parser.add_argument("--allow-missing-folds", action="store_true",
                         help="run on the folds present when some are missing (warns)")
     parser.add_argument("--config", type=Path, default=None,
@@ -64,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
     if args.ensemble:
         config = dataclasses.replace(config, ensemble=args.ensemble)
+    if args.mode:
+        config = dataclasses.replace(config, mode=args.mode)
+    if args.time_budget is not None:
+        config = dataclasses.replace(config, time_budget_s=args.time_budget)
     weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
                                                 REPOSITORY / "weights"])
     predictor = Predictor(weights, config, device=args.device,
