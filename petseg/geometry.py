@@ -75,3 +75,151 @@ class Geometry:
         direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
         points = np.asarray(self.origin) + (corners * np.asarray(self.spacing)) @ direction.T
         return np.stack([points.min(axis=0), points.max(axis=0)])
+
+
+ORIENTATION_AXES: dict[str, tuple[float, float, float]] = {
+    "L": (1.0, 0.0, 0.0), "R": (-1.0, 0.0, 0.0),
+    "P": (0.0, 1.0, 0.0), "A": (0.0, -1.0, 0.0),
+    "S": (0.0, 0.0, 1.0), "I": (0.0, 0.0, -1.0),
+}
+"""World (LPS, SimpleITK) direction each orientation letter points toward."""
+
+
+def same_grid(a: Geometry, b: Geometry, tol_mm: float = 1e-3) -> bool:
+    """True when two geometries describe the same voxel grid (within `tol_mm`)."""
+    if tuple(a.size) != tuple(b.size):
+        return False
+    return bool(
+        np.allclose(a.spacing, b.spacing, rtol=0, atol=tol_mm * 1e-2)
+        and np.allclose(a.origin, b.origin, rtol=0, atol=tol_mm)
+        and np.allclose(a.direction, b.direction, rtol=0, atol=1e-5)
+    )
+
+
+def resample(
+    image: sitk.Image,
+    grid: Geometry,
+    interpolator: int = sitk.sitkLinear,
+    default_value: float = 0.0,
+    pixel_type: int = sitk.sitkFloat32,
+) -> sitk.Image:
+    """Resample `image` onto `grid` (identity transform, physical space).
+
+    Points of `grid` outside `image` get `default_value`. Use `sitk.sitkLinear` for
+    intensities (SUV, HU, probabilities) and `sitk.sitkNearestNeighbor` for label maps.
+    """
+    return sitk.Resample(
+        image,
+        [int(s) for s in grid.size],
+        sitk.Transform(),
+        interpolator,
+        grid.origin,
+        grid.spacing,
+        grid.direction,
+        float(default_value),
+        pixel_type,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CropBox:
+    """A box of voxels on a parent grid, in SimpleITK (x, y, z) index order.
+
+    Attributes:
+        index: first voxel of the box (x, y, z).
+        size: voxels per axis (x, y, z).
+    """
+
+    index: tuple[int, int, int]
+    size: tuple[int, int, int]
+
+    @classmethod
+    def full(cls, geometry: Geometry) -> CropBox:
+        """The box covering the whole grid."""
+        return cls(index=(0, 0, 0), size=tuple(int(s) for s in geometry.size))
+
+    @property
+    def slices_zyx(self) -> tuple[slice, slice, slice]:
+        """Numpy slices selecting the box from a `[z, y, x]` array of the parent grid."""
+        return tuple(
+            slice(self.index[axis], self.index[axis] + self.size[axis]) for axis in (2, 1, 0)
+        )
+
+    def geometry(self, parent: Geometry) -> Geometry:
+        """The grid of the cropped region (same spacing and direction as `parent`)."""
+        direction = np.asarray(parent.direction, float).reshape(3, 3)
+        offset = direction @ (np.asarray(self.index, float) * np.asarray(parent.spacing))
+        return Geometry(
+            size=tuple(int(s) for s in self.size),
+            spacing=parent.spacing,
+            origin=tuple(float(v) for v in np.asarray(parent.origin) + offset),
+            direction=parent.direction,
+        )
+
+
+def uncrop(array_zyx: np.ndarray, box: CropBox, parent: Geometry, fill: float = 0) -> np.ndarray:
+    """Paste a `[z, y, x]` array of the box's size into a `fill`-valued parent-grid array."""
+    expected = tuple(reversed(box.size))
+    if array_zyx.shape != expected:
+        raise ValueError(f"array shape {array_zyx.shape} != crop box shape {expected}")
+    out = np.full(tuple(reversed(parent.size)), fill, dtype=array_zyx.dtype)
+    out[box.slices_zyx] = array_zyx
+    return out
+
+
+def orientation_direction(orientation: str) -> np.ndarray:
+    """3x3 direction matrix (columns = axis directions, LPS world) for a code like "RAS".
+
+    Each letter names where the array axis points toward (DICOM / nibabel convention):
+    "LPS" is SimpleITK's identity, "RAS" is MONAI's and nibabel's canonical orientation.
+    """
+    code = orientation.upper()
+    if len(code) != 3 or any(c not in ORIENTATION_AXES for c in code):
+        raise ValueError(f"orientation {orientation!r} must be three letters from LRPAIS")
+    matrix = np.array([ORIENTATION_AXES[c] for c in code], float).T
+    if abs(abs(np.linalg.det(matrix)) - 1.0) > 1e-6:
+        raise ValueError(f"orientation {orientation!r} names an axis twice")
+    return matrix
+
+
+def closest_axis_permutation(direction: tuple[float, ...], orientation: str) -> np.ndarray:
+    """Signed permutation `P` so that `D @ P` is as close as possible to `orientation`.
+
+    `D @ P` has the same axes as `D` (reordered, flipped), so a grid using it stays aligned
+    with the original image, also for oblique directions.
+    """
+    D = np.asarray(direction, float).reshape(3, 3)
+    T = orientation_direction(orientation)
+    dots = D.T @ T  # [input axis, target axis]
+    P = np.zeros((3, 3))
+    free = np.abs(dots)
+    for _ in range(3):
+        i, j = np.unravel_index(np.argmax(free), free.shape)
+        P[i, j] = 1.0 if dots[i, j] >= 0 else -1.0
+        free[i, :] = -1.0
+        free[:, j] = -1.0
+    return P
+
+
+def isotropic_grid(region: Geometry, spacing_mm: float, orientation: str | None = None) -> Geometry:
+    """An isotropic grid covering `region`'s box, centred on it.
+
+    The new grid has the region's axes (reordered and flipped to the closest match of
+    `orientation` if given, e.g. "RAS"), voxel size `spacing_mm` and
+    `ceil(extent / spacing_mm)` voxels per axis, where extent = size * spacing of the
+    region (voxel edges). Its centre coincides with the region's centre.
+    """
+    D = np.asarray(region.direction, float).reshape(3, 3)
+    P = closest_axis_permutation(region.direction, orientation) if orientation else np.eye(3)
+    new_direction = D @ P
+    extent = np.abs(P.T) @ (np.asarray(region.size, float) * np.asarray(region.spacing))
+    size = np.maximum(1, np.ceil(extent / spacing_mm - 1e-6)).astype(int)
+    centre = np.asarray(region.origin) + D @ ((np.asarray(region.size) - 1) / 2.0
+                                               * np.asarray(region.spacing))
+    origin = centre - new_direction @ ((size - 1) / 2.0 * spacing_mm)
+    return Geometry(
+        size=tuple(int(s) for s in size),
+        spacing=(float(spacing_mm),) * 3,
+        origin=tuple(float(v) for v in origin),
+        direction=tuple(float(v) for v in new_direction.reshape(-1)),
+    )

@@ -1,0 +1,188 @@
+"""How one PET/CT case becomes the network's input tensor, and what is needed to go back.
+
+Steps (the paper's, in this order): CT onto the PET grid (linear, fill `ct_fill_hu`) when
+the grids differ; a body mask from the CT (threshold, largest connected component, holes
+filled) whose bounding box plus a margin is the crop; CT clipped to `ct_clip_hu` and
+min-max scaled to [0, 1]; PET kept in SUV; both resampled (linear) onto an isotropic
+`target_spacing_mm` grid over the crop, the label (nearest) too.
+
+The isotropic grid keeps the PET's axes but reorders/flips them to the closest match of
+`NETWORK_ORIENTATION`, so the network always sees bodies the same way round whatever
+direction matrix the input file carries (MONAI's `Orientationd("RAS")` in the authors'
+pipeline has the same purpose).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
+from petseg.config import PreprocessingConfig
+from petseg.errors import PetsegError
+from petseg.geometry import CropBox, Geometry, isotropic_grid, resample, same_grid
+
+log = logging.getLogger(__name__)
+
+NETWORK_ORIENTATION = "RAS"
+"""Array orientation of the network's grid: axis 0 of `[x, y, z]` points to the patient's
+Right, axis 1 Anterior, axis 2 Superior (numpy `[D, H, W]` = `[z, y, x]`)."""
+
+CHANNELS: tuple[str, ...] = ("pet", "ct")
+"""Channel names `PreprocessingConfig.channel_order` may use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedCase:
+    """A case on the network's grid, and the geometry needed to map results back.
+
+    Attributes:
+        image: float32 `[C, D, H, W]` (`[C, z, y, x]` of `grid`), channels in
+            `config.channel_order`: PET in SUV, CT scaled to [0, 1].
+        label: uint8 `[D, H, W]` 0/1 lesion mask on `grid`, or None.
+        pet_geometry: the original PET grid (output masks go there).
+        crop_box: the body's box on the PET grid, (x, y, z) voxel index and size.
+        grid: the isotropic network grid, physically aligned to the cropped PET region.
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    pet_geometry: Geometry
+    crop_box: CropBox
+    grid: Geometry
+
+    @property
+    def crop_geometry(self) -> Geometry:
+        """The grid of the cropped PET region."""
+        return self.crop_box.geometry(self.pet_geometry)
+
+
+def ct_on_pet_grid(ct: sitk.Image, pet_geometry: Geometry, fill_hu: float) -> sitk.Image:
+    """CT (HU) as float32 on the PET grid; resampled (linear, `fill_hu` outside) if needed."""
+    if same_grid(Geometry.of(ct), pet_geometry):
+        out = sitk.Cast(ct, sitk.sitkFloat32)
+        return pet_geometry.apply(out)
+    return resample(ct, pet_geometry, sitk.sitkLinear, fill_hu, sitk.sitkFloat32)
+
+
+def scale_ct(ct_hu: np.ndarray, clip_hu: tuple[float, float]) -> np.ndarray:
+    """CT in HU -> float32 in [0, 1]: clipped to `clip_hu`, then min-max scaled."""
+    low, high = float(clip_hu[0]), float(clip_hu[1])
+    if not high > low:
+        raise PetsegError(f"ct_clip_hu {clip_hu}: the upper bound must exceed the lower one")
+    out = np.clip(ct_hu, low, high).astype(np.float32, copy=False)
+    out = (out - low) / (high - low)
+    return out.astype(np.float32, copy=False)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions of a 3D bool mask that do not touch the volume's border."""
+    background = cc3d.connected_components(~mask, connectivity=6)
+    outside = np.unique(np.concatenate([
+        background[0].ravel(), background[-1].ravel(),
+        background[:, 0].ravel(), background[:, -1].ravel(),
+        background[:, :, 0].ravel(), background[:, :, -1].ravel(),
+    ]))
+    holes = (background > 0) & ~np.isin(background, outside[outside > 0])
+    return mask | holes
+
+
+def body_mask(ct_hu: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """Body mask `[z, y, x]` bool from a CT in HU.
+
+    Voxels above `threshold_hu`, the largest 6-connected component (drops the table, arms
+    of the scanner, noise), enclosed holes (lungs, bowel gas) filled. Empty if nothing
+    exceeds the threshold.
+    """
+    above = ct_hu > threshold_hu
+    if not above.any():
+        return above
+    largest = cc3d.largest_k(above, k=1, connectivity=6) > 0
+    return fill_holes(largest)
+
+
+def mask_box(mask_zyx: np.ndarray, spacing: tuple[float, float, float],
+             margin_mm: float) -> CropBox | None:
+    """Bounding box of a `[z, y, x]` mask plus `margin_mm`, clipped to the grid; None if empty.
+
+    `spacing` is (x, y, z) in mm, the returned box is in (x, y, z) voxel order.
+    """
+    starts, sizes = [], []
+    shape = mask_zyx.shape
+    for axis_zyx in range(3):
+        other = tuple(a for a in range(3) if a != axis_zyx)
+        hits = np.flatnonzero(mask_zyx.any(axis=other))
+        if hits.size == 0:
+            return None
+        margin = math.ceil(margin_mm / spacing[2 - axis_zyx] - 1e-6)
+        lo = max(0, int(hits[0]) - margin)
+        hi = min(shape[axis_zyx], int(hits[-1]) + 1 + margin)
+        starts.append(lo)
+        sizes.append(hi - lo)
+    return CropBox(index=tuple(reversed(starts)), size=tuple(reversed(sizes)))
+
+
+def body_box(ct_hu: np.ndarray, pet_geometry: Geometry, config: PreprocessingConfig) -> CropBox:
+    """The crop box: the body's bounding box on the PET grid plus `body_margin_mm`.
+
+    `ct_hu` is `[z, y, x]` on the PET grid. Without any body voxel the whole grid is kept
+    (with a warning) rather than failing.
+    """
+    box = mask_box(body_mask(ct_hu, config.body_threshold_hu), pet_geometry.spacing,
+                   config.body_margin_mm)
+    if box is None:
+        log.warning("no CT voxel above %s HU: no body found, the whole image is used",
+                    config.body_threshold_hu)
+        return CropBox.full(pet_geometry)
+    return box
+
+
+def preprocess_case(
+    pet: sitk.Image,
+    ct: sitk.Image,
+    config: PreprocessingConfig,
+    seg: sitk.Image | None = None,
+) -> PreparedCase:
+    """PET (SUV) + CT (HU) [+ lesion mask] -> `PreparedCase` on the isotropic network grid.
+
+    Args:
+        pet: PET in SUV, any 3D grid; its grid is the reference for everything.
+        ct: CT in HU, on the PET grid or any overlapping grid.
+        config: the checkpoint's preprocessing settings.
+        seg: optional lesion mask (any integer image, > 0 is lesion) on an overlapping grid.
+
+    Returns:
+        `PreparedCase` with `image` float32 `[C, D, H, W]` and `label` uint8 `[D, H, W]`.
+    """
+    unknown = [name for name in config.channel_order if name not in CHANNELS]
+    if unknown:
+        raise PetsegError(
+            f"channel_order {config.channel_order}: unknown channel(s) {unknown}; use {CHANNELS}"
+        )
+    pet_geometry = Geometry.of(pet)
+    ct_pet = ct_on_pet_grid(ct, pet_geometry, config.ct_fill_hu)
+    ct_hu = sitk.GetArrayViewFromImage(ct_pet)
+    box = body_box(ct_hu, pet_geometry, config)
+    grid = isotropic_grid(box.geometry(pet_geometry), config.target_spacing_mm,
+                          NETWORK_ORIENTATION)
+
+    ct_scaled = pet_geometry.image_from_array(scale_ct(ct_hu, config.ct_clip_hu))
+    fill_scaled = float(scale_ct(np.array([config.ct_fill_hu]), config.ct_clip_hu)[0])
+    channels = {
+        "pet": resample(sitk.Cast(pet, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0),
+        "ct": resample(ct_scaled, grid, sitk.sitkLinear, fill_scaled),
+    }
+    image = np.stack(
+        [sitk.GetArrayFromImage(channels[name]) for name in config.channel_order]
+    ).astype(np.float32, copy=False)
+
+    label = None
+    if seg is not None:
+        seg_grid = resample(seg, grid, sitk.sitkNearestNeighbor, 0, sitk.sitkFloat32)
+        label = (sitk.GetArrayViewFromImage(seg_grid) > 0).astype(np.uint8)
+    return PreparedCase(image=image, label=label, pet_geometry=pet_geometry, crop_box=box,
+                        grid=grid)

@@ -1,0 +1,198 @@
+"""Checkpoints (safetensors, no pickle), the manifest and the verified fold ensemble."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+
+import pytest
+import torch
+
+from petseg.checkpoint import (
+    DSC_KEY,
+    dsc_weights,
+    load_checkpoint,
+    load_ensemble,
+    read_manifest,
+    save_checkpoint,
+    write_manifest,
+)
+from petseg.config import ModelConfig, NetworkConfig
+from petseg.errors import PetsegError
+from petseg.model import build_network
+
+TINY = ModelConfig(network=NetworkConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=1))
+DSCS = (0.61, 0.64, 0.58, 0.66, 0.60)
+
+
+def _ensemble(folder, config: ModelConfig = TINY, folds: int = 5, dtype=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for fold in range(folds):
+        torch.manual_seed(fold)
+        net = build_network(config.network)
+        files.append(save_checkpoint(folder / f"fold_{fold}.safetensors", net.state_dict(),
+                                     config, {DSC_KEY: DSCS[fold], "loss": 0.3},
+                                     extra={"epoch": 10 + fold}, dtype=dtype))
+    write_manifest(folder, files)
+    return files
+
+
+def test_round_trip_is_exact_and_rebuilds_the_same_network(tmp_path) -> None:
+    net = build_network(TINY.network).eval()
+    path = save_checkpoint(tmp_path / "a.safetensors", net.state_dict(), TINY,
+                           {DSC_KEY: 0.5}, extra={"epoch": 7})
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.model_config == TINY
+    assert checkpoint.metrics == {DSC_KEY: 0.5}
+    assert checkpoint.meta["extra"] == {"epoch": 7}
+    assert checkpoint.meta["versions"]["torch"] == torch.__version__
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(checkpoint.state_dict[name], tensor), name
+    again = build_network(checkpoint.model_config.network).eval()
+    again.load_state_dict(checkpoint.state_dict, strict=True)
+    x = torch.rand(1, 2, 8, 8, 8)
+    assert torch.equal(again(x), net(x))
+
+
+def test_fp16_storage_halves_the_file_and_loads_as_float32(tmp_path) -> None:
+    net = build_network(TINY.network)
+    full = save_checkpoint(tmp_path / "full.safetensors", net.state_dict(), TINY, {DSC_KEY: 0})
+    half = save_checkpoint(tmp_path / "half.safetensors", net.state_dict(), TINY, {DSC_KEY: 0},
+                           dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    checkpoint = load_checkpoint(half)
+    assert checkpoint.meta["dtype"] == "float16"
+    for name, tensor in net.state_dict().items():
+        got = checkpoint.state_dict[name]
+        if tensor.is_floating_point():
+            assert got.dtype == torch.float32
+            assert torch.equal(got, tensor.half().float()), name
+        else:  # BatchNorm's num_batches_tracked stays an integer
+            assert torch.equal(got, tensor)
+
+
+def test_loading_never_unpickles(tmp_path, monkeypatch) -> None:
+    path = save_checkpoint(tmp_path / "a.safetensors", build_network(TINY.network).state_dict(),
+                           TINY, {DSC_KEY: 0.5})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert load_checkpoint(path).model_config == TINY
+
+
+def test_garbage_and_foreign_files_are_clear_errors(tmp_path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(PetsegError, match=r"bad\.safetensors: not a valid safetensors checkpoint"):
+        load_checkpoint(bad)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(PetsegError, match="not a petseg checkpoint"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+    with pytest.raises(PetsegError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nothing.safetensors")
+
+
+def test_manifest_lists_folds_with_sha256_config_and_metrics(tmp_path) -> None:
+    files = _ensemble(tmp_path / "weights")
+    manifest = read_manifest(tmp_path / "weights")
+    assert sorted(manifest["folds"]) == [f"fold_{i}" for i in range(5)]
+    for i, file in enumerate(files):
+        entry = manifest["folds"][f"fold_{i}"]
+        assert entry["file"] == f"fold_{i}.safetensors"
+        assert entry["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
+        assert entry["metrics"][DSC_KEY] == DSCS[i]
+        assert entry["config"]["network"]["channels"] == [4, 8, 16]
+    assert manifest[DSC_KEY] == pytest.approx(sum(DSCS) / 5)
+
+
+def test_load_ensemble_returns_the_folds_in_order_with_their_dsc(tmp_path) -> None:
+    _ensemble(tmp_path / "weights", dtype=torch.float16)
+    checkpoints = load_ensemble(tmp_path / "weights")
+    assert [c.meta["fold"] for c in checkpoints] == [f"fold_{i}" for i in range(5)]
+    assert dsc_weights(checkpoints) == list(DSCS)
+    assert all(c.model_config == TINY for c in checkpoints)
+
+
+def test_missing_fold_is_an_error_unless_allowed(tmp_path, caplog) -> None:
+    files = _ensemble(tmp_path / "weights")
+    files[3].unlink()
+    with pytest.raises(PetsegError) as info:
+        load_ensemble(tmp_path / "weights")
+    assert str(info.value) == (
+        f"{tmp_path / 'weights'}: fold(s) fold_3 missing (listed in manifest.json or file "
+        "absent); restore them or pass --allow-missing-folds"
+    )
+    with caplog.at_level(logging.WARNING, logger="petseg.checkpoint"):
+        checkpoints = load_ensemble(tmp_path / "weights", allow_missing=True)
+    assert [c.meta["fold"] for c in checkpoints] == ["fold_0", "fold_1", "fold_2", "fold_4"]
+    assert "fold(s) fold_3 missing" in caplog.text
+
+
+def test_all_folds_missing_is_an_error_even_when_allowed(tmp_path) -> None:
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "manifest.json").write_text(json.dumps(
+        {"format": "petseg-manifest/1", "n_folds": 5, "folds": {}}))
+    with pytest.raises(PetsegError, match="fold_0, fold_1, fold_2, fold_3, fold_4 missing"):
+        load_ensemble(tmp_path / "weights", allow_missing=True)
+
+
+def test_manifest_missing_or_invalid_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(PetsegError, match=r"manifest\.json: not found; point --weights"):
+        load_ensemble(tmp_path)
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(PetsegError, match="not valid JSON"):
+        load_ensemble(tmp_path)
+
+
+def test_checksum_mismatch_is_an_error_even_when_folds_may_be_missing(tmp_path) -> None:
+    files = _ensemble(tmp_path / "weights")
+    data = bytearray(files[2].read_bytes())
+    data[-1] ^= 0xFF  # flip bits in the last weight
+    files[2].write_bytes(bytes(data))
+    for allow in (False, True):
+        with pytest.raises(PetsegError, match=r"fold_2\.safetensors: sha256 .* does not match "
+                                              r"manifest\.json"):
+            load_ensemble(tmp_path / "weights", allow_missing=allow)
+
+
+def test_folds_with_different_configs_are_refused(tmp_path) -> None:
+    folder = tmp_path / "weights"
+    _ensemble(folder)
+    other = ModelConfig(network=NetworkConfig(channels=(4, 8, 32), strides=(2, 2),
+                                              num_res_units=1))
+    save_checkpoint(folder / "fold_2.safetensors", build_network(other.network).state_dict(),
+                    other, {DSC_KEY: 0.6})
+    write_manifest(folder, [folder / f"fold_{i}.safetensors" for i in range(5)])
+    with pytest.raises(PetsegError, match=r"fold_2\.safetensors: model config differs from "
+                                          r"fold_0's \(network\.channels: \[4, 8, 32\] vs "
+                                          r"fold_0's \[4, 8, 16\]\); all folds must share"):
+        load_ensemble(folder)
+
+
+def test_manifest_and_file_config_must_agree(tmp_path) -> None:
+    folder = tmp_path / "weights"
+    _ensemble(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["folds"]["fold_1"]["config"]["preprocessing"]["target_spacing_mm"] = 3.0
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PetsegError, match=r"fold_1\.safetensors: config differs from "
+                                          r"manifest\.json"):
+        load_ensemble(folder)
+
+
+def test_manifest_needs_the_validation_dice(tmp_path) -> None:
+    path = save_checkpoint(tmp_path / "fold_0.safetensors",
+                           build_network(TINY.network).state_dict(), TINY, {"loss": 0.2})
+    with pytest.raises(PetsegError, match="metrics lack 'mean_dsc'"):
+        write_manifest(tmp_path, [path])
+    assert not (tmp_path / "manifest.json").exists()

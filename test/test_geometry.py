@@ -1,0 +1,129 @@
+"""Grids: crop boxes, isotropic network grids, orientation and resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from inference_synthetic import PET_SPACING, grid_points, oblique_direction
+
+from petseg.geometry import (
+    IDENTITY_DIRECTION,
+    LAS_DIRECTION,
+    CropBox,
+    Geometry,
+    closest_axis_permutation,
+    isotropic_grid,
+    orientation_direction,
+    resample,
+    same_grid,
+    uncrop,
+)
+
+RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+DIRECTIONS = {"LAS": LAS_DIRECTION, "RAS": RAS_DIRECTION, "oblique": oblique_direction()}
+
+
+def _geometry(direction: tuple[float, ...]) -> Geometry:
+    return Geometry((30, 26, 22), PET_SPACING, (-120.5, 33.0, -850.25), direction)
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_crop_box_geometry_matches_simpleitk_region_of_interest(name: str) -> None:
+    parent = _geometry(DIRECTIONS[name])
+    box = CropBox(index=(3, 5, 2), size=(10, 12, 7))
+    roi = sitk.RegionOfInterest(parent.reference_image(), box.size, box.index)
+    expected = Geometry.of(roi)
+    got = box.geometry(parent)
+    assert got.size == expected.size
+    assert got.spacing == expected.spacing
+    assert got.direction == expected.direction
+    np.testing.assert_allclose(got.origin, expected.origin, atol=1e-9)
+
+
+def test_uncrop_puts_the_box_back_in_place_with_zeros_around() -> None:
+    parent = _geometry(LAS_DIRECTION)
+    box = CropBox(index=(3, 5, 2), size=(10, 12, 7))
+    full = np.arange(np.prod(parent.size), dtype=np.float32).reshape(tuple(reversed(parent.size)))
+    back = uncrop(full[box.slices_zyx], box, parent, fill=0.0)
+    inside = np.zeros_like(full, dtype=bool)
+    inside[2:9, 5:17, 3:13] = True
+    np.testing.assert_array_equal(back[inside], full[inside])
+    assert not back[~inside].any()
+    with pytest.raises(ValueError, match="crop box shape"):
+        uncrop(full, box, parent)
+
+
+def test_orientation_codes() -> None:
+    np.testing.assert_array_equal(orientation_direction("LPS"), np.eye(3))
+    np.testing.assert_array_equal(orientation_direction("ras"), np.diag([-1.0, -1.0, 1.0]))
+    np.testing.assert_array_equal(
+        orientation_direction("SAR"), [[0, 0, -1], [0, -1, 0], [1, 0, 0]]
+    )
+    with pytest.raises(ValueError, match="names an axis twice"):
+        orientation_direction("RLS")
+    with pytest.raises(ValueError, match="three letters"):
+        orientation_direction("RX")
+
+
+@pytest.mark.parametrize("direction", [LAS_DIRECTION, RAS_DIRECTION, IDENTITY_DIRECTION,
+                                       (0, 1, 0, 0, 0, -1, -1, 0, 0)])
+def test_axis_aligned_directions_become_exactly_ras(direction: tuple[float, ...]) -> None:
+    permutation = closest_axis_permutation(direction, "RAS")
+    got = np.asarray(direction, float).reshape(3, 3) @ permutation
+    np.testing.assert_array_equal(got, np.diag([-1.0, -1.0, 1.0]))
+    assert sorted(np.abs(permutation).sum(0)) == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_isotropic_grid_is_centred_covers_the_region_and_keeps_its_axes(name: str) -> None:
+    region = _geometry(DIRECTIONS[name])
+    grid = isotropic_grid(region, 2.0, "RAS")
+    assert grid.spacing == (2.0, 2.0, 2.0)
+    region_centre = grid_points(region).reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(grid_points(grid).reshape(-1, 3).mean(0), region_centre,
+                               atol=1e-6)
+    D = np.asarray(region.direction).reshape(3, 3)
+    G = np.asarray(grid.direction).reshape(3, 3)
+    # same axes, reordered/flipped: D^T G is a signed permutation
+    np.testing.assert_allclose(np.abs(D.T @ G).sum(0), 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.abs(D.T @ G).max(0), 1.0, atol=1e-9)
+    # every voxel centre of the region lies inside the grid's voxels
+    corners = grid_points(region)[[0, -1]][:, [0, -1]][:, :, [0, -1]].reshape(-1, 3)
+    continuous = (corners - np.asarray(grid.origin)) @ G / 2.0
+    assert (continuous >= -0.5).all()
+    assert (continuous <= np.asarray(grid.size) - 0.5).all()
+    # extent: ceil(size * spacing / 2) along the matching axes
+    expected = sorted(int(np.ceil(n * s / 2.0)) for n, s in zip(region.size, region.spacing,
+                                                               strict=True))
+    assert sorted(grid.size) == expected
+
+
+def test_isotropic_grid_without_orientation_keeps_the_direction() -> None:
+    region = _geometry(LAS_DIRECTION)
+    grid = isotropic_grid(region, 2.0)
+    assert grid.direction == LAS_DIRECTION
+    assert grid.size == (31, 27, 33)
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_linear_resampling_reproduces_a_linear_ramp(name: str) -> None:
+    source = _geometry(DIRECTIONS[name])
+    points = grid_points(source)
+    coefficients = np.array([0.3, -0.2, 0.1])
+    ramp = (points @ coefficients).astype(np.float32)
+    image = source.image_from_array(ramp)
+    target = isotropic_grid(CropBox((4, 4, 4), (20, 16, 12)).geometry(source), 2.0, "RAS")
+    out = sitk.GetArrayFromImage(resample(image, target))
+    expected = grid_points(target) @ coefficients
+    np.testing.assert_allclose(out, expected, atol=2e-4)
+
+
+def test_same_grid_tolerates_rounding_only() -> None:
+    a = _geometry(LAS_DIRECTION)
+    assert same_grid(a, Geometry(a.size, a.spacing, tuple(o + 1e-5 for o in a.origin),
+                                 a.direction))
+    assert not same_grid(a, Geometry(a.size, a.spacing, tuple(o + 0.5 for o in a.origin),
+                                     a.direction))
+    assert not same_grid(a, Geometry(a.size, a.spacing, a.origin, IDENTITY_DIRECTION))
+    assert not same_grid(a, Geometry((30, 26, 21), a.spacing, a.origin, a.direction))
