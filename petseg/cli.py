@@ -18,6 +18,10 @@ from petseg.errors import PetsegError
 
 COMMANDS: tuple[str, ...] = (
     "evaluate",
+    "split",
+    "preprocess",
+    "train",
+    "export_weights",
 )
 """Module names under `petseg.commands`; the command name uses '-' for '_'."""
 

@@ -152,18 +152,39 @@ def _centred_grid(patch: tuple[int, int, int], device: str) -> torch.Tensor:
     return grid
 
 
+def gaussian_smooth(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of `[C, D, H, W]` over the three spatial axes.
+
+    The kernel is MONAI's (`gaussian_1d`, erf approximation, truncated at 3 sigma) and the
+    border is zero-padded, so the result equals MONAI's `GaussianFilter(3, sigma, 3.0)`;
+    done as shifted in-place additions (the kernel has at most 7 taps for sigma <= 1),
+    about twice as fast as its grouped convolutions on the CPU.
+    """
+    from monai.networks.layers.convutils import gaussian_1d
+
+    kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=3.0).tolist()
+    radius = (len(kernel) - 1) // 2
+    for axis in (1, 2, 3):
+        size = field.shape[axis]
+        out = field * kernel[radius]
+        for j in range(1, min(radius, size - 1) + 1):
+            out.narrow(axis, 0, size - j).add_(field.narrow(axis, j, size - j),
+                                               alpha=kernel[radius + j])
+            out.narrow(axis, j, size - j).add_(field.narrow(axis, 0, size - j),
+                                               alpha=kernel[radius - j])
+        field = out
+    return field
+
+
 def elastic_offsets(params: SampleParams, patch: tuple[int, int, int],
                     device: torch.device, generator: torch.Generator) -> torch.Tensor:
     """Smoothed random offsets `[3, D, H, W]` in voxels, as MONAI's `Rand3DElastic`.
 
-    Offsets uniform(-1, 1) per voxel and axis, smoothed by MONAI's `GaussianFilter`
-    (sigma, truncated at 3 sigma), times the magnitude.
+    Offsets uniform(-1, 1) per voxel and axis, Gaussian-smoothed with `params.sigma`,
+    times `params.magnitude`.
     """
-    from monai.networks.layers import GaussianFilter
-
-    noise = torch.rand((1, 3, *patch), generator=generator, device=device) * 2.0 - 1.0
-    smooth = GaussianFilter(3, params.sigma, 3.0).to(device)
-    return smooth(noise)[0] * params.magnitude
+    noise = torch.rand((3, *patch), generator=generator, device=device).mul_(2.0).sub_(1.0)
+    return gaussian_smooth(noise, params.sigma).mul_(params.magnitude)
 
 
 def resample_patch(image: torch.Tensor, label: torch.Tensor | None,
@@ -196,12 +217,14 @@ def resample_patch(image: torch.Tensor, label: torch.Tensor | None,
     if offsets is not None:
         points = points + offsets.permute(1, 2, 3, 0)
     box = np.asarray(image.shape[1:], float)
-    # index -> normalised [-1, 1] (align_corners=True), folded into the affine.
+    # index -> normalised [-1, 1] (align_corners=True), folded into the affine; rows
+    # reversed because grid_sample wants (x, y, z) = (W, H, D) last.
     norm = 2.0 / np.maximum(box - 1.0, 1.0)
-    m = torch.as_tensor(matrix * norm[:, None], dtype=torch.float32, device=device)
-    b = torch.as_tensor((offset - np.asarray(origin, float)) * norm - 1.0, dtype=torch.float32,
+    m = torch.as_tensor((matrix * norm[:, None])[::-1].copy(), dtype=torch.float32,
                         device=device)
-    grid = (points.reshape(-1, 3) @ m.T + b).reshape(1, *patch, 3).flip(-1)  # (x, y, z) last
+    b = torch.as_tensor(((offset - np.asarray(origin, float)) * norm - 1.0)[::-1].copy(),
+                        dtype=torch.float32, device=device)
+    grid = torch.addmm(b, points.reshape(-1, 3), m.T).reshape(1, *patch, 3)
     source = image[None].float()
     if any(s == 1 for s in source.shape[2:]):  # a one-voxel axis cannot be normalised
         source = F.pad(source, [0, 1, 0, 1, 0, 1])
@@ -229,13 +252,13 @@ def adjust_intensity(image: torch.Tensor, params: SampleParams,
         flat = image.reshape(image.shape[0], -1)
         low = flat.amin(dim=1).view(-1, 1, 1, 1)
         span = flat.amax(dim=1).view(-1, 1, 1, 1) - low
-        image = ((image - low) / (span + 1e-7)).pow(params.gamma) * span + low
+        image = image.sub(low).div_(span + 1e-7).pow_(params.gamma).mul_(span).add_(low)
     if params.noise_std is not None:
         if generator is None:
             raise ValueError("a generator is needed for the noise")
         noise = torch.randn(image.shape[1:], generator=generator, device=image.device,
                             dtype=image.dtype)
-        image = image + (noise * params.noise_std + params.noise_mean)
+        image = image.add(noise.mul_(params.noise_std).add_(params.noise_mean))
     return image
 
 

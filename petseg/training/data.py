@@ -9,9 +9,7 @@ patient is the first folder below the root, so studies of one patient stay toget
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import itertools
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -33,11 +31,14 @@ class Study:
         key: path of the study folder relative to the data root, '/'-separated
             (`PETCT_0af7ffe12a/08-12-2005-NA-PET-CT ...`); names the cache entry too.
         patient: the first folder of `key`.
+        name: the case name, the folders of `key` joined by '_' (`PETCT_<id>_<date>`), as
+            `petseg evaluate` names cases.
         pet, ct, label: the image files (SUV, CT in HU, 0/1 lesion mask).
     """
 
     key: str
     patient: str
+    name: str
     pet: Path
     ct: Path
     label: Path
@@ -79,96 +80,36 @@ def discover_studies(root: str | Path) -> list[Study]:
         if rel == Path("."):
             raise PetsegError(f"{root}: images lie directly in the data root; put each study "
                               "in its own folder (<root>/<patient>/<study>/)")
-        studies.append(Study(key=rel.as_posix(), patient=rel.parts[0], pet=pet, ct=ct,
-                             label=label))
+        studies.append(Study(key=rel.as_posix(), patient=rel.parts[0],
+                             name="_".join(rel.parts), pet=pet, ct=ct, label=label))
     if not studies:
         raise PetsegError(f"{root}: no study found (folders with SUV, CTres and SEG images); "
                           "check the data path")
     return sorted(studies, key=lambda s: s.key)
 
 
-def _diagnosis_column(header: list[str], path: Path) -> str:
-    for name in header:
-        if name.strip().lower() in ("diagnosis", "cohort"):
-            return name
-    raise PetsegError(f"{path}: no 'diagnosis' column (found {header}); add one")
-
-
 def read_cohorts(metadata: str | Path, studies: list[Study]) -> dict[str, str]:
-    """Cohort (diagnosis, upper case) of every study from a clinical-metadata CSV.
+    """Cohort (normalised diagnosis) of every study from a clinical-metadata CSV.
 
-    A row belongs to a study when one of its cells contains the study's `key` as a path
-    (the autoPET CSVs' `File Location` / `study_location`) or names the study as
-    `<patient>_<date folder>`; otherwise a cell equal to a patient id applies the row to
-    every study of that patient not matched by its own row. The published CSV has one row
-    per series; they agree on the diagnosis.
+    Uses the evaluation's metadata reader (`petseg.evaluation.read_metadata`): a study
+    matches by its case name (`PETCT_<id>_<date folder>`), a path column, or its patient
+    id (with the study date where the patient's rows disagree), so the published autoPET
+    CSV (one row per series) works as it is.
 
     Returns:
         `{study key: cohort}` for every study in `studies`.
 
     Raises:
-        PetsegError: the file is missing or unreadable, a study has no row, or a study's
-            rows disagree.
+        PetsegError: the file is unreadable, or some study has no (unambiguous) row.
     """
-    path = Path(metadata)
-    if not path.is_file():
-        raise PetsegError(f"{path}: metadata file not found; check the path")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise PetsegError(f"{path}: cannot be read as CSV ({exc}); fix the file") from None
-    if not rows:
-        raise PetsegError(f"{path}: has no rows; it must list each study's diagnosis")
-    column = _diagnosis_column(list(rows[0].keys()), path)
+    from petseg.evaluation import UNKNOWN, read_metadata
 
-    by_pair = {tuple(s.key.split("/")[:2]): s.key for s in studies if "/" in s.key}
-    by_name = {s.key.replace("/", "_"): s.key for s in studies}
-    by_name.update({s.key: s.key for s in studies})
-    patients = {s.patient for s in studies}
-    study_votes: dict[str, set[str]] = defaultdict(set)
-    patient_votes: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        diagnosis = (row.get(column) or "").strip().upper()
-        if not diagnosis:
-            continue
-        matched = None
-        for name, cell in row.items():
-            if name == column or cell is None:
-                continue
-            value = cell.strip()
-            if value in by_name:
-                matched = by_name[value]
-                break
-            parts = [p for p in value.replace("\\", "/").split("/") if p and p != "."]
-            for a, b in itertools.pairwise(parts):
-                if (a, b) in by_pair:
-                    matched = by_pair[(a, b)]
-                    break
-            if matched:
-                break
-        if matched:
-            study_votes[matched].add(diagnosis)
-            continue
-        for name, cell in row.items():
-            if name != column and cell is not None and cell.strip() in patients:
-                patient_votes[cell.strip()].add(diagnosis)
-                break
-
-    cohorts: dict[str, str] = {}
-    missing = []
-    for study in studies:
-        votes = study_votes.get(study.key) or patient_votes.get(study.patient)
-        if not votes:
-            missing.append(study.key)
-            continue
-        if len(votes) > 1:
-            raise PetsegError(f"{path}: rows for study {study.key} disagree on the diagnosis "
-                              f"({sorted(votes)}); fix the file")
-        cohorts[study.key] = next(iter(votes))
+    table = read_metadata(metadata)
+    cohorts = {study.key: table.cohort_of(study.name) for study in studies}
+    missing = [key for key, cohort in cohorts.items() if cohort == UNKNOWN]
     if missing:
-        raise PetsegError(f"{path}: no diagnosis for {len(missing)} studies (first: "
-                          f"{missing[0]}); add rows for them")
+        raise PetsegError(f"{metadata}: no unambiguous diagnosis for {len(missing)} of "
+                          f"{len(studies)} studies (first: {missing[0]}); add rows for them")
     return cohorts
 
 

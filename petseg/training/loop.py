@@ -268,7 +268,8 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
             if best_epoch == 0 or score > best_score:
                 improved, best_epoch, best_score, best_metrics = True, done, score, summary
                 if context.is_main:
-                    _save_best(run_dir, network, config, summary, cases, fold, done)
+                    _save_best(run_dir, network, config, summary, cases, fold, splits.folds,
+                               done)
         row["epoch_s"] = time.perf_counter() - started
         row["best"] = int(improved)
         if context.is_main:
@@ -298,9 +299,9 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
 
 def _save_best(run_dir: Path, network: torch.nn.Module, config: TrainingConfig,
                summary: dict[str, float], cases: list[dict[str, Any]], fold: int,
-               epoch: int) -> None:
+               folds: int, epoch: int) -> None:
     save_checkpoint(run_dir / "best.safetensors", network.state_dict(), config.model,
-                    metrics=summary, extra={"fold": fold, "epoch": epoch,
+                    metrics=summary, extra={"fold": fold, "folds": folds, "epoch": epoch,
                                             "seed": config.seed})
     with atomic_path(run_dir / "best_validation.json") as tmp:
         tmp.write_text(json.dumps({"fold": fold, "epoch": epoch, "summary": summary,
