@@ -8,7 +8,7 @@ weighted (e.g. by each fold's validation Dice).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -121,10 +121,17 @@ def sliding_window_probability(
         Lesion probability `[D, H, W]`, float32 on the CPU, in [0, 1].
     """
     factors = normalized_weights(len(networks), weights)
+    return weighted_mean(network_probabilities(networks, image, config, device), factors)
+
+
+def weighted_mean(probabilities: Iterable[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """Sum of `weights[i] * probabilities[i]` (`weights` sum to 1), clamped to [0, 1], on CPU.
+
+    `probabilities` may be a generator, so only one map beyond the running sum is alive.
+    """
     total: torch.Tensor | None = None
-    for factor, probability in zip(
-        factors, network_probabilities(networks, image, config, device), strict=True
-    ):
+    for factor, probability in zip(weights, probabilities, strict=True):
         total = probability * factor if total is None else total.add_(probability, alpha=factor)
-    assert total is not None
+    if total is None:
+        raise PetsegError("the ensemble is empty: at least one network is needed")
     return total.clamp_(0.0, 1.0).cpu()

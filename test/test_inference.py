@@ -18,6 +18,8 @@ from petseg.inference import (
 )
 from petseg.model import build_network
 
+torch.set_num_threads(1)  # the test machines' two cores are shared: more threads only contend
+
 
 class SuvThreshold(torch.nn.Module):
     """Logits (0, x0 - 2.5): lesion probability sigmoid(SUV - 2.5), voxel by voxel."""

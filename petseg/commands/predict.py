@@ -1,0 +1,69 @@
+"""`petseg predict`: lesion masks for PET/CT cases with the fold ensemble."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+HELP = "segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout)"
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPOSITORY / "resources" / "inference.json"
+MODEL_DIR = Path("/opt/ml/model")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `petseg predict`."""
+    parser.add_argument("--input", required=True, type=Path,
+                        help="input folder: images/pet + images/ct, case folders in that "
+                             "layout, or the autoPET PETCT_*/<date>/SUV.nii.gz layout")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="output folder (masks under images/automated-petct-lesion-"
+                             "segmentation/, results.json beside)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help=f"folder with fold checkpoints and manifest.json (default: "
+                             f"{MODEL_DIR} if it holds a manifest, else ./weights or the "
+                             "repository's weights/)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the network runs (default: auto = CUDA if available)")
+    parser.add_argument("--ensemble", choices=("mean", "weighted"), default=None,
+                        help="plain mean or validation-DSC-weighted mean of the folds "
+                             "(default: from --config)")
+    parser.add_argument("--allow-missing-folds", action="store_true",
+                        help="run on the folds present when some are missing (warns)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"inference settings JSON (default: {DEFAULT_CONFIG.name} in "
+                             "resources/, else built-in defaults)")
+    parser.add_argument("--min-lesion-ml", type=float, default=0.0,
+                        help="remove predicted lesions smaller than this volume (default 0: off)")
+    parser.add_argument("--save-probability", action="store_true",
+                        help="also write the ensemble probability (float32, PET grid) under "
+                             "OUTPUT/probabilities/")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every case; exit code 1 if any case failed."""
+    from petseg.config import InferenceConfig, load_json
+    from petseg.io import find_cases
+    from petseg.pipeline import Predictor, find_weights_dir, predict_cases
+
+    cases = find_cases(args.input)
+    config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
+    if args.ensemble:
+        config = dataclasses.replace(config, ensemble=args.ensemble)
+    weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
+                                                REPOSITORY / "weights"])
+    predictor = Predictor(weights, config, device=args.device,
+                          allow_missing=args.allow_missing_folds,
+                          min_component_ml=args.min_lesion_ml)
+    results = predict_cases(cases, args.output, predictor, save_probability=args.save_probability)
+    failed = [entry["name"] for entry in results if entry["error_messages"]]
+    if failed:
+        logging.getLogger(__name__).error("%d of %d case(s) failed: %s (see %s)", len(failed),
+                                          len(results), ", ".join(failed),
+                                          args.output / "results.json")
+        return 1
+    return 0

@@ -1,0 +1,29 @@
+"""Grand-challenge entry point: segment the case in /input, write the mask to /output.
+
+Weights come from /opt/ml/model when a model tarball holding a manifest was mounted there,
+else from the image's own weights/ folder. Extra arguments are passed on to
+`petseg predict` (later options override these defaults).
+"""
+
+import sys
+from pathlib import Path
+
+from petseg.cli import main
+from petseg.errors import PetsegError
+from petseg.pipeline import find_weights_dir
+
+HERE = Path(__file__).resolve().parent
+
+
+def arguments(extra: list[str]) -> list[str]:
+    """The `petseg predict` command line for the challenge's fixed folders."""
+    try:
+        weights = find_weights_dir([Path("/opt/ml/model"), HERE / "weights"])
+    except PetsegError:
+        weights = HERE / "weights"  # `petseg predict` then says what is missing there
+    return ["predict", "--input", "/input", "--output", "/output", "--weights", str(weights),
+            "--config", str(HERE / "resources" / "inference.json"), *extra]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(arguments(sys.argv[1:])))

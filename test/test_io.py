@@ -1,0 +1,209 @@
+"""Case discovery (three layouts), reading and checking a case, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from petseg.errors import PetsegError
+from petseg.geometry import LAS_DIRECTION, Geometry
+from petseg.io import (
+    CaseFiles,
+    find_cases,
+    pairing_key,
+    read_case,
+    read_image,
+    safe_name,
+    write_image,
+    write_json,
+)
+
+GEOMETRY = Geometry((10, 9, 8), (2.0364, 2.0364, 3.0), (-10.0, 20.0, -300.0), LAS_DIRECTION)
+
+
+def _write(path: Path, values: np.ndarray | None = None, geometry: Geometry = GEOMETRY) -> Path:
+    if values is None:
+        values = np.zeros(tuple(reversed(geometry.size)), np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(geometry.image_from_array(values), str(path))
+    return path
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_single_challenge_case_is_named_after_the_pet_uuid(tmp_path) -> None:
+    pet = _touch(tmp_path / "images/pet/9ec5-aa01.mha")
+    ct = _touch(tmp_path / "images/ct/77b2-0c3f.mha")
+    _touch(tmp_path / "images/pet/.9ec5-aa01.mha.tmp123.mha")  # a hidden leftover
+    found = find_cases(tmp_path)
+    assert found.single
+    assert found.cases == [CaseFiles("9ec5-aa01", pet, ct)]
+
+
+def test_several_challenge_cases_are_paired_by_name(tmp_path) -> None:
+    for stem in ("b", "a"):
+        _touch(tmp_path / f"images/pet/{stem}.nii.gz")
+        _touch(tmp_path / f"images/ct/{stem}.nrrd")
+    found = find_cases(tmp_path)
+    assert not found.single
+    assert [(c.name, c.pet.name, c.ct.name) for c in found.cases] == [
+        ("a", "a.nii.gz", "a.nrrd"), ("b", "b.nii.gz", "b.nrrd")]
+
+
+@pytest.mark.parametrize(("pets", "cts"), [
+    (("p1_pet.mha", "p2_pet.mha"), ("p1_ct.mha", "p2_ct.mha")),
+    (("p1_0000.nii.gz", "p2_0000.nii.gz"), ("p1_0001.nii.gz", "p2_0001.nii.gz")),
+    (("p1-SUV.mha", "p2-SUV.mha"), ("p1-CTres.mha", "p2-CTres.mha")),
+])
+def test_modality_tokens_are_ignored_when_pairing(tmp_path, pets, cts) -> None:
+    for name in pets:
+        _touch(tmp_path / "images/pet" / name)
+    for name in cts:
+        _touch(tmp_path / "images/ct" / name)
+    found = find_cases(tmp_path)
+    assert [pairing_key(c.pet) for c in found.cases] == ["p1", "p2"]
+    assert [pairing_key(c.ct) for c in found.cases] == ["p1", "p2"]
+
+
+def test_two_pets_with_one_ct_are_refused_with_the_fix(tmp_path) -> None:
+    _touch(tmp_path / "images/pet/a.mha")
+    _touch(tmp_path / "images/pet/b.mha")
+    _touch(tmp_path / "images/ct/c.mha")
+    with pytest.raises(PetsegError) as info:
+        find_cases(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path / 'images'}: 2 PET and 1 CT image(s) cannot be paired; give each PET and "
+        "its CT the same file name, or put each case in its own folder (<case>/images/pet/, "
+        "<case>/images/ct/)"
+    )
+
+
+def test_missing_ct_or_pet_names_the_folder(tmp_path) -> None:
+    _touch(tmp_path / "images/pet/a.mha")
+    with pytest.raises(PetsegError, match=r"images/ct: no CT image \(\.mha, \.nii\.gz, \.nrrd\)"):
+        find_cases(tmp_path)
+    (tmp_path / "images/pet/a.mha").unlink()
+    _touch(tmp_path / "images/ct/a.mha")
+    with pytest.raises(PetsegError, match=r"images/pet: no PET image"):
+        find_cases(tmp_path)
+
+
+def test_folder_of_case_folders_records_a_bad_case_and_keeps_the_rest(tmp_path) -> None:
+    _touch(tmp_path / "case_1/images/pet/u1.mha")
+    _touch(tmp_path / "case_1/images/ct/u2.mha")
+    _touch(tmp_path / "case 2/images/pet/u3.mha")
+    (tmp_path / "notes").mkdir()  # a folder that is no case
+    found = find_cases(tmp_path)
+    assert not found.single
+    bad, good = found.cases  # sorted by folder name: "case 2" < "case_1"
+    assert (good.name, good.pet.name, good.ct.name, good.error) == ("case_1", "u1.mha",
+                                                                     "u2.mha", None)
+    assert bad.name == "case_2" and bad.pet is None
+    assert bad.error.endswith("case 2/images/ct: no CT image (.mha, .nii.gz, .nrrd); put the "
+                              "CT image there")
+    with pytest.raises(PetsegError, match="case 2/images/ct: no CT image"):
+        read_case(bad)
+
+
+def test_autopet_nifti_layout(tmp_path) -> None:
+    date = "08-12-2005-NA-PET-CT Ganzkoerper  primaer mit KM-10445"
+    pet = _touch(tmp_path / "PETCT_0af7ffe12a" / date / "SUV.nii.gz")
+    ct = _touch(tmp_path / "PETCT_0af7ffe12a" / date / "CTres.nii.gz")
+    _touch(tmp_path / "PETCT_0af7ffe12a" / date / "SEG.nii.gz")
+    _touch(tmp_path / "PETCT_1b2c" / "01-01-2001" / "SUV.nii.gz")
+    found = find_cases(tmp_path)
+    assert not found.single
+    first, second = found.cases
+    assert first == CaseFiles(
+        "PETCT_0af7ffe12a_08-12-2005-NA-PET-CT_Ganzkoerper_primaer_mit_KM-10445", pet, ct)
+    assert second.name == "PETCT_1b2c_01-01-2001"
+    assert "no CTres image beside SUV.nii.gz" in second.error
+
+
+def test_nothing_found_and_missing_input_are_clear_errors(tmp_path) -> None:
+    _touch(tmp_path / "readme.txt")
+    with pytest.raises(PetsegError, match=r"no cases found; expected images/pet/"):
+        find_cases(tmp_path)
+    with pytest.raises(PetsegError, match="input folder not found; check --input"):
+        find_cases(tmp_path / "absent")
+
+
+def test_safe_name() -> None:
+    assert safe_name("PETCT_1/08-12 2005 (x)") == "PETCT_1_08-12_2005_x"
+    assert safe_name("...") == "case"
+
+
+def _case_files(tmp_path: Path, pet: np.ndarray, ct: np.ndarray,
+                ct_geometry: Geometry = GEOMETRY) -> CaseFiles:
+    return CaseFiles("c", _write(tmp_path / "images/pet/p.mha", pet),
+                     _write(tmp_path / "images/ct/c.mha", ct, ct_geometry))
+
+
+def test_read_case_cleans_non_finite_voxels_with_a_warning(tmp_path, caplog) -> None:
+    pet = np.ones((8, 9, 10), np.float32)
+    pet[0, 0, :3] = np.nan
+    pet[1, 1, 1] = np.inf
+    ct = np.zeros((8, 9, 10), np.float32)
+    ct[2, 2, 2] = np.nan
+    files = _case_files(tmp_path, pet, ct)
+    with caplog.at_level(logging.WARNING, logger="petseg.io"):
+        case = read_case(files, ct_fill_hu=-1024.0)
+    pet_out = sitk.GetArrayFromImage(case.pet)
+    ct_out = sitk.GetArrayFromImage(case.ct)
+    assert case.pet.GetPixelID() == sitk.sitkFloat32
+    assert pet_out[0, 0, :3].tolist() == [0, 0, 0] and pet_out[1, 1, 1] == 0
+    assert pet_out.sum() == pet.size - 4
+    assert ct_out[2, 2, 2] == -1024.0 and np.isfinite(ct_out).all()
+    assert f"{files.pet}: 4 non-finite voxel(s) (NaN/inf) set to 0" in caplog.text
+    assert f"{files.ct}: 1 non-finite voxel(s) (NaN/inf) set to -1024" in caplog.text
+    assert Geometry.of(case.pet) == GEOMETRY
+
+
+def test_read_case_refuses_a_ct_that_does_not_overlap(tmp_path) -> None:
+    far = Geometry(GEOMETRY.size, GEOMETRY.spacing, (-10.0, 20.0, 500.0), LAS_DIRECTION)
+    files = _case_files(tmp_path, np.ones((8, 9, 10), np.float32),
+                        np.zeros((8, 9, 10), np.int16), far)
+    with pytest.raises(PetsegError, match=r"images/ct/c\.mha: does not overlap the PET p\.mha "
+                                          r"\(CT .* mm\); check both images come from the same"):
+        read_case(files)
+
+
+def test_read_case_warns_when_the_ct_covers_little_of_the_pet(tmp_path, caplog) -> None:
+    short = Geometry((10, 9, 2), GEOMETRY.spacing, GEOMETRY.origin, LAS_DIRECTION)
+    files = _case_files(tmp_path, np.ones((8, 9, 10), np.float32),
+                        np.zeros((2, 9, 10), np.int16), short)
+    with caplog.at_level(logging.WARNING, logger="petseg.io"):
+        read_case(files)
+    assert "covers only 14% of the PET's axial length" in caplog.text
+
+
+def test_read_image_refuses_2d_and_corrupt_files(tmp_path) -> None:
+    flat = tmp_path / "flat.mha"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkFloat32), str(flat))
+    with pytest.raises(PetsegError, match=r"flat\.mha: is 2D, a 3D volume is needed"):
+        read_image(flat)
+    broken = tmp_path / "broken.mha"
+    broken.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT"
+                       b"\nElementDataFile = LOCAL\n" + b"\x00" * 10)
+    with pytest.raises(PetsegError, match=r"broken\.mha: cannot be read as an image"):
+        read_image(broken)
+
+
+def test_atomic_writes_leave_no_partial_file(tmp_path) -> None:
+    with pytest.raises(TypeError):
+        write_json({"x": object()}, tmp_path / "out/results.json")
+    assert list((tmp_path / "out").iterdir()) == []
+    write_json([{"name": "a"}], tmp_path / "out/results.json")
+    assert json.loads((tmp_path / "out/results.json").read_text()) == [{"name": "a"}]
+    path = write_image(GEOMETRY.reference_image(), tmp_path / "out/m.mha")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.mha", "results.json"]
+    assert Geometry.of(read_image(path)) == GEOMETRY

@@ -1,0 +1,246 @@
+"""`petseg predict` and process.py, in process: outputs, results.json, exit codes, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from inference_synthetic import finer_ct_geometry, make_case
+from test_checkpoint import _ensemble
+
+from petseg.cli import main
+from petseg.config import InferenceConfig, load_json, save_json
+from petseg.geometry import Geometry
+
+ROOT = Path(__file__).resolve().parents[1]
+MASKS = Path("images/automated-petct-lesion-segmentation")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "weights"
+    _ensemble(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "inference.json"
+    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[sitk.Image, sitk.Image]:
+    pet, _, _, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
+    ct = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0),
+                   ct_geometry=finer_ct_geometry(pet, spacing=(2.5, 2.5, 3.0)))[1]
+    return pet, ct
+
+
+def _challenge_input(folder: Path, pet: sitk.Image, ct: sitk.Image,
+                     pet_name: str = "1b7c5f4e-pet.mha", ct_name: str = "e03d2a61-ct.mha") -> Path:
+    (folder / "images/pet").mkdir(parents=True, exist_ok=True)
+    (folder / "images/ct").mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(pet, str(folder / "images/pet" / pet_name), True)
+    sitk.WriteImage(ct, str(folder / "images/ct" / ct_name), True)
+    return folder
+
+
+def _predict(inp: Path, out: Path, weights: Path, config: Path, *extra: str) -> int:
+    return main(["predict", "--input", str(inp), "--output", str(out), "--weights", str(weights),
+                 "--config", str(config), "--device", "cpu", *extra])
+
+
+def _all_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_single_challenge_case(tmp_path, weights, config, case) -> None:
+    pet, ct = case
+    inp = _challenge_input(tmp_path / "input", pet, ct)
+    out = tmp_path / "output"
+    assert _predict(inp, out, weights, config) == 0
+    assert _all_files(out) == [str(MASKS / "1b7c5f4e-pet.mha"), "results.json"]
+    mask = sitk.ReadImage(str(out / MASKS / "1b7c5f4e-pet.mha"))
+    assert Geometry.of(mask) == Geometry.of(pet)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert set(np.unique(sitk.GetArrayFromImage(mask))) <= {0, 1}
+    [entry] = json.loads((out / "results.json").read_text())
+    assert entry["name"] == "1b7c5f4e-pet"
+    assert entry["inputs"] == [
+        {"type": "metaio_image", "filename": str(inp / "images/pet/1b7c5f4e-pet.mha")},
+        {"type": "metaio_image", "filename": str(inp / "images/ct/e03d2a61-ct.mha")},
+    ]
+    assert entry["outputs"] == [{"type": "metaio_image",
+                                 "filename": str(out / MASKS / "1b7c5f4e-pet.mha")}]
+    assert entry["error_messages"] == []
+    volume = sitk.GetArrayFromImage(mask).sum() * Geometry.of(pet).voxel_volume_ml
+    assert entry["lesion_volume_ml"] == pytest.approx(volume, abs=1e-3)
+
+
+def test_probability_option_and_mean_ensemble(tmp_path, weights, config, case) -> None:
+    pet, ct = case
+    inp = _challenge_input(tmp_path / "input", pet, ct)
+    out = tmp_path / "output"
+    assert _predict(inp, out, weights, config, "--ensemble", "mean", "--save-probability") == 0
+    probability = sitk.ReadImage(str(out / "probabilities/1b7c5f4e-pet.mha"))
+    mask = sitk.ReadImage(str(out / MASKS / "1b7c5f4e-pet.mha"))
+    assert Geometry.of(probability) == Geometry.of(pet)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask),
+                                  sitk.GetArrayFromImage(probability) > 0.5)
+    assert len(list((out / MASKS).iterdir())) == 1
+
+
+def _expect_failure(capsys, code: int, message: str, out: Path) -> None:
+    assert code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == f"petseg predict: error: {message}"
+    assert not out.exists() or _all_files(out) == []
+
+
+def test_missing_ct(tmp_path, weights, config, case, capsys) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    (inp / "images/ct/e03d2a61-ct.mha").unlink()
+    out = tmp_path / "output"
+    _expect_failure(capsys, _predict(inp, out, weights, config),
+                    f"{inp / 'images/ct'}: no CT image (.mha, .nii.gz, .nrrd); put the CT image "
+                    "there", out)
+
+
+def test_missing_pet(tmp_path, weights, config, case, capsys) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    (inp / "images/pet/1b7c5f4e-pet.mha").unlink()
+    out = tmp_path / "output"
+    _expect_failure(capsys, _predict(inp, out, weights, config),
+                    f"{inp / 'images/pet'}: no PET image (.mha, .nii.gz, .nrrd); put the SUV "
+                    "image there", out)
+
+
+def test_two_pets_with_one_ct(tmp_path, weights, config, case, capsys) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    sitk.WriteImage(case[0], str(inp / "images/pet/second.mha"))
+    out = tmp_path / "output"
+    _expect_failure(capsys, _predict(inp, out, weights, config),
+                    f"{inp / 'images'}: 2 PET and 1 CT image(s) cannot be paired; give each "
+                    "PET and its CT the same file name, or put each case in its own folder "
+                    "(<case>/images/pet/, <case>/images/ct/)", out)
+
+
+def test_a_2d_image(tmp_path, weights, config, case, capsys) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    flat = inp / "images/pet/1b7c5f4e-pet.mha"
+    sitk.WriteImage(sitk.Image(30, 30, sitk.sitkFloat32), str(flat))
+    out = tmp_path / "output"
+    _expect_failure(capsys, _predict(inp, out, weights, config),
+                    f"{flat}: is 2D, a 3D volume is needed; export the full volume", out)
+
+
+def test_a_corrupt_file(tmp_path, weights, config, case, capsys) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    corrupt = inp / "images/ct/e03d2a61-ct.mha"
+    corrupt.write_bytes(corrupt.read_bytes()[:400])
+    out = tmp_path / "output"
+    code = _predict(inp, out, weights, config)
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"petseg predict: error: {corrupt}: cannot be read as an image (")
+    assert err.endswith("); replace the corrupt file")
+    assert not out.exists() or _all_files(out) == []
+
+
+def test_missing_fold_and_allow_missing(tmp_path, config, case, capsys, caplog) -> None:
+    folder = tmp_path / "weights"
+    _ensemble(folder)
+    (folder / "fold_4.safetensors").unlink()
+    inp = _challenge_input(tmp_path / "input", *case)
+    out = tmp_path / "output"
+    _expect_failure(capsys, _predict(inp, out, folder, config),
+                    f"{folder}: fold(s) fold_4 missing (listed in manifest.json or file absent); "
+                    "restore them or pass --allow-missing-folds", out)
+    with caplog.at_level(logging.WARNING):
+        assert _predict(inp, out, folder, config, "--allow-missing-folds") == 0
+    assert "fold(s) fold_4 missing; ensembling the 4 fold(s) present" in caplog.text
+    assert len(list((out / MASKS).iterdir())) == 1
+
+
+def test_nan_voxels_are_cleaned_with_a_warning(tmp_path, weights, config, case, caplog) -> None:
+    pet, ct = case
+    values = sitk.GetArrayFromImage(pet)
+    values[:2] = np.nan
+    dirty = sitk.GetImageFromArray(values)
+    dirty.CopyInformation(pet)
+    inp = _challenge_input(tmp_path / "input", dirty, ct)
+    out = tmp_path / "output"
+    with caplog.at_level(logging.WARNING):
+        assert _predict(inp, out, weights, config) == 0
+    assert f"1b7c5f4e-pet.mha: {2 * 30 * 30} non-finite voxel(s) (NaN/inf) set to 0" in caplog.text
+    assert Geometry.of(sitk.ReadImage(str(out / MASKS / "1b7c5f4e-pet.mha"))) == Geometry.of(pet)
+
+
+def test_folder_mode_reports_a_bad_case_and_runs_the_others(tmp_path, weights, config,
+                                                            case, capsys) -> None:
+    inp = tmp_path / "input"
+    _challenge_input(inp / "patient_a", *case)
+    _challenge_input(inp / "patient_b", *case)
+    broken = inp / "patient_b/images/ct/e03d2a61-ct.mha"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "output"
+    assert _predict(inp, out, weights, config) == 1
+    assert _all_files(out) == [str(MASKS / "patient_a.mha"), "results.json"]
+    good, bad = json.loads((out / "results.json").read_text())
+    assert good["name"] == "patient_a" and good["error_messages"] == []
+    assert bad["name"] == "patient_b" and bad["outputs"] == []
+    [message] = bad["error_messages"]
+    assert message.startswith(f"{broken}: cannot be read as an image")
+
+
+def test_autopet_layout_and_small_image_padded(tmp_path, weights, config) -> None:
+    pet, ct, _, _ = make_case(size=(12, 10, 9), spacing=(4.0, 4.0, 5.0))  # < one 32^3 window
+    folder = tmp_path / "input/PETCT_0011/03-2004"
+    folder.mkdir(parents=True)
+    sitk.WriteImage(pet, str(folder / "SUV.nii.gz"))
+    sitk.WriteImage(ct, str(folder / "CTres.nii.gz"))
+    out = tmp_path / "output"
+    assert _predict(tmp_path / "input", out, weights, config) == 0
+    mask = sitk.ReadImage(str(out / MASKS / "PETCT_0011_03-2004.mha"))
+    assert mask.GetSize() == pet.GetSize()
+    np.testing.assert_allclose(mask.GetSpacing(), pet.GetSpacing())
+    np.testing.assert_allclose(mask.GetOrigin(), pet.GetOrigin(), atol=1e-4)  # NIfTI float32
+    np.testing.assert_allclose(mask.GetDirection(), pet.GetDirection(), atol=1e-6)
+
+
+def test_process_py_runs_the_same_command(tmp_path, weights, config, case, monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("process", ROOT / "process.py")
+    process = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(process)
+    argv = process.arguments([])
+    assert argv[:5] == ["predict", "--input", "/input", "--output", "/output"]
+    assert argv[argv.index("--config") + 1] == str(ROOT / "resources/inference.json")
+    inp = _challenge_input(tmp_path / "input", *case)
+    out = tmp_path / "output"
+    argv = process.arguments(["--input", str(inp), "--output", str(out), "--weights",
+                              str(weights), "--config", str(config), "--device", "cpu"])
+    assert main(argv) == 0
+    assert _all_files(out) == [str(MASKS / "1b7c5f4e-pet.mha"), "results.json"]
+
+
+def test_shipped_inference_settings_are_the_papers() -> None:
+    shipped = load_json(InferenceConfig, ROOT / "resources/inference.json")
+    assert shipped == InferenceConfig()
+    assert shipped.roi_size == (192, 192, 192) and shipped.overlap == 0.5
+
+
+def test_help_lists_predict(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--input", "--output", "--weights", "--device", "--ensemble",
+                   "--allow-missing-folds", "--config", "--min-lesion-ml"):
+        assert option in text
