@@ -127,7 +127,8 @@ def _append_history(path: Path, row: dict[str, Any]) -> None:
         writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainingConfig, resume: bool) -> None:
+def _check_run_dir(run_dir: Path, config: TrainingConfig, resume: bool) -> None:
+    """Read-only checks every process makes (so all fail together under DDP)."""
     config_path = run_dir / "config.json"
     if resume:
         if not (run_dir / "last.pt").is_file():
@@ -136,12 +137,30 @@ def _prepare_run_dir(run_dir: Path, config: TrainingConfig, resume: bool) -> Non
         if stored != config:
             raise PetsegError(f"{config_path}: the run was started with another config; resume "
                               "with --config pointing to this file")
-        return
-    if (run_dir / "last.pt").exists():
+    elif (run_dir / "last.pt").exists():
         raise PetsegError(f"{run_dir}: holds a run already; pass --resume or another --out")
+
+
+def _write_run_config(run_dir: Path, config: TrainingConfig) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(config_path) as tmp:
+    with atomic_path(run_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft limit on open files: every memory-mapped array keeps a descriptor."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise PetsegError(f"{needed} memory-mapped cache files exceed the open-file limit "
+                          f"({hard}); raise `ulimit -n` or set in_memory: true")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY
+                                                else hard, hard))
 
 
 def train(config: TrainingConfig, cache: str | Path, splits_path: str | Path, fold: int,
@@ -177,8 +196,9 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
     device = context.device
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
-    if context.is_main:
-        _prepare_run_dir(run_dir, config, resume)
+    _check_run_dir(run_dir, config, resume)
+    if context.is_main and not resume:
+        _write_run_config(run_dir, config)
     barrier(context)
 
     splits = load_splits(splits_path)
@@ -187,6 +207,8 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
         raise PetsegError(f"{splits_path}: fold {fold} leaves no training or no validation "
                           "study; make a split with more studies")
     check_cache_config(cache, config.model.preprocessing, create=False)
+    if not config.in_memory:
+        _allow_open_files(2 * (len(train_keys) + len(val_keys)) + 256)
     volumes = [load_volume(cache, key, config.in_memory) for key in train_keys]
     my_val = [load_volume(cache, key, False) for key in val_keys[context.rank::context.world_size]]
 
