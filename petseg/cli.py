@@ -19,6 +19,7 @@ from petseg.errors import PetsegError
 COMMANDS: tuple[str, ...] = (
     "predict",
     "evaluate",
+    "phantom",
     "split",
     "preprocess",
     "train",
