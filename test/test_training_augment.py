@@ -249,3 +249,27 @@ def test_noise_is_one_field_for_all_channels_with_the_drawn_std() -> None:
     assert torch.equal(out[0], out[1])
     assert float(out.std()) == pytest.approx(0.25, rel=0.02)
     assert float(out.mean()) == pytest.approx(0.1, abs=0.005)
+
+
+def test_positive_crops_are_centred_on_lesions() -> None:
+    from petseg.training.loader import lesion_voxels
+
+    label = np.zeros((60, 50, 70), np.uint8)
+    label[50:53, 4:7, 60:63] = 1  # one small lesion near a corner
+    image = label[None].astype(np.float32)
+    config = AugmentationConfig(patch_size=(16, 16, 16), positive_fraction=1.0)
+    rng = np.random.default_rng(0)
+    voxels = lesion_voxels(label)
+    assert voxels.size == 27
+    for _ in range(20):
+        params = dataclasses.replace(draw_params(rng, label.shape, config, voxels),
+                                     rotation=0.0, scale=(1.0, 1.0, 1.0),
+                                     translation=(0.0, 0.0, 0.0), magnitude=0.0)
+        assert all(0 <= s <= n - 16 for s, n in zip(params.start, label.shape, strict=True))
+        _, out_label = augment_sample(image, label, params, config, CPU)
+        assert int(out_label.sum()) == 27
+    plain = dataclasses.replace(config, positive_fraction=0.0)
+    hits = sum(int(augment_sample(image, label, dataclasses.replace(
+        draw_params(rng, label.shape, plain, voxels), magnitude=0.0), plain, CPU)[1].sum()) > 0
+        for _ in range(20))
+    assert hits < 10

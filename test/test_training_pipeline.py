@@ -61,7 +61,9 @@ def test_cache_prepares_skips_and_reports_a_corrupt_study(tmp_path) -> None:
 
     again = build_cache(studies, tmp_path / "cache", config, progress=False)
     assert again.written == () and len(again.skipped) == 3 and len(again.failed) == 1
-    with pytest.raises(PetsegError, match="built with other preprocessing settings"):
+    with pytest.raises(PetsegError, match=r"built with other preprocessing settings \(body_"
+                                          r"margin_mm 10.0 vs 0.0 wanted\); run `petseg "
+                                          r"preprocess --config"):
         check_cache_config(tmp_path / "cache", PreprocessingConfig(body_margin_mm=0.0), True)
     with pytest.raises(PetsegError, match="is not in the cache"):
         load_volume(tmp_path / "cache", "PETCT_9/02-02-2002-NA-x")

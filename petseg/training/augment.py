@@ -75,16 +75,34 @@ def crop_start(rng: np.random.Generator, shape: tuple[int, ...],
     return tuple(start)  # type: ignore[return-value]
 
 
+def centred_start(centre: np.ndarray, shape: tuple[int, ...],
+                  patch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Crop start putting `centre` (voxel index) in the patch centre, moved inside the volume."""
+    start = []
+    for c, size, p in zip(centre, shape, patch, strict=True):
+        start.append(int(np.clip(int(c) - p // 2, 0, size - p)) if size >= p
+                     else -((p - size) // 2))
+    return tuple(start)  # type: ignore[return-value]
+
+
 def draw_params(rng: np.random.Generator, shape: tuple[int, ...],
-                config: AugmentationConfig) -> SampleParams:
+                config: AugmentationConfig,
+                lesion_voxels: np.ndarray | None = None) -> SampleParams:
     """Draw one patch's crop and augmentation parameters.
 
     Args:
         rng: the sample's generator (numpy).
         shape: spatial shape [D, H, W] of the cached volume.
         config: ranges and probabilities.
+        lesion_voxels: flat indices of (a sample of) the volume's lesion voxels, for
+            `config.positive_fraction`; None or empty: random crops only.
     """
-    start = crop_start(rng, shape, config.patch_size)
+    if (config.positive_fraction > 0 and lesion_voxels is not None and lesion_voxels.size
+            and rng.random() < config.positive_fraction):
+        centre = np.unravel_index(int(lesion_voxels[rng.integers(lesion_voxels.size)]), shape)
+        start = centred_start(np.asarray(centre), shape, config.patch_size)
+    else:
+        start = crop_start(rng, shape, config.patch_size)
     rotation, scale, translation = 0.0, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
     if rng.random() < config.affine_prob:
         rotation = float(rng.uniform(-config.rotate_axial_rad, config.rotate_axial_rad))

@@ -31,7 +31,7 @@ import numpy as np
 from petseg.config import PreprocessingConfig, from_dict, to_dict
 from petseg.errors import PetsegError
 from petseg.training.data import Study
-from petseg.training.loader import Volume
+from petseg.training.loader import Volume, lesion_voxels
 
 CACHE_FORMAT = "petseg-cache/1"
 PARTIAL = ".partial"
@@ -192,8 +192,11 @@ def check_cache_config(cache: str | Path, config: PreprocessingConfig, create: b
         stored = to_dict(from_dict(PreprocessingConfig, info.get("preprocessing", {}),
                                    where=str(info_path)))
         if stored != wanted:
-            raise PetsegError(f"{cache}: built with other preprocessing settings ({stored}); "
-                              "use a new cache folder or the matching config")
+            diff = ", ".join(f"{k} {stored[k]} vs {wanted[k]}" for k in wanted
+                             if stored.get(k) != wanted[k])
+            raise PetsegError(f"{cache}: built with other preprocessing settings ({diff} "
+                              "wanted); run `petseg preprocess --config <this training "
+                              "config>` into a new cache folder")
         return
     if not create:
         raise PetsegError(f"{cache}: no petseg cache here; build it with `petseg preprocess`")
@@ -261,8 +264,11 @@ def cached_keys(cache: str | Path) -> list[str]:
     return sorted(keys)
 
 
-def load_volume(cache: str | Path, key: str, in_memory: bool = False) -> Volume:
+def load_volume(cache: str | Path, key: str, in_memory: bool = False,
+                with_lesions: bool = False) -> Volume:
     """Open one cache entry: memory-mapped, or read into RAM with `in_memory`.
+
+    With `with_lesions` the lesion voxels are indexed too (for positive-centred crops).
 
     Raises:
         PetsegError: the entry is missing or damaged.
@@ -283,4 +289,6 @@ def load_volume(cache: str | Path, key: str, in_memory: bool = False) -> Volume:
         raise PetsegError(f"{folder}: image {image.shape} and label {label.shape} disagree; "
                           "delete the folder and rerun `petseg preprocess`")
     spacing = tuple(float(s) for s in info.get("spacing_mm", (2.0, 2.0, 2.0)))
-    return Volume(key=key, image=image, label=label, spacing_mm=spacing)  # type: ignore[arg-type]
+    lesions = lesion_voxels(label) if with_lesions else None
+    return Volume(key=key, image=image, label=label, spacing_mm=spacing,  # type: ignore[arg-type]
+                  lesion_voxels=lesions)

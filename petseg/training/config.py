@@ -26,6 +26,9 @@ class AugmentationConfig:
     Attributes:
         patch_size: training patch (D, H, W) in voxels; volumes smaller than it are
             zero-padded (physically: air, SUV 0).
+        positive_fraction: share of patches centred on a random lesion voxel (as MONAI's
+            `RandCropByPosNegLabeld`) in studies with lesions; 0 = the paper's plain random
+            crops. Helps small patches (CPU demo) see lesions.
         affine_prob: probability of the affine part (translation, rotation, scaling).
         translate_voxels: translation drawn from uniform(-t, t) voxels per axis.
         rotate_axial_rad: rotation about the body (z) axis, uniform(-r, r) radians.
@@ -45,6 +48,7 @@ class AugmentationConfig:
     """
 
     patch_size: tuple[int, int, int] = (192, 192, 192)
+    positive_fraction: float = 0.0
     affine_prob: float = 0.5
     translate_voxels: float = 10.0
     rotate_axial_rad: float = math.pi / 12
@@ -164,7 +168,8 @@ def check_training_config(config: TrainingConfig) -> None:
             f"augmentation.patch_size {tuple(aug.patch_size)}: needs 3 sizes, each a multiple "
             f"of {divisor} (product of the network strides); change the config"
         )
-    for name in ("affine_prob", "elastic_prob", "gamma_prob", "noise_prob"):
+    for name in ("positive_fraction", "affine_prob", "elastic_prob", "gamma_prob",
+                 "noise_prob"):
         value = getattr(aug, name)
         if not 0.0 <= value <= 1.0:
             raise PetsegError(f"augmentation.{name} = {value}: must be in [0, 1]")

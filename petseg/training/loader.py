@@ -37,13 +37,28 @@ class Volume:
         image: `[C, D, H, W]` on the 2 mm grid (PET in SUV, CT scaled to [0, 1]), float16
             or float32, memory-mapped or in RAM.
         label: `[D, H, W]` uint8 lesion mask.
-        spacing_mm: voxel size (z, y, x) in mm.
+        spacing_mm: voxel size in mm, SimpleITK (x, y, z) order.
+        lesion_voxels: flat indices of (up to `MAX_LESION_VOXELS` of) the lesion voxels,
+            for positive-centred crops; None when not needed.
     """
 
     key: str
     image: np.ndarray
     label: np.ndarray
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    lesion_voxels: np.ndarray | None = None
+
+
+MAX_LESION_VOXELS = 100_000
+
+
+def lesion_voxels(label: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Flat indices of the lesion voxels of `label` `[D, H, W]`, a seeded sample if many."""
+    index = np.flatnonzero(np.asarray(label).reshape(-1))
+    if index.size > MAX_LESION_VOXELS:
+        index = np.sort(np.random.default_rng(seed).choice(index, MAX_LESION_VOXELS,
+                                                           replace=False))
+    return index
 
 
 def epoch_order(n_cases: int, batch_size: int, world_size: int, seed: int, fold: int,
@@ -110,7 +125,8 @@ class EpochLoader:
             for index, case in chunk:
                 volume = self.volumes[case]
                 rng = sample_rng(self.seed, self.fold, self.epoch, index)
-                params = draw_params(rng, volume.label.shape, self.config)
+                params = draw_params(rng, volume.label.shape, self.config,
+                                     volume.lesion_voxels)
                 image, label = augment_sample(volume.image, volume.label, params, self.config,
                                               self.device, pin_memory=stream is not None)
                 images.append(image)

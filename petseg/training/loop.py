@@ -209,7 +209,8 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
     check_cache_config(cache, config.model.preprocessing, create=False)
     if not config.in_memory:
         _allow_open_files(2 * (len(train_keys) + len(val_keys)) + 256)
-    volumes = [load_volume(cache, key, config.in_memory) for key in train_keys]
+    positive = config.augmentation.positive_fraction > 0
+    volumes = [load_volume(cache, key, config.in_memory, positive) for key in train_keys]
     my_val = [load_volume(cache, key, False) for key in val_keys[context.rank::context.world_size]]
 
     torch.manual_seed(config.seed + fold)
