@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 HELP = "train the network of one cross-validation fold from the preprocessed cache"
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         config = training_config_from_dict(apply_overrides(to_dict(config), args.set))
     result = train(config, args.cache, args.splits, args.fold, args.out, resume=args.resume,
                    device=args.device, progress=not args.quiet)
-    dsc = result.best_metrics.get("mean_dsc", float("nan"))
-    print(f"fold {args.fold}: best mean DSC {dsc:.4f} at epoch {result.best_epoch} -> "
-          f"{args.out / 'best.safetensors'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
+        dsc = result.best_metrics.get("mean_dsc", float("nan"))
+        print(f"fold {args.fold}: best mean DSC {dsc:.4f} at epoch {result.best_epoch} -> "
+              f"{args.out / 'best.safetensors'}")
     return 0
