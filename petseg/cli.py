@@ -19,10 +19,14 @@ from petseg.errors import PetsegError
 COMMANDS: tuple[str, ...] = (
     "demo",
     "evaluate",
+    "export_weights",
     "phantom",
     "predict",
+    "preprocess",
     "report",
+    "split",
     "suv",
+    "train",
 )
 """Module names under `petseg.commands`; the command name uses '-' for '_'."""
 

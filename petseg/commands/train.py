@@ -1,0 +1,71 @@
+"""`petseg train`: train one fold (GDFL, Adam + cosine, best-DSC checkpoint); DDP under torchrun."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+HELP = "train the network of one cross-validation fold from the preprocessed cache"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    parser.add_argument("--cache", type=Path, required=True, help="cache from `petseg preprocess`")
+    parser.add_argument("--splits", type=Path, required=True, help="split file from `petseg split`")
+    parser.add_argument("--fold", type=int, required=True, help="the held-out fold")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN",
+                        help="run folder (checkpoints, logs)")
+    parser.add_argument("--config", type=Path, metavar="JSON",
+                        help="training config (default: the paper's, resources/train_config.json)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field, e.g. optimizer.epochs=2 (VALUE is JSON; "
+                             "repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted `FIELD=VALUE` overrides (JSON values; bare words are strings) in `data`."""
+    from petseg.errors import PetsegError
+
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise PetsegError(f"--set {item}: use FIELD=VALUE, e.g. optimizer.epochs=2")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = data
+        parts = name.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                raise PetsegError(f"--set {item}: {part!r} is not a config section")
+            target = target[part]
+        if parts[-1] not in target:
+            raise PetsegError(f"--set {item}: unknown field {name!r}; see "
+                              "resources/train_config.json")
+        target[parts[-1]] = value
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config, train, print where the best checkpoint is."""
+    from petseg.config import to_dict
+    from petseg.training.config import load_training_config, training_config_from_dict
+    from petseg.training.loop import train
+
+    config = load_training_config(args.config)
+    if args.set:
+        config = training_config_from_dict(apply_overrides(to_dict(config), args.set))
+    result = train(config, args.cache, args.splits, args.fold, args.out, resume=args.resume,
+                   device=args.device, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
+        dsc = result.best_metrics.get("mean_dsc", float("nan"))
+        print(f"fold {args.fold}: best mean DSC {dsc:.4f} at epoch {result.best_epoch} -> "
+              f"{args.out / 'best.safetensors'}")
+    return 0

@@ -1,0 +1,90 @@
+"""DistributedDataParallel on the CPU (gloo, 2 processes)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from training_fixtures import TINY_MODEL, synthetic_cache, tiny_config
+
+from petseg.checkpoint import load_checkpoint
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ddp_step(rank: int, world_size: int, port: int, cache: str, splits: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from petseg.model import build_network
+    from petseg.training.cache import load_volume
+    from petseg.training.distributed import init_distributed, shutdown, wrap_model
+    from petseg.training.loader import EpochLoader
+    from petseg.training.loss import build_loss
+    from petseg.training.splits import load_splits
+
+    context = init_distributed("cpu")
+    torch.manual_seed(100 + rank)  # different initial weights: DDP must make them agree
+    network = build_network(TINY_MODEL.network)
+    initial = {k: v.clone() for k, v in network.state_dict().items()}
+    model = wrap_model(network, context)
+    config = tiny_config()
+    volumes = [load_volume(cache, k, True) for k in load_splits(splits).training_keys(0)]
+    loader = EpochLoader(volumes, config.augmentation, 1, 0, 0, 0, context.device, rank=rank,
+                         world_size=world_size)
+    image, label = loader.make_batch(0)[:2]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss = build_loss(config.loss)(model(image), label)
+    loss.backward()
+    optimizer.step()
+    torch.save({"initial": initial, "final": network.state_dict(), "image": image},
+               os.path.join(out, f"rank{rank}.pt"))
+    shutdown(context)
+
+
+def test_two_gloo_processes_agree_on_the_weights_after_a_step(tmp_path) -> None:
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    mp.spawn(_ddp_step, args=(2, _free_port(), str(cache), str(splits), str(tmp_path)),
+             nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert not torch.equal(ranks[0]["image"], ranks[1]["image"])  # each its own sample
+    name = "model.0.conv.unit0.conv.weight"
+    assert not torch.equal(ranks[0]["initial"][name], ranks[1]["initial"][name])
+    for key, tensor in ranks[0]["final"].items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue  # BatchNorm statistics stay per process (no SyncBatchNorm by default)
+        torch.testing.assert_close(ranks[1]["final"][key], tensor, rtol=0, atol=0)
+    assert not torch.equal(ranks[0]["final"][name], ranks[0]["initial"][name])
+
+
+@pytest.mark.slow
+def test_train_command_under_torchrun(tmp_path, request) -> None:
+    """`torchrun --nproc_per_node 2 -m petseg train` trains, validates all cases, saves once."""
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    config = tmp_path / "config.json"
+    from petseg.config import save_json
+
+    save_json(tiny_config(epochs=1, num_threads=1), config)
+    root = str(request.config.rootpath)
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(_free_port()), "-m", "petseg", "train", "--cache",
+               str(cache), "--splits", str(splits), "--fold", "0", "--out",
+               str(tmp_path / "run"), "--config", str(config), "--device", "cpu", "--quiet"]
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("fold 0: best mean DSC") == 1  # rank 0 reports
+    best = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert best.metrics["cases"] == 2.0  # both ranks' validation cases gathered
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and history[1].startswith("1,")
