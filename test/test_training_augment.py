@@ -30,7 +30,7 @@ from petseg.training.augment import (
     resample_patch,
     source_box,
 )
-from petseg.training.config import AugmentationConfig
+from petseg.training.config import AugmentationConfig, TrainingConfig
 
 CPU = torch.device("cpu")
 
@@ -273,3 +273,43 @@ def test_positive_crops_are_centred_on_lesions() -> None:
         draw_params(rng, label.shape, plain, voxels), magnitude=0.0), plain, CPU)[1].sum()) > 0
         for _ in range(20))
     assert hits < 10
+
+
+def test_hot_voxels_are_high_uptake_outside_lesions() -> None:
+    from petseg.training.loader import hot_voxels
+
+    pet = np.full((10, 12, 14), 0.5, np.float32)
+    label = np.zeros(pet.shape, np.uint8)
+    pet[2, 3, 4] = pet[5, 6, 7] = 8.0  # bladder-like hot spots
+    label[5, 6, 7] = 1  # ... one of them is a lesion
+    pet[8, 8, 8] = 2.9  # below the threshold
+    found = hot_voxels(pet, label, suv=3.0)
+    assert found.tolist() == [int(np.ravel_multi_index((2, 3, 4), pet.shape))]
+
+
+def test_crops_split_between_lesions_hot_spots_and_random_as_configured() -> None:
+    from petseg.training.augment import centred_start
+
+    shape, patch = (80, 60, 90), (16, 16, 16)
+    lesion_at, hot_at = (70, 5, 80), (10, 50, 10)
+    lesions = np.array([np.ravel_multi_index(lesion_at, shape)])
+    hot = np.array([np.ravel_multi_index(hot_at, shape)])
+    config = AugmentationConfig(patch_size=patch, positive_fraction=0.3, hot_fraction=0.4)
+    lesion_start = centred_start(np.asarray(lesion_at), shape, patch)
+    hot_start = centred_start(np.asarray(hot_at), shape, patch)
+    rng = np.random.default_rng(1)
+    starts = [draw_params(rng, shape, config, lesions, hot).start for _ in range(2000)]
+    share_lesion = sum(s == lesion_start for s in starts) / len(starts)
+    share_hot = sum(s == hot_start for s in starts) / len(starts)
+    assert share_lesion == pytest.approx(0.3, abs=0.04)
+    assert share_hot == pytest.approx(0.4, abs=0.04)
+    # without hot voxels (or with hot_fraction 0) those draws become random crops
+    no_hot = [draw_params(rng, shape, config, lesions, None).start for _ in range(500)]
+    assert sum(s == hot_start for s in no_hot) < 10
+
+
+def test_positive_plus_hot_fraction_above_one_is_refused() -> None:
+    from petseg.errors import PetsegError
+
+    with pytest.raises(PetsegError, match=r"positive_fraction \+ hot_fraction = 1\.2"):
+        TrainingConfig(augmentation=AugmentationConfig(positive_fraction=0.6, hot_fraction=0.6))

@@ -87,7 +87,8 @@ def centred_start(centre: np.ndarray, shape: tuple[int, ...],
 
 def draw_params(rng: np.random.Generator, shape: tuple[int, ...],
                 config: AugmentationConfig,
-                lesion_voxels: np.ndarray | None = None) -> SampleParams:
+                lesion_voxels: np.ndarray | None = None,
+                hot_voxels: np.ndarray | None = None) -> SampleParams:
     """Draw one patch's crop and augmentation parameters.
 
     Args:
@@ -95,11 +96,22 @@ def draw_params(rng: np.random.Generator, shape: tuple[int, ...],
         shape: spatial shape [D, H, W] of the cached volume.
         config: ranges and probabilities.
         lesion_voxels: flat indices of (a sample of) the volume's lesion voxels, for
-            `config.positive_fraction`; None or empty: random crops only.
+            `config.positive_fraction`; None or empty: no lesion-centred crops.
+        hot_voxels: flat indices of (a sample of) the voxels of physiological uptake, for
+            `config.hot_fraction`; None or empty: no hot-spot-centred crops.
     """
-    if (config.positive_fraction > 0 and lesion_voxels is not None and lesion_voxels.size
-            and rng.random() < config.positive_fraction):
-        centre = np.unravel_index(int(lesion_voxels[rng.integers(lesion_voxels.size)]), shape)
+    has_lesions = config.positive_fraction > 0 and lesion_voxels is not None \
+        and lesion_voxels.size > 0
+    has_hot = config.hot_fraction > 0 and hot_voxels is not None and hot_voxels.size > 0
+    choice = rng.random() if has_lesions or has_hot else 1.0
+    centres = None
+    if has_lesions and choice < config.positive_fraction:
+        centres = lesion_voxels
+    elif has_hot and config.positive_fraction <= choice < (config.positive_fraction
+                                                           + config.hot_fraction):
+        centres = hot_voxels
+    if centres is not None:
+        centre = np.unravel_index(int(centres[rng.integers(centres.size)]), shape)
         start = centred_start(np.asarray(centre), shape, config.patch_size)
     else:
         start = crop_start(rng, shape, config.patch_size)

@@ -31,7 +31,7 @@ import numpy as np
 from petseg.config import PreprocessingConfig, from_dict, to_dict
 from petseg.errors import PetsegError
 from petseg.training.data import Study
-from petseg.training.loader import Volume, lesion_voxels
+from petseg.training.loader import Volume, hot_voxels, lesion_voxels
 
 CACHE_FORMAT = "petseg-cache/1"
 PARTIAL = ".partial"
@@ -265,10 +265,13 @@ def cached_keys(cache: str | Path) -> list[str]:
 
 
 def load_volume(cache: str | Path, key: str, in_memory: bool = False,
-                with_lesions: bool = False) -> Volume:
+                with_lesions: bool = False, hot_suv: float | None = None,
+                pet_channel: int = 0) -> Volume:
     """Open one cache entry: memory-mapped, or read into RAM with `in_memory`.
 
-    With `with_lesions` the lesion voxels are indexed too (for positive-centred crops).
+    With `with_lesions` the lesion voxels are indexed too (for positive-centred crops);
+    with `hot_suv` the voxels of channel `pet_channel` above it outside the lesions too
+    (for hot-spot-centred crops).
 
     Raises:
         PetsegError: the entry is missing or damaged.
@@ -290,5 +293,6 @@ def load_volume(cache: str | Path, key: str, in_memory: bool = False,
                           "delete the folder and rerun `petseg preprocess`")
     spacing = tuple(float(s) for s in info.get("spacing_mm", (2.0, 2.0, 2.0)))
     lesions = lesion_voxels(label) if with_lesions else None
+    hot = hot_voxels(image[pet_channel], label, hot_suv) if hot_suv is not None else None
     return Volume(key=key, image=image, label=label, spacing_mm=spacing,  # type: ignore[arg-type]
-                  lesion_voxels=lesions)
+                  lesion_voxels=lesions, hot_voxels=hot)

@@ -29,6 +29,11 @@ class AugmentationConfig:
         positive_fraction: share of patches centred on a random lesion voxel (as MONAI's
             `RandCropByPosNegLabeld`) in studies with lesions; 0 = the paper's plain random
             crops. Helps small patches (CPU demo) see lesions.
+        hot_fraction: share of patches centred on a random voxel of physiological uptake
+            (PET above `hot_suv` outside the lesion mask: brain, heart, kidneys, bladder...),
+            drawn after the positive share; 0 = off (the paper). Small patches otherwise
+            rarely show the organs a lesion must be told apart from.
+        hot_suv: SUV threshold of those voxels.
         affine_prob: probability of the affine part (translation, rotation, scaling).
         translate_voxels: translation drawn from uniform(-t, t) voxels per axis.
         rotate_axial_rad: rotation about the body (z) axis, uniform(-r, r) radians.
@@ -49,6 +54,8 @@ class AugmentationConfig:
 
     patch_size: tuple[int, int, int] = (192, 192, 192)
     positive_fraction: float = 0.0
+    hot_fraction: float = 0.0
+    hot_suv: float = 3.0
     affine_prob: float = 0.5
     translate_voxels: float = 10.0
     rotate_axial_rad: float = math.pi / 12
@@ -168,7 +175,12 @@ def check_training_config(config: TrainingConfig) -> None:
             f"augmentation.patch_size {tuple(aug.patch_size)}: needs 3 sizes, each a multiple "
             f"of {divisor} (product of the network strides); change the config"
         )
-    for name in ("positive_fraction", "affine_prob", "elastic_prob", "gamma_prob",
+    if aug.positive_fraction + aug.hot_fraction > 1.0:
+        raise PetsegError(
+            f"augmentation.positive_fraction + hot_fraction = "
+            f"{aug.positive_fraction + aug.hot_fraction}: must be at most 1"
+        )
+    for name in ("positive_fraction", "hot_fraction", "affine_prob", "elastic_prob", "gamma_prob",
                  "noise_prob"):
         value = getattr(aug, name)
         if not 0.0 <= value <= 1.0:

@@ -40,6 +40,8 @@ class Volume:
         spacing_mm: voxel size in mm, SimpleITK (x, y, z) order.
         lesion_voxels: flat indices of (up to `MAX_LESION_VOXELS` of) the lesion voxels,
             for positive-centred crops; None when not needed.
+        hot_voxels: flat indices of (a sample of) the voxels of high physiological uptake
+            outside the lesions, for hot-spot-centred crops; None when not needed.
     """
 
     key: str
@@ -47,6 +49,7 @@ class Volume:
     label: np.ndarray
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     lesion_voxels: np.ndarray | None = None
+    hot_voxels: np.ndarray | None = None
 
 
 MAX_LESION_VOXELS = 100_000
@@ -55,6 +58,19 @@ MAX_LESION_VOXELS = 100_000
 def lesion_voxels(label: np.ndarray, seed: int = 0) -> np.ndarray:
     """Flat indices of the lesion voxels of `label` `[D, H, W]`, a seeded sample if many."""
     index = np.flatnonzero(np.asarray(label).reshape(-1))
+    if index.size > MAX_LESION_VOXELS:
+        index = np.sort(np.random.default_rng(seed).choice(index, MAX_LESION_VOXELS,
+                                                           replace=False))
+    return index
+
+
+def hot_voxels(pet: np.ndarray, label: np.ndarray, suv: float, seed: int = 0) -> np.ndarray:
+    """Flat indices of voxels with `pet` (SUV, `[D, H, W]`) above `suv` outside `label`.
+
+    A seeded sample of at most `MAX_LESION_VOXELS` when there are more.
+    """
+    hot = (np.asarray(pet) > suv) & (np.asarray(label) == 0)
+    index = np.flatnonzero(hot.reshape(-1))
     if index.size > MAX_LESION_VOXELS:
         index = np.sort(np.random.default_rng(seed).choice(index, MAX_LESION_VOXELS,
                                                            replace=False))
@@ -126,7 +142,7 @@ class EpochLoader:
                 volume = self.volumes[case]
                 rng = sample_rng(self.seed, self.fold, self.epoch, index)
                 params = draw_params(rng, volume.label.shape, self.config,
-                                     volume.lesion_voxels)
+                                     volume.lesion_voxels, volume.hot_voxels)
                 image, label = augment_sample(volume.image, volume.label, params, self.config,
                                               self.device, pin_memory=stream is not None)
                 images.append(image)

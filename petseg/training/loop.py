@@ -209,8 +209,12 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
     check_cache_config(cache, config.model.preprocessing, create=False)
     if not config.in_memory:
         _allow_open_files(2 * (len(train_keys) + len(val_keys)) + 256)
-    positive = config.augmentation.positive_fraction > 0
-    volumes = [load_volume(cache, key, config.in_memory, positive) for key in train_keys]
+    aug = config.augmentation
+    positive = aug.positive_fraction > 0
+    hot_suv = aug.hot_suv if aug.hot_fraction > 0 else None
+    pet_channel = config.model.preprocessing.channel_order.index("pet")
+    volumes = [load_volume(cache, key, config.in_memory, positive, hot_suv, pet_channel)
+               for key in train_keys]
     my_val = [load_volume(cache, key, False) for key in val_keys[context.rank::context.world_size]]
 
     torch.manual_seed(config.seed + fold)
