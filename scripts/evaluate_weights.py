@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Score an ensemble on held-out phantom cases, as the paper's Table 2 (both ensembles).
+
+    python scripts/evaluate_weights.py --weights weights/ --out OUT [--cases 20]
+        [--seed 777000] [--config resources/inference.json]
+
+Generates `--cases` full-size phantoms in the grand-challenge layout with `--seed` (about
+half negative), segments them with the plain and the DSC-weighted ensemble through the
+same pipeline as `petseg predict`, and prints per ensemble: the challenge metrics summary
+(DSC over cases with lesions, FPV and FNV over all), lesion sensitivity for lesions of
+1 ml and more, and the false-positive volume on the negative cases. Everything lands
+under OUT (`heldout/`, `truth/`, `metadata.csv`, `pred_<ensemble>/`, `eval/`), and the
+numbers also in `OUT/summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))
+
+from petseg.config import InferenceConfig, load_json  # noqa: E402
+from petseg.evaluation import (  # noqa: E402
+    evaluate_pairs,
+    markdown_table,
+    pair_cases,
+    read_metadata,
+    summarize,
+)
+from petseg.io import find_cases, read_image  # noqa: E402
+from petseg.metrics import match_components, voxel_volume_ml  # noqa: E402
+from petseg.phantom import write_dataset  # noqa: E402
+from petseg.pipeline import Predictor, predict_cases  # noqa: E402
+
+MIN_LESION_ML = 1.0
+"""Lesions at least this large count for the detection sensitivity."""
+
+
+def prepare_heldout(out: Path, cases: int, seed: int) -> tuple[Path, Path, Path]:
+    """Phantoms, a truth folder `<case>.mha` and a metadata CSV (case, diagnosis)."""
+    heldout, truth_dir, metadata = out / "heldout", out / "truth", out / "metadata.csv"
+    if not heldout.exists():
+        write_dataset(heldout, cases, seed, "challenge", size="full")
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case_dir in sorted(p for p in heldout.iterdir() if (p / "truth").is_dir()):
+        record = json.loads((case_dir / "truth" / "lesions.json").read_text())
+        truth = case_dir / "truth" / f"{record['pet_uuid']}.mha"
+        link = truth_dir / f"{case_dir.name}.mha"
+        if not link.exists():
+            os.symlink(truth.resolve(), link)
+        rows.append({"case": case_dir.name, "diagnosis": record["cohort"]})
+    with metadata.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case", "diagnosis"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return heldout, truth_dir, metadata
+
+
+def large_lesion_sensitivity(pairs: list[tuple[str, Path, Path]]) -> tuple[int, int]:
+    """(found, total) true lesions of at least `MIN_LESION_ML` over all pairs."""
+    found = total = 0
+    for _, pred_path, truth_path in pairs:
+        truth, pred = read_image(truth_path), read_image(pred_path)
+        match = match_components(sitk.GetArrayViewFromImage(truth),
+                                 sitk.GetArrayViewFromImage(pred))
+        large = match.truth_sizes * voxel_volume_ml(truth.GetSpacing()) >= MIN_LESION_ML
+        total += int(large.sum())
+        found += int((match.truth_detected & large).sum())
+    return found, total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=REPOSITORY / "weights")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=777000)
+    parser.add_argument("--config", type=Path, default=REPOSITORY / "resources" / "inference.json")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    heldout, truth_dir, metadata_csv = prepare_heldout(args.out, args.cases, args.seed)
+    metadata = read_metadata(metadata_csv)
+    base = load_json(InferenceConfig, args.config)
+    summary: dict[str, object] = {"cases": args.cases, "seed": args.seed}
+    for ensemble in ("mean", "weighted"):
+        config = dataclasses.replace(base, ensemble=ensemble)
+        pred_dir = args.out / f"pred_{ensemble}"
+        predictor = Predictor(args.weights, config, device=args.device)
+        predict_cases(find_cases(heldout), pred_dir, predictor)
+        pairs = list(pair_cases(pred_dir, truth_dir).pairs)
+        rows = evaluate_pairs(pairs, metadata)
+        table = summarize(rows)
+        found, total = large_lesion_sensitivity(pairs)
+        negative_fpv = [r["fpv_ml"] for r in rows if r["cohort"] == "NEGATIVE"]
+        positive = [r for r in rows if r["cohort"] != "NEGATIVE"]
+        numbers = {
+            "mean_dsc_positive": float(np.nanmean([r["dsc"] for r in positive])),
+            "median_fpv_ml": float(np.median([r["fpv_ml"] for r in rows])),
+            "median_fnv_ml": float(np.median([r["fnv_ml"] for r in rows])),
+            "sensitivity_lesions_ge_1ml": found / total if total else float("nan"),
+            "lesions_ge_1ml": total,
+            "negative_mean_fpv_ml": float(np.mean(negative_fpv)) if negative_fpv else 0.0,
+        }
+        summary[ensemble] = {"numbers": numbers, "table": table}
+        print(f"\n## {ensemble} ensemble\n")
+        print(markdown_table(table))
+        print("\n" + "\n".join(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
+                                for k, v in numbers.items()))
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
