@@ -416,10 +416,10 @@ T4_BUDGET = 14.5e9
 """What a T4 (16 GB, 15.1 GiB usable) has free for the engine after the CUDA context."""
 
 
-@pytest.mark.parametrize("mode", ["reference", "fast"])
-def test_plan_for_a_512x512x1000_volume_fits_a_t4(mode: str) -> None:
-    plan = make_plan(
-        (1000, 512, 512),
+def _t4_plan(shape: tuple[int, int, int], mode: str):
+    """The plan for the paper's network in fp16 within a T4's memory budget."""
+    return make_plan(
+        shape,
         mode=mode,
         roi_size=(192,) * 3,
         overlap=0.5,
@@ -432,6 +432,11 @@ def test_plan_for_a_512x512x1000_volume_fits_a_t4(mode: str) -> None:
         in_channels=2,
         size_divisor=16,
     )
+
+
+@pytest.mark.parametrize("mode", ["reference", "fast"])
+def test_plan_for_a_512x512x1000_volume_fits_a_t4(mode: str) -> None:
+    plan = _t4_plan((1000, 512, 512), mode)
     assert plan.estimated_bytes <= T4_BUDGET
     assert plan.stitch == "device"  # 262 M voxels of buffers (2.6 GB) fit beside the windows
     assert plan.windows_per_batch >= 1
@@ -441,20 +446,7 @@ def test_plan_for_a_512x512x1000_volume_fits_a_t4(mode: str) -> None:
 
 
 def test_fast_plan_is_one_forward_when_the_cropped_body_fits() -> None:
-    plan = make_plan(
-        (248, 104, 152),
-        mode="fast",
-        roi_size=(192,) * 3,
-        overlap=0.5,
-        blend="gaussian",
-        windows_per_batch="auto",
-        precision="fp16",
-        stitch="auto",
-        budget_bytes=T4_BUDGET,
-        bytes_per_voxel=PAPER_FP16_BYTES_PER_VOXEL * 1.25,
-        in_channels=2,
-        size_divisor=16,
-    )
+    plan = _t4_plan((248, 104, 152), "fast")
     assert plan.window == (256, 112, 160)
     assert plan.pad == ((4, 4), (4, 4), (4, 4))
     assert plan.single_window
