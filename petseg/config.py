@@ -20,14 +20,19 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-    """MONAI residual UNet; the defaults are the paper's network (19,223,525 parameters)."""
+    """MONAI residual UNet; the defaults are the paper's network (19,223,525 parameters).
+
+    `norm` is a MONAI norm name ("BATCH", the paper's; "INSTANCE", MONAI's default) or
+    None for no normalisation layers (the CPU demo: batch statistics of two 64^3 patches
+    are too noisy for BatchNorm's running averages, see docs/training.md).
+    """
 
     in_channels: int = 2
     out_channels: int = 2
     channels: tuple[int, ...] = (32, 64, 128, 256, 512)
     strides: tuple[int, ...] = (2, 2, 2, 2)
     num_res_units: int = 2
-    norm: str = "BATCH"
+    norm: str | None = "BATCH"
 
 
 @dataclasses.dataclass(frozen=True)
