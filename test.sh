@@ -27,7 +27,7 @@ report() { local t; for t in "${timings[@]}"; do echo "test.sh: $t" >&2; done; }
 trap report EXIT
 
 lint_paths=()
-for path in petseg test benchmarks process.py; do [[ -e "$path" ]] && lint_paths+=("$path"); done
+for path in petseg test benchmarks scripts process.py; do [[ -e "$path" ]] && lint_paths+=("$path"); done
 part bootstrap scripts/bootstrap.sh
 # hadolint and shellcheck come pinned in .venv (requirements-dev.txt); a system one also works
 export PATH="$root/.venv/bin:$PATH"

@@ -6,11 +6,11 @@
 
 Generates `--cases` full-size phantoms in the grand-challenge layout with `--seed` (about
 half negative), segments them with the plain and the DSC-weighted ensemble through the
-same pipeline as `petseg predict`, and prints per ensemble: the challenge metrics summary
-(DSC over cases with lesions, FPV and FNV over all), lesion sensitivity for lesions of
-1 ml and more, and the false-positive volume on the negative cases. Everything lands
-under OUT (`heldout/`, `truth/`, `metadata.csv`, `pred_<ensemble>/`, `eval/`), and the
-numbers also in `OUT/summary.json`.
+same pipeline as `petseg predict` (one pass over the folds serves both), and prints per
+ensemble: the challenge metrics summary (DSC over cases with lesions, FPV and FNV over
+all), lesion sensitivity for lesions of 1 ml and more, and the false-positive volume on
+the negative cases. Everything lands under OUT (`heldout/`, `truth/`, `metadata.csv`,
+`pred_<ensemble>/`), and the numbers also in `OUT/summary.json`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import SimpleITK as sitk
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
+from petseg.checkpoint import dsc_weights, load_ensemble  # noqa: E402
 from petseg.config import InferenceConfig, load_json  # noqa: E402
 from petseg.evaluation import (  # noqa: E402
     evaluate_pairs,
@@ -37,10 +38,13 @@ from petseg.evaluation import (  # noqa: E402
     read_metadata,
     summarize,
 )
-from petseg.io import find_cases, read_image  # noqa: E402
+from petseg.geometry import Geometry  # noqa: E402
+from petseg.inference import normalized_weights  # noqa: E402
+from petseg.io import find_cases, read_case, read_image, write_image  # noqa: E402
 from petseg.metrics import match_components, voxel_volume_ml  # noqa: E402
 from petseg.phantom import write_dataset  # noqa: E402
-from petseg.pipeline import Predictor, predict_cases  # noqa: E402
+from petseg.pipeline import MASK_FOLDER, Predictor  # noqa: E402
+from petseg.postprocessing import probability_to_mask  # noqa: E402
 
 MIN_LESION_ML = 1.0
 """Lesions at least this large count for the detection sensitivity."""
@@ -80,6 +84,32 @@ def large_lesion_sensitivity(pairs: list[tuple[str, Path, Path]]) -> tuple[int, 
     return found, total
 
 
+def predict_both(heldout: Path, out: Path, weights: Path, config: InferenceConfig,
+                 device: str) -> dict[str, Path]:
+    """Masks of the plain and the DSC-weighted ensemble from one pass over the folds.
+
+    Averaging the folds' PET-grid probabilities equals resampling the averaged
+    probability (linear interpolation is linear), so both ensembles come from the same
+    fold maps. Returns the prediction folder of each ensemble.
+    """
+    predictor = Predictor(weights, config, device=device)
+    dsc = normalized_weights(len(predictor.networks),
+                             dsc_weights(load_ensemble(weights)))
+    plain = normalized_weights(len(predictor.networks))
+    folders = {name: out / f"pred_{name}" for name in ("mean", "weighted")}
+    for files in find_cases(heldout).cases:
+        case = read_case(files, predictor.model_config.preprocessing.ct_fill_hu)
+        folds = predictor.predict(case.pet, case.ct, fold_probabilities=True).fold_probabilities
+        maps = [sitk.GetArrayViewFromImage(f) for f in folds]
+        geometry = Geometry.of(case.pet)
+        for name, weights_ in (("mean", plain), ("weighted", dsc)):
+            probability = sum(w * m for w, m in zip(weights_, maps, strict=True))
+            mask = probability_to_mask(probability, geometry, config.threshold)
+            write_image(mask, folders[name].joinpath(*MASK_FOLDER, f"{files.name}.mha"))
+        print(f"{files.name}: done", flush=True)
+    return folders
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", type=Path, default=REPOSITORY / "weights")
@@ -87,18 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--seed", type=int, default=777000)
     parser.add_argument("--config", type=Path, default=REPOSITORY / "resources" / "inference.json")
+    parser.add_argument("--mode", choices=("reference", "fast"), default=None,
+                        help="engine mode (default: the config's)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
     heldout, truth_dir, metadata_csv = prepare_heldout(args.out, args.cases, args.seed)
     metadata = read_metadata(metadata_csv)
-    base = load_json(InferenceConfig, args.config)
-    summary: dict[str, object] = {"cases": args.cases, "seed": args.seed}
-    for ensemble in ("mean", "weighted"):
-        config = dataclasses.replace(base, ensemble=ensemble)
-        pred_dir = args.out / f"pred_{ensemble}"
-        predictor = Predictor(args.weights, config, device=args.device)
-        predict_cases(find_cases(heldout), pred_dir, predictor)
+    config = load_json(InferenceConfig, args.config)
+    if args.mode:
+        config = dataclasses.replace(config, mode=args.mode)
+    folders = predict_both(heldout, args.out, args.weights, config, args.device)
+    summary: dict[str, object] = {"cases": args.cases, "seed": args.seed, "mode": config.mode}
+    for ensemble, pred_dir in folders.items():
         pairs = list(pair_cases(pred_dir, truth_dir).pairs)
         rows = evaluate_pairs(pairs, metadata)
         table = summarize(rows)
