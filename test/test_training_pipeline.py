@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_epoch_stream_is_independent_of_threads_and_processes(tmp_path) -> None:
     assert sorted(epoch_order(5, 2, 1, 4, 0, 3)[:5]) == [0, 1, 2, 3, 4]
 
 
-def test_training_resume_and_export(tmp_path) -> None:
+def test_training_resume_and_export(tmp_path, monkeypatch) -> None:
     """Loss falls; resuming after epoch 1 gives exactly the uninterrupted run; export verifies."""
     cache, splits = synthetic_cache(tmp_path, n=6)
     config = tiny_config(epochs=3)
@@ -145,9 +146,11 @@ def test_training_resume_and_export(tmp_path) -> None:
     assert best.meta["extra"]["fold"] == 0 and best.meta["extra"]["folds"] == 3
     assert best.model_config == TINY_MODEL
     other = train(config, cache, splits, 1, tmp_path / "fold1", device="cpu", progress=False)
-    manifest = export_weights([tmp_path / "fold1", tmp_path / "full"], tmp_path / "weights",
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as `--out weights` gives
+    manifest = export_weights([tmp_path / "fold1", tmp_path / "full"], Path("weights"),
                               fp16=True)
     data = json.loads(manifest.read_text())
+    assert data["folds"]["fold_0"]["file"] == "fold_0.safetensors"
     assert sorted(data["folds"]) == ["fold_0", "fold_1"] and data["n_folds"] == 3
     assert data["folds"]["fold_1"]["metrics"][DSC_KEY] == pytest.approx(
         other.best_metrics[DSC_KEY])

@@ -70,9 +70,10 @@ def export_weights(run_dirs: Sequence[str | Path], out: str | Path, fp16: bool =
     for fold, path, checkpoint in sorted(checkpoints, key=lambda item: item[0]):
         name = fold_name(fold)
         extra = {**checkpoint.meta.get("extra", {}), "run": str(path.parent.resolve())}
-        files[name] = save_checkpoint(out / f"{name}.safetensors", checkpoint.state_dict,
-                                      checkpoint.model_config, checkpoint.metrics, extra=extra,
-                                      dtype=torch.float16 if fp16 else None)
+        saved = save_checkpoint(out / f"{name}.safetensors", checkpoint.state_dict,
+                                checkpoint.model_config, checkpoint.metrics, extra=extra,
+                                dtype=torch.float16 if fp16 else None)
+        files[name] = saved.name  # the manifest names files relative to `out`
     manifest = write_manifest(out, files, n_folds=n_folds)
     load_ensemble(out, allow_missing=True)  # every file reloads and matches the manifest
     return manifest

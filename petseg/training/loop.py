@@ -105,10 +105,14 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
         for volume in volumes:
             image = torch.from_numpy(np.asarray(volume.image, dtype=np.float32))
             probability = sliding_window_probability([network], image, inference, None, device)
-            prediction = (probability >= inference.threshold).numpy()
+            prediction = (probability > inference.threshold).numpy()  # as postprocessing
             metrics = case_metrics(np.asarray(volume.label), prediction, volume.spacing_mm)
             results.append({"key": volume.key, **metrics.as_dict()})
     finally:
+        # the engine may switch the weights to channels_last_3d; training keeps its own layout
+        channels_last = device.type == "cuda" and config.channels_last
+        network.to(memory_format=torch.channels_last_3d if channels_last
+                   else torch.contiguous_format)  # type: ignore[call-arg]
         network.train(was_training)
     return results
 
