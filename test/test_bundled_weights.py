@@ -7,6 +7,7 @@ postprocessing, weights) shows up as a drop in Dice.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -24,8 +25,10 @@ from petseg.pipeline import Predictor
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 WEIGHTS = REPOSITORY / "weights"
-DSC_FLOOR = 0.0
-"""Dice floor per held-out case (measured values are in weights/README.md)."""
+HELD_OUT_FLOOR = 0.35
+"""Dice floor of held-out seed 424242 (LYMPHOMA) in `fast` mode; measured 0.468."""
+DEMO_FLOOR = 0.45
+"""Dice floor of the demo case (seed 20231, LYMPHOMA, `reference` mode); measured 0.604."""
 
 
 def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -35,7 +38,7 @@ def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
 
 def test_bundled_weights_verify_and_describe_themselves() -> None:
     checkpoints = load_ensemble(WEIGHTS)
-    assert [str(c.meta["fold"]) for c in checkpoints] == ["0", "1", "2", "3", "4"]
+    assert [c.meta["fold"] for c in checkpoints] == [f"fold_{f}" for f in range(5)]
     assert len({c.model_config for c in checkpoints}) == 1
     assert checkpoints[0].model_config.preprocessing.target_spacing_mm == 2.0
     assert all(0.0 < c.metrics["mean_dsc"] <= 1.0 for c in checkpoints)
@@ -43,15 +46,14 @@ def test_bundled_weights_verify_and_describe_themselves() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("seed", "cohort"), [(424242, "LYMPHOMA"), (535353, "MELANOMA")])
-def test_bundled_ensemble_finds_the_lesions_of_held_out_phantoms(seed: int, cohort: str) -> None:
+def test_bundled_ensemble_finds_the_lesions_of_a_held_out_phantom() -> None:
+    case = generate_case(424242, "full", "LYMPHOMA")
     config = load_json(InferenceConfig, REPOSITORY / "resources" / "inference.json")
-    predictor = Predictor(WEIGHTS, config, device="cpu")
-    case = generate_case(seed, "full", cohort)
+    predictor = Predictor(WEIGHTS, dataclasses.replace(config, mode="fast"), device="cpu")
     mask = predictor.predict_case(case.pet, case.ctres)
     assert Geometry.of(mask) == Geometry.of(case.pet)
     dice = _dice(sitk.GetArrayViewFromImage(case.seg), sitk.GetArrayViewFromImage(mask))
-    assert dice >= DSC_FLOOR, f"seed {seed}: Dice {dice:.3f} < {DSC_FLOOR}"
+    assert dice >= HELD_OUT_FLOOR, f"Dice {dice:.3f} < {HELD_OUT_FLOOR}"
 
 
 @pytest.mark.slow
@@ -69,8 +71,8 @@ def test_demo_prints_the_metrics_of_the_files_it_writes(tmp_path, capsys) -> Non
     dice = _dice(sitk.GetArrayViewFromImage(truth), sitk.GetArrayViewFromImage(mask))
     shown = float(re.search(r"DSC (\d\.\d{3})", printed).group(1))
     assert shown == pytest.approx(dice, abs=5e-4)
-    assert dice >= DSC_FLOOR
+    assert dice >= DEMO_FLOOR, f"Dice {dice:.3f} < {DEMO_FLOOR}"
     assert f"lesion mask: {masks[0]}" in printed
     picture = Image.open(out / "mip.png")
     assert picture.width > 300 and picture.height > 300
-    assert (out / "extras" / "case_lesions.json").is_file() or list((out / "extras").glob("*.json"))
+    assert len(list((out / "extras").glob("*_lesions.json"))) == 1
