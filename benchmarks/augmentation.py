@@ -27,6 +27,7 @@ from petseg.config import NetworkConfig
 from petseg.model import build_network
 from petseg.training.config import AugmentationConfig, LossConfig
 from petseg.training.loader import EpochLoader, Volume
+from petseg.training.loop import train_step
 from petseg.training.loss import build_loss
 
 BATCH = 4
@@ -125,16 +126,11 @@ def train_parts(device: torch.device, cpu: bool):
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     loss_fn = build_loss(LossConfig())
 
+    cuda = device.type == "cuda"
+
     def step(image: torch.Tensor, label: torch.Tensor) -> None:
-        if device.type == "cuda":
-            image = image.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            logits = network(image)
-        loss = loss_fn(logits.float(), label)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(network, image, label, loss_fn, optimizer, scaler,
+                   torch.float16 if cuda else None, cuda)
 
     return step
 

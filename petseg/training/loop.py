@@ -74,6 +74,27 @@ class TrainResult:
     history: tuple[dict[str, Any], ...]
 
 
+def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
+               loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
+               channels_last: bool) -> torch.Tensor:
+    """One optimiser step on a batch `image` `[B, C, D, H, W]`, `label` `[B, 1, D, H, W]`.
+
+    Mixed precision with `amp_dtype` (None: fp32); returns the detached loss.
+    """
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    with torch.autocast(image.device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None):
+        logits = model(image)
+    loss = loss_fn(logits.float(), label)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def summarise_validation(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Mean DSC over cases with lesions (autoPET convention), mean FPV and FNV over all."""
     dsc = [c["dsc"] for c in cases if c.get("n_true_lesions", 0) > 0 and math.isfinite(c["dsc"])]
@@ -266,17 +287,9 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
         bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{opt_cfg.epochs}",
                    unit="step", disable=not (progress and context.is_main), leave=False)
         for step, (image, label) in enumerate(bar):
-            if cuda and config.channels_last:
-                image = image.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                logits = model(image)
-            loss = loss_fn(logits.float(), label)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss.detach()
+            loss = train_step(model, image, label, loss_fn, optimizer, scaler, amp_dtype,
+                              cuda and config.channels_last)
+            loss_sum += loss
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
