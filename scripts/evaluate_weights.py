@@ -2,15 +2,20 @@
 """Score an ensemble on held-out phantom cases, as the paper's Table 2 (both ensembles).
 
     python scripts/evaluate_weights.py --weights weights/ --out OUT [--cases 20]
-        [--seed 777000] [--config resources/inference.json]
+        [--seed 777000] [--size full] [--config resources/inference.json]
+        [--thresholds 0.5 0.7 ...]
 
-Generates `--cases` full-size phantoms in the grand-challenge layout with `--seed` (about
-half negative), segments them with the plain and the DSC-weighted ensemble through the
-same pipeline as `petseg predict` (one pass over the folds serves both), and prints per
+Generates `--cases` phantoms in the grand-challenge layout with `--seed` (about half
+negative), segments them with the plain and the DSC-weighted ensemble through the same
+pipeline as `petseg predict` (one pass over the folds serves both), and prints per
 ensemble: the challenge metrics summary (DSC over cases with lesions, FPV and FNV over
 all), lesion sensitivity for lesions of 1 ml and more, and the false-positive volume on
 the negative cases. Everything lands under OUT (`heldout/`, `truth/`, `metadata.csv`,
 `pred_<ensemble>/`), and the numbers also in `OUT/summary.json`.
+
+`--thresholds` scores several probability thresholds from the same fold maps (masks in
+`pred_<ensemble>_t<threshold>/`); choose a threshold on a calibration seed, never on the
+held-out seed that reports the result.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ sys.path.insert(0, str(REPOSITORY))
 from petseg.checkpoint import dsc_weights, load_ensemble  # noqa: E402
 from petseg.config import InferenceConfig, load_json  # noqa: E402
 from petseg.evaluation import (  # noqa: E402
+    Metadata,
     evaluate_pairs,
     markdown_table,
     pair_cases,
@@ -50,11 +56,12 @@ MIN_LESION_ML = 1.0
 """Lesions at least this large count for the detection sensitivity."""
 
 
-def prepare_heldout(out: Path, cases: int, seed: int) -> tuple[Path, Path, Path]:
+def prepare_heldout(out: Path, cases: int, seed: int,
+                    size: str = "full") -> tuple[Path, Path, Path]:
     """Phantoms, a truth folder `<case>.mha` and a metadata CSV (case, diagnosis)."""
     heldout, truth_dir, metadata = out / "heldout", out / "truth", out / "metadata.csv"
     if not heldout.exists():
-        write_dataset(heldout, cases, seed, "challenge", size="full")
+        write_dataset(heldout, cases, seed, "challenge", size=size)
     truth_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for case_dir in sorted(p for p in heldout.iterdir() if (p / "truth").is_dir()):
@@ -85,18 +92,21 @@ def large_lesion_sensitivity(pairs: list[tuple[str, Path, Path]]) -> tuple[int, 
 
 
 def predict_both(heldout: Path, out: Path, weights: Path, config: InferenceConfig,
-                 device: str) -> dict[str, Path]:
-    """Masks of the plain and the DSC-weighted ensemble from one pass over the folds.
+                 device: str, thresholds: list[float]) -> dict[tuple[str, float], Path]:
+    """Masks of both ensembles at every threshold from one pass over the folds.
 
     Averaging the folds' PET-grid probabilities equals resampling the averaged
     probability (linear interpolation is linear), so both ensembles come from the same
-    fold maps. Returns the prediction folder of each ensemble.
+    fold maps. Returns the prediction folder of each (ensemble, threshold):
+    `pred_<ensemble>` for a single threshold, `pred_<ensemble>_t<threshold>` for several.
     """
     predictor = Predictor(weights, config, device=device)
     dsc = normalized_weights(len(predictor.networks),
                              dsc_weights(load_ensemble(weights)))
     plain = normalized_weights(len(predictor.networks))
-    folders = {name: out / f"pred_{name}" for name in ("mean", "weighted")}
+    suffix = (lambda t: "") if len(thresholds) == 1 else (lambda t: f"_t{t:.2f}")
+    folders = {(name, t): out / f"pred_{name}{suffix(t)}"
+               for name in ("mean", "weighted") for t in thresholds}
     for files in find_cases(heldout).cases:
         case = read_case(files, predictor.model_config.preprocessing.ct_fill_hu)
         folds = predictor.predict(case.pet, case.ct, fold_probabilities=True).fold_probabilities
@@ -104,8 +114,9 @@ def predict_both(heldout: Path, out: Path, weights: Path, config: InferenceConfi
         geometry = Geometry.of(case.pet)
         for name, weights_ in (("mean", plain), ("weighted", dsc)):
             probability = sum(w * m for w, m in zip(weights_, maps, strict=True))
-            mask = probability_to_mask(probability, geometry, config.threshold)
-            write_image(mask, folders[name].joinpath(*MASK_FOLDER, f"{files.name}.mha"))
+            for t in thresholds:
+                mask = probability_to_mask(probability, geometry, t)
+                write_image(mask, folders[name, t].joinpath(*MASK_FOLDER, f"{files.name}.mha"))
         print(f"{files.name}: done", flush=True)
     return folders
 
@@ -120,37 +131,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("reference", "fast"), default=None,
                         help="engine mode (default: the config's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", choices=("full", "small"), default="full",
+                        help="phantom size (small: a quick check, not a result)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=None,
+                        help="probability thresholds to score (default: the config's)")
     args = parser.parse_args(argv)
 
-    heldout, truth_dir, metadata_csv = prepare_heldout(args.out, args.cases, args.seed)
-    metadata = read_metadata(metadata_csv)
     config = load_json(InferenceConfig, args.config)
     if args.mode:
         config = dataclasses.replace(config, mode=args.mode)
-    folders = predict_both(heldout, args.out, args.weights, config, args.device)
-    summary: dict[str, object] = {"cases": args.cases, "seed": args.seed, "mode": config.mode}
-    for ensemble, pred_dir in folders.items():
-        pairs = list(pair_cases(pred_dir, truth_dir).pairs)
-        rows = evaluate_pairs(pairs, metadata)
-        table = summarize(rows)
-        found, total = large_lesion_sensitivity(pairs)
-        negative_fpv = [r["fpv_ml"] for r in rows if r["cohort"] == "NEGATIVE"]
-        positive = [r for r in rows if r["cohort"] != "NEGATIVE"]
-        numbers = {
-            "mean_dsc_positive": float(np.nanmean([r["dsc"] for r in positive])),
-            "median_fpv_ml": float(np.median([r["fpv_ml"] for r in rows])),
-            "median_fnv_ml": float(np.median([r["fnv_ml"] for r in rows])),
-            "sensitivity_lesions_ge_1ml": found / total if total else float("nan"),
-            "lesions_ge_1ml": total,
-            "negative_mean_fpv_ml": float(np.mean(negative_fpv)) if negative_fpv else 0.0,
-        }
-        summary[ensemble] = {"numbers": numbers, "table": table}
-        print(f"\n## {ensemble} ensemble\n")
+    thresholds = sorted(set(args.thresholds or [config.threshold]))
+    if not all(0.0 < t < 1.0 for t in thresholds):
+        parser.error(f"--thresholds {thresholds}: use values between 0 and 1")
+    heldout, truth_dir, metadata_csv = prepare_heldout(args.out, args.cases, args.seed,
+                                                       args.size)
+    metadata = read_metadata(metadata_csv)
+    folders = predict_both(heldout, args.out, args.weights, config, args.device, thresholds)
+    results = []
+    for (ensemble, threshold), pred_dir in folders.items():
+        numbers, table = score(pred_dir, truth_dir, metadata)
+        results.append({"ensemble": ensemble, "threshold": threshold,
+                        "numbers": numbers, "table": table})
+        print(f"\n## {ensemble} ensemble, threshold {threshold:.2f}\n")
         print(markdown_table(table))
         print("\n" + "\n".join(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
                                 for k, v in numbers.items()))
+    if len(thresholds) > 1:
+        print("\n" + comparison_table(results))
+    summary = {"cases": args.cases, "seed": args.seed, "size": args.size, "mode": config.mode,
+               "results": results}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return 0
+
+
+def score(pred_dir: Path, truth_dir: Path,
+          metadata: Metadata) -> tuple[dict[str, float | int], list[dict[str, object]]]:
+    """(headline numbers, Table-1 summary rows) of one prediction folder."""
+    pairs = list(pair_cases(pred_dir, truth_dir).pairs)
+    rows = evaluate_pairs(pairs, metadata)
+    found, total = large_lesion_sensitivity(pairs)
+    negative_fpv = [r["fpv_ml"] for r in rows if r["cohort"] == "NEGATIVE"]
+    positive = [r for r in rows if r["cohort"] != "NEGATIVE"]
+    numbers = {
+        "mean_dsc_positive": float(np.nanmean([r["dsc"] for r in positive]))
+        if positive else float("nan"),
+        "median_fpv_ml": float(np.median([r["fpv_ml"] for r in rows])),
+        "median_fnv_ml": float(np.median([r["fnv_ml"] for r in rows])),
+        "sensitivity_lesions_ge_1ml": found / total if total else float("nan"),
+        "lesions_ge_1ml": total,
+        "negative_mean_fpv_ml": float(np.mean(negative_fpv)) if negative_fpv else 0.0,
+    }
+    return numbers, summarize(rows)
+
+
+def comparison_table(results: list[dict[str, object]]) -> str:
+    """Markdown: one row per (ensemble, threshold) with the headline numbers."""
+    lines = ["| ensemble | threshold | mean DSC | median FPV ml | median FNV ml "
+             "| sensitivity >= 1 ml | negative FPV ml |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        n = r["numbers"]
+        lines.append(f"| {r['ensemble']} | {r['threshold']:.2f} | {n['mean_dsc_positive']:.3f} "
+                     f"| {n['median_fpv_ml']:.2f} | {n['median_fnv_ml']:.2f} "
+                     f"| {n['sensitivity_lesions_ge_1ml']:.2f} "
+                     f"| {n['negative_mean_fpv_ml']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

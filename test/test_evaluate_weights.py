@@ -1,0 +1,64 @@
+"""`scripts/evaluate_weights.py`: both ensembles at several thresholds from one pass."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location(
+    "evaluate_weights", REPOSITORY / "scripts" / "evaluate_weights.py")
+evaluate_weights = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(evaluate_weights)
+MASKS = ("images", "automated-petct-lesion-segmentation")
+
+
+def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    truth, pred = truth > 0, pred > 0
+    total = truth.sum() + pred.sum()
+    return 2.0 * float((truth & pred).sum()) / float(total) if total else 1.0
+
+
+@pytest.mark.slow
+def test_scores_both_ensembles_at_every_threshold(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval"
+    code = evaluate_weights.main(["--out", str(out), "--cases", "2", "--seed", "31",
+                                  "--size", "small", "--mode", "fast", "--device", "cpu",
+                                  "--thresholds", "0.9", "0.3", "0.5"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["cases"], summary["size"], summary["mode"]) == (2, "small", "fast")
+    keys = [(r["ensemble"], r["threshold"]) for r in summary["results"]]
+    assert keys == [(e, t) for e in ("mean", "weighted") for t in (0.3, 0.5, 0.9)]
+    cohorts = dict(line.split(",") for line in (out / "metadata.csv").read_text().split()[1:])
+    positive = [c for c, cohort in cohorts.items() if cohort != "NEGATIVE"]
+    assert len(positive) == 1 and len(cohorts) == 2
+    for result in summary["results"]:
+        tag = f"pred_{result['ensemble']}_t{result['threshold']:.2f}"
+        pred = sitk.ReadImage(str(out.joinpath(tag, *MASKS, f"{positive[0]}.mha")))
+        truth = sitk.ReadImage(str(out / "truth" / f"{positive[0]}.mha"))
+        dice = _dice(sitk.GetArrayViewFromImage(truth), sitk.GetArrayViewFromImage(pred))
+        assert result["numbers"]["mean_dsc_positive"] == pytest.approx(dice, abs=1e-6)
+    for ensemble in ("mean", "weighted"):
+        rows = [r["numbers"] for r in summary["results"] if r["ensemble"] == ensemble]
+        volumes = [sum(float(sitk.GetArrayViewFromImage(sitk.ReadImage(str(p))).sum())
+                       for p in out.joinpath(f"pred_{ensemble}_t{t:.2f}", *MASKS).glob("*.mha"))
+                   for t in (0.3, 0.5, 0.9)]
+        assert volumes[0] >= volumes[1] >= volumes[2]
+        assert [r["negative_mean_fpv_ml"] for r in rows] == sorted(
+            (r["negative_mean_fpv_ml"] for r in rows), reverse=True)
+    printed = capsys.readouterr().out
+    assert "| weighted | 0.90 |" in printed and "## mean ensemble, threshold 0.30" in printed
+
+
+def test_rejects_a_threshold_outside_zero_one(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as raised:
+        evaluate_weights.main(["--out", str(tmp_path / "eval"), "--thresholds", "0.5", "1.2"])
+    assert raised.value.code == 2
+    assert "--thresholds [0.5, 1.2]: use values between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
