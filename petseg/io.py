@@ -79,13 +79,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}",
                                     dir=path.parent)
     os.close(fd)
-    # mkstemp creates 0600 files; results get the mode a plain open() would give them
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp and some writers (safetensors) leave 0600 files; results get the mode
+        # a plain open() would give them, so another user (a container's) can read them
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -207,3 +207,26 @@ def test_atomic_writes_leave_no_partial_file(tmp_path) -> None:
     path = write_image(GEOMETRY.reference_image(), tmp_path / "out/m.mha")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.mha", "results.json"]
     assert Geometry.of(read_image(path)) == GEOMETRY
+
+
+def test_atomic_writes_give_files_the_plain_open_mode(tmp_path) -> None:
+    """Results are readable by other users (umask 022 gives 0644), even where the writer
+    replaces the temporary file with a 0600 one, as safetensors does."""
+    import os
+    import stat
+
+    import torch
+
+    from petseg.checkpoint import save_checkpoint
+    from petseg.config import ModelConfig
+
+    old_umask = os.umask(0o022)
+    try:
+        image = write_image(GEOMETRY.reference_image(), tmp_path / "m.mha")
+        report = write_json({"a": 1}, tmp_path / "r.json")
+        weights = save_checkpoint(tmp_path / "fold_0.safetensors", {"w": torch.zeros(2)},
+                                  ModelConfig(), {"mean_dsc": 0.5})
+    finally:
+        os.umask(old_umask)
+    for path in (image, report, weights):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
