@@ -271,6 +271,45 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def write_thresholds(weights_dir: str | Path, thresholds: Mapping[str, float],
+                     calibration: Mapping[str, Any]) -> Path:
+    """Record the probability threshold calibrated for each ensemble in the manifest.
+
+    Args:
+        weights_dir: a weights folder with a valid `manifest.json`.
+        thresholds: ensemble ("mean", "weighted") -> lesion probability threshold in (0, 1).
+        calibration: how they were chosen (cases, seed, criterion, ...), stored beside them.
+
+    Returns:
+        The manifest's path (rewritten atomically; the fold entries are unchanged).
+    """
+    for ensemble, value in thresholds.items():
+        _check_threshold(value, f"threshold for {ensemble!r}")
+    manifest = read_manifest(weights_dir)
+    manifest["thresholds"] = {k: float(v) for k, v in sorted(thresholds.items())}
+    manifest["threshold_calibration"] = dict(calibration)
+    target = Path(weights_dir) / MANIFEST_NAME
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    return target
+
+
+def calibrated_threshold(weights_dir: str | Path, ensemble: str) -> float | None:
+    """The manifest's threshold for `ensemble` ("mean" or "weighted"), None if it has none."""
+    thresholds = read_manifest(weights_dir).get("thresholds") or {}
+    if ensemble not in thresholds:
+        return None
+    where = f"{Path(weights_dir) / MANIFEST_NAME}: thresholds.{ensemble}"
+    return _check_threshold(thresholds[ensemble], where)
+
+
+def _check_threshold(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise PetsegError(f"{where} {value!r}: must be a number between 0 and 1 (exclusive); "
+                          "fix the manifest or calibrate again")
+    return float(value)
+
+
 def _config_difference(reference: ModelConfig, other: ModelConfig, reference_name: str) -> str:
     """`section.field: other's value vs <reference_name>'s value` for every differing field."""
     ref, new = to_dict(reference), to_dict(other)

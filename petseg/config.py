@@ -67,6 +67,10 @@ class ModelConfig:
     preprocessing: PreprocessingConfig = PreprocessingConfig()
 
 
+DEFAULT_THRESHOLD = 0.5
+"""Lesion probability threshold when neither the config nor the weights name one."""
+
+
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
     """Sliding-window and ensemble settings (defaults: the paper's).
@@ -76,7 +80,8 @@ class InferenceConfig:
             smallest window fast mode uses).
         overlap: reference-mode overlap fraction between windows.
         ensemble: plain "mean" or DSC-"weighted" mean of the folds.
-        threshold: lesion probability above which a voxel is lesion.
+        threshold: lesion probability above which a voxel is lesion; None = the threshold
+            calibrated for the weights (their manifest's `thresholds`), else 0.5.
         blend: reference-mode blending of overlapping windows.
         windows_per_batch: windows per forward, or "auto" (from the free GPU memory).
         mode: "reference" (`roi_size` windows at `overlap`, the paper) or "fast" (windows as
@@ -95,7 +100,7 @@ class InferenceConfig:
     roi_size: tuple[int, int, int] = (192, 192, 192)
     overlap: float = 0.5
     ensemble: Literal["mean", "weighted"] = "weighted"
-    threshold: float = 0.5
+    threshold: float | None = None
     blend: Literal["gaussian", "constant"] = "gaussian"
     windows_per_batch: int | Literal["auto"] = "auto"
     mode: Literal["reference", "fast"] = "reference"
@@ -106,6 +111,12 @@ class InferenceConfig:
     tta: int = 1
     time_budget_s: float | None = None
     skip_empty_windows: bool = True
+
+    def mask_threshold(self, calibrated: float | None = None) -> float:
+        """The probability threshold in use: `threshold`, else `calibrated`, else 0.5."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        return DEFAULT_THRESHOLD if calibrated is None else float(calibrated)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -876,6 +876,9 @@ def check_settings(config: InferenceConfig) -> int | Literal["auto"]:
         )
     if not 1 <= int(config.tta) <= len(FLIP_AXES):
         raise PetsegError(f"tta {config.tta}: must be 1 to {len(FLIP_AXES)} flip passes")
+    if config.threshold is not None and not 0 < config.threshold < 1:
+        raise PetsegError(f"threshold {config.threshold}: must be between 0 and 1 (exclusive)"
+                          " or null for the weights' calibrated one")
     if not 0 <= config.overlap < 1:
         raise PetsegError(f"overlap {config.overlap}: must be >= 0 and < 1")
     if config.time_budget_s is not None and config.time_budget_s <= 0:

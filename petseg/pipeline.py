@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from petseg.checkpoint import MANIFEST_NAME, dsc_weights, load_ensemble
+from petseg.checkpoint import MANIFEST_NAME, calibrated_threshold, dsc_weights, load_ensemble
 from petseg.config import InferenceConfig, ModelConfig
 from petseg.engine import body_mask_for_windows, check_settings
 from petseg.errors import PetsegError
@@ -82,6 +82,9 @@ class Predictor:
     ) -> None:
         config = config or InferenceConfig()
         checkpoints = load_ensemble(weights_dir, allow_missing=allow_missing)
+        if config.threshold is None:
+            calibrated = calibrated_threshold(weights_dir, config.ensemble)
+            config = dataclasses.replace(config, threshold=config.mask_threshold(calibrated))
         model_config = checkpoints[0].model_config
         networks = []
         for checkpoint in checkpoints:
@@ -91,8 +94,9 @@ class Predictor:
         weights = dsc_weights(checkpoints) if config.ensemble == "weighted" else None
         self._setup(networks, model_config, config, weights, device, min_component_ml)
         self.folds = [str(c.meta["fold"]) for c in checkpoints]
-        log.info("ensemble of %d fold(s) %s from %s on %s (%s average)", len(networks),
-                 ", ".join(self.folds), weights_dir, self.device, config.ensemble)
+        log.info("ensemble of %d fold(s) %s from %s on %s (%s average, threshold %.2f)",
+                 len(networks), ", ".join(self.folds), weights_dir, self.device,
+                 config.ensemble, self.config.threshold)
 
     @classmethod
     def from_networks(
@@ -115,6 +119,7 @@ class Predictor:
                config: InferenceConfig, weights: Sequence[float] | None,
                device: str | torch.device, min_component_ml: float) -> None:
         check_settings(config)
+        config = dataclasses.replace(config, threshold=config.mask_threshold())
         divisor = size_divisor(model_config.network)
         if any(int(s) % divisor for s in config.roi_size):
             raise PetsegError(

@@ -15,7 +15,11 @@ the negative cases. Everything lands under OUT (`heldout/`, `truth/`, `metadata.
 
 `--thresholds` scores several probability thresholds from the same fold maps (masks in
 `pred_<ensemble>_t<threshold>/`); choose a threshold on a calibration seed, never on the
-held-out seed that reports the result.
+held-out seed that reports the result. `--calibrate` does that choice and records it in
+the weights' `manifest.json` (`thresholds`), which inference then uses whenever its
+config's `threshold` is null: per ensemble, the threshold with the highest mean DSC among
+those whose sensitivity for lesions of 1 ml and more is within `SENSITIVITY_SLACK` of the
+best one (ties: less false-positive volume on the negative cases).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,7 +39,12 @@ import SimpleITK as sitk
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from petseg.checkpoint import dsc_weights, load_ensemble  # noqa: E402
+from petseg.checkpoint import (  # noqa: E402
+    calibrated_threshold,
+    dsc_weights,
+    load_ensemble,
+    write_thresholds,
+)
 from petseg.config import InferenceConfig, load_json  # noqa: E402
 from petseg.evaluation import (  # noqa: E402
     Metadata,
@@ -54,6 +64,8 @@ from petseg.postprocessing import probability_to_mask  # noqa: E402
 
 MIN_LESION_ML = 1.0
 """Lesions at least this large count for the detection sensitivity."""
+SENSITIVITY_SLACK = 0.05
+"""Calibration never gives up more lesion sensitivity than this for a higher DSC."""
 
 
 def prepare_heldout(out: Path, cases: int, seed: int,
@@ -134,15 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=("full", "small"), default="full",
                         help="phantom size (small: a quick check, not a result)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
-                        help="probability thresholds to score (default: the config's)")
+                        help="probability thresholds to score (default: the config's, "
+                        "else the weights' calibrated one, else 0.5)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="write the best of --thresholds per ensemble into the weights' "
+                        "manifest (use a calibration seed, not the reporting one)")
     args = parser.parse_args(argv)
 
     config = load_json(InferenceConfig, args.config)
     if args.mode:
         config = dataclasses.replace(config, mode=args.mode)
-    thresholds = sorted(set(args.thresholds or [config.threshold]))
+    default = config.mask_threshold(calibrated_threshold(args.weights, config.ensemble))
+    thresholds = sorted(set(args.thresholds or [default]))
     if not all(0.0 < t < 1.0 for t in thresholds):
         parser.error(f"--thresholds {thresholds}: use values between 0 and 1")
+    if args.calibrate and len(thresholds) < 2:
+        parser.error("--calibrate: give at least two --thresholds to choose from")
     heldout, truth_dir, metadata_csv = prepare_heldout(args.out, args.cases, args.seed,
                                                        args.size)
     metadata = read_metadata(metadata_csv)
@@ -160,8 +179,39 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + comparison_table(results))
     summary = {"cases": args.cases, "seed": args.seed, "size": args.size, "mode": config.mode,
                "results": results}
+    if args.calibrate:
+        chosen = choose_thresholds(results)
+        calibration = {"cases": args.cases, "seed": args.seed, "size": args.size,
+                       "mode": config.mode, "candidates": thresholds,
+                       "criterion": "highest mean DSC over the cases with lesions, lesion "
+                       f"sensitivity (>= {MIN_LESION_ML:g} ml) within {SENSITIVITY_SLACK} "
+                       "of the best"}
+        manifest = write_thresholds(args.weights, chosen, calibration)
+        summary["calibrated_thresholds"] = chosen
+        print("\ncalibrated thresholds " + ", ".join(f"{k} {v:.2f}" for k, v in chosen.items())
+              + f" written to {manifest}")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return 0
+
+
+def choose_thresholds(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Ensemble -> the best threshold of `results` (entries of `summary.json["results"]`).
+
+    Among the thresholds whose sensitivity for lesions of `MIN_LESION_ML` and more is within
+    `SENSITIVITY_SLACK` of the ensemble's best, the one with the highest mean DSC over the
+    cases with lesions; ties go to less false-positive volume on the negative cases.
+    """
+    chosen = {}
+    for ensemble in sorted({r["ensemble"] for r in results}):
+        rows = [r for r in results if r["ensemble"] == ensemble]
+        sensitivity = [np.nan_to_num(r["numbers"]["sensitivity_lesions_ge_1ml"], nan=1.0)
+                       for r in rows]
+        floor = max(sensitivity) - SENSITIVITY_SLACK
+        eligible = [r for r, s in zip(rows, sensitivity, strict=True) if s >= floor - 1e-9]
+        best = max(eligible, key=lambda r: (np.nan_to_num(r["numbers"]["mean_dsc_positive"]),
+                                            -r["numbers"]["negative_mean_fpv_ml"]))
+        chosen[ensemble] = float(best["threshold"])
+    return chosen
 
 
 def score(pred_dir: Path, truth_dir: Path,

@@ -12,12 +12,14 @@ import torch
 
 from petseg.checkpoint import (
     DSC_KEY,
+    calibrated_threshold,
     dsc_weights,
     load_checkpoint,
     load_ensemble,
     read_manifest,
     save_checkpoint,
     write_manifest,
+    write_thresholds,
 )
 from petseg.config import ModelConfig, NetworkConfig
 from petseg.errors import PetsegError
@@ -198,3 +200,32 @@ def test_manifest_needs_the_validation_dice(tmp_path) -> None:
     with pytest.raises(PetsegError, match="metrics lack 'mean_dsc'"):
         write_manifest(tmp_path, [path])
     assert not (tmp_path / "manifest.json").exists()
+
+
+def test_calibrated_thresholds_are_stored_per_ensemble_beside_the_folds(tmp_path) -> None:
+    folder = tmp_path / "w"
+    _ensemble(folder)
+    folds_before = read_manifest(folder)["folds"]
+    assert calibrated_threshold(folder, "weighted") is None
+    write_thresholds(folder, {"weighted": 0.75, "mean": 0.8}, {"seed": 555000, "cases": 10})
+    manifest = read_manifest(folder)
+    assert manifest["thresholds"] == {"mean": 0.8, "weighted": 0.75}
+    assert manifest["threshold_calibration"] == {"seed": 555000, "cases": 10}
+    assert manifest["folds"] == folds_before
+    assert calibrated_threshold(folder, "weighted") == 0.75
+    assert calibrated_threshold(folder, "mean") == 0.8
+    assert len(load_ensemble(folder)) == 5
+
+
+def test_a_threshold_outside_zero_one_is_refused_when_written_and_when_read(tmp_path) -> None:
+    folder = tmp_path / "w"
+    _ensemble(folder)
+    before = (folder / "manifest.json").read_text()
+    with pytest.raises(PetsegError, match=r"threshold for 'mean' 1\.2: must be a number between"):
+        write_thresholds(folder, {"mean": 1.2}, {})
+    assert (folder / "manifest.json").read_text() == before
+    manifest = json.loads(before)
+    manifest["thresholds"] = {"weighted": "high"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PetsegError, match=r"manifest\.json: thresholds\.weighted 'high': must be"):
+        calibrated_threshold(folder, "weighted")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,11 @@ def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
 @pytest.mark.slow
 def test_scores_both_ensembles_at_every_threshold(tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval"
+    weights = shutil.copytree(REPOSITORY / "weights", tmp_path / "weights")
     code = evaluate_weights.main(["--out", str(out), "--cases", "2", "--seed", "31",
                                   "--size", "small", "--mode", "fast", "--device", "cpu",
-                                  "--thresholds", "0.9", "0.3", "0.5"])
+                                  "--thresholds", "0.9", "0.3", "0.5", "--calibrate",
+                                  "--weights", str(weights)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["cases"], summary["size"], summary["mode"]) == (2, "small", "fast")
@@ -54,6 +57,35 @@ def test_scores_both_ensembles_at_every_threshold(tmp_path: Path, capsys) -> Non
             (r["negative_mean_fpv_ml"] for r in rows), reverse=True)
     printed = capsys.readouterr().out
     assert "| weighted | 0.90 |" in printed and "## mean ensemble, threshold 0.30" in printed
+    chosen = evaluate_weights.choose_thresholds(summary["results"])
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["thresholds"] == chosen == summary["calibrated_thresholds"]
+    assert manifest["threshold_calibration"]["seed"] == 31
+    assert manifest["threshold_calibration"]["candidates"] == [0.3, 0.5, 0.9]
+    assert f"calibrated thresholds mean {chosen['mean']:.2f}" in printed
+
+
+def _result(ensemble: str, threshold: float, dsc: float, sensitivity: float,
+            negative_fpv: float) -> dict:
+    return {"ensemble": ensemble, "threshold": threshold,
+            "numbers": {"mean_dsc_positive": dsc, "sensitivity_lesions_ge_1ml": sensitivity,
+                        "negative_mean_fpv_ml": negative_fpv}}
+
+
+def test_calibration_takes_the_best_dice_without_giving_up_sensitivity() -> None:
+    results = [_result("mean", 0.5, 0.60, 0.95, 30.0), _result("mean", 0.7, 0.70, 0.92, 10.0),
+               _result("mean", 0.9, 0.80, 0.80, 1.0),  # best Dice, but misses lesions
+               _result("weighted", 0.5, 0.65, 0.90, 20.0),
+               _result("weighted", 0.6, 0.65, 0.90, 12.0)]  # a tie: less negative FPV
+    assert evaluate_weights.choose_thresholds(results) == {"mean": 0.7, "weighted": 0.6}
+
+
+def test_calibrate_needs_several_thresholds(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as raised:
+        evaluate_weights.main(["--out", str(tmp_path / "eval"), "--calibrate"])
+    assert raised.value.code == 2
+    assert "--calibrate: give at least two --thresholds" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
 
 
 def test_rejects_a_threshold_outside_zero_one(tmp_path: Path, capsys) -> None:

@@ -150,3 +150,29 @@ def test_weights_folder_lookup(tmp_path) -> None:
         tmp_path / "image_weights")
     with pytest.raises(PetsegError, match=r"no manifest\.json found in .*absent; pass --weights"):
         find_weights_dir([tmp_path / "absent"])
+
+
+def test_a_null_threshold_takes_the_one_calibrated_for_the_weights(tmp_path) -> None:
+    import dataclasses
+
+    from petseg.checkpoint import write_thresholds
+
+    weights = tmp_path / "weights"
+    _ensemble(weights)
+    pet, ct, _, _ = make_case(size=(30, 30, 24))
+    uncalibrated = Predictor(weights, SMALL, device="cpu")
+    assert SMALL.threshold is None and uncalibrated.config.threshold == 0.5
+    probability = sitk.GetArrayFromImage(uncalibrated.predict(pet, ct, True).probability)
+    calibrated = round(float(np.median(probability[probability > 0])), 4)
+    write_thresholds(weights, {"weighted": calibrated, "mean": 0.99}, {"seed": 1})
+    predictor = Predictor(weights, SMALL, device="cpu")
+    assert predictor.config.threshold == calibrated
+    mask = sitk.GetArrayFromImage(predictor.predict_case(pet, ct))
+    np.testing.assert_array_equal(mask, probability > calibrated)
+    assert 0 < mask.sum() < (probability > 0).sum()
+    mean = Predictor(weights, dataclasses.replace(SMALL, ensemble="mean"), device="cpu")
+    assert mean.config.threshold == 0.99
+    explicit = Predictor(weights, dataclasses.replace(SMALL, threshold=0.3), device="cpu")
+    assert explicit.config.threshold == 0.3
+    with pytest.raises(PetsegError, match=r"threshold 1\.5: must be between 0 and 1"):
+        Predictor(weights, dataclasses.replace(SMALL, threshold=1.5), device="cpu")

@@ -112,8 +112,8 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
 
     The lesion probability comes from `petseg.inference.sliding_window_probability`
     (the same windows, overlap and blending as `petseg predict`), thresholded at
-    `validation.inference.threshold`; metrics from `petseg.metrics.case_metrics` on the
-    2 mm grid.
+    `validation.inference.threshold` (0.5 when null); metrics from
+    `petseg.metrics.case_metrics` on the 2 mm grid.
     """
     from petseg.inference import sliding_window_probability
     from petseg.metrics import case_metrics
@@ -126,7 +126,7 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
         for volume in volumes:
             image = torch.from_numpy(np.asarray(volume.image, dtype=np.float32))
             probability = sliding_window_probability([network], image, inference, None, device)
-            prediction = (probability > inference.threshold).numpy()  # as postprocessing
+            prediction = (probability > inference.mask_threshold()).numpy()  # as postprocessing
             metrics = case_metrics(np.asarray(volume.label), prediction, volume.spacing_mm)
             results.append({"key": volume.key, **metrics.as_dict()})
     finally:
