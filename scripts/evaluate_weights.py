@@ -17,9 +17,9 @@ the negative cases. Everything lands under OUT (`heldout/`, `truth/`, `metadata.
 `pred_<ensemble>_t<threshold>/`); choose a threshold on a calibration seed, never on the
 held-out seed that reports the result. `--calibrate` does that choice and records it in
 the weights' `manifest.json` (`thresholds`), which inference then uses whenever its
-config's `threshold` is null: per ensemble, the threshold with the highest mean DSC among
-those whose sensitivity for lesions of 1 ml and more is within `SENSITIVITY_SLACK` of the
-best one (ties: less false-positive volume on the negative cases).
+config's `threshold` is null: per ensemble, the threshold with the highest mean DSC over
+the cases with lesions, the challenge's first metric (ties: less false-positive volume on
+the negative cases).
 """
 
 from __future__ import annotations
@@ -64,8 +64,6 @@ from petseg.postprocessing import probability_to_mask  # noqa: E402
 
 MIN_LESION_ML = 1.0
 """Lesions at least this large count for the detection sensitivity."""
-SENSITIVITY_SLACK = 0.05
-"""Calibration never gives up more lesion sensitivity than this for a higher DSC."""
 
 
 def prepare_heldout(out: Path, cases: int, seed: int,
@@ -183,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = choose_thresholds(results)
         calibration = {"cases": args.cases, "seed": args.seed, "size": args.size,
                        "mode": config.mode, "candidates": thresholds,
-                       "criterion": "highest mean DSC over the cases with lesions, lesion "
-                       f"sensitivity (>= {MIN_LESION_ML:g} ml) within {SENSITIVITY_SLACK} "
-                       "of the best"}
+                       "criterion": "highest mean DSC over the cases with lesions; ties: "
+                       "least false-positive volume on the negative cases"}
         manifest = write_thresholds(args.weights, chosen, calibration)
         summary["calibrated_thresholds"] = chosen
         print("\ncalibrated thresholds " + ", ".join(f"{k} {v:.2f}" for k, v in chosen.items())
@@ -197,19 +194,14 @@ def main(argv: list[str] | None = None) -> int:
 def choose_thresholds(results: list[dict[str, Any]]) -> dict[str, float]:
     """Ensemble -> the best threshold of `results` (entries of `summary.json["results"]`).
 
-    Among the thresholds whose sensitivity for lesions of `MIN_LESION_ML` and more is within
-    `SENSITIVITY_SLACK` of the ensemble's best, the one with the highest mean DSC over the
-    cases with lesions; ties go to less false-positive volume on the negative cases.
+    The one with the highest mean DSC over the cases with lesions; ties go to less
+    false-positive volume on the negative cases.
     """
     chosen = {}
     for ensemble in sorted({r["ensemble"] for r in results}):
         rows = [r for r in results if r["ensemble"] == ensemble]
-        sensitivity = [np.nan_to_num(r["numbers"]["sensitivity_lesions_ge_1ml"], nan=1.0)
-                       for r in rows]
-        floor = max(sensitivity) - SENSITIVITY_SLACK
-        eligible = [r for r, s in zip(rows, sensitivity, strict=True) if s >= floor - 1e-9]
-        best = max(eligible, key=lambda r: (np.nan_to_num(r["numbers"]["mean_dsc_positive"]),
-                                            -r["numbers"]["negative_mean_fpv_ml"]))
+        best = max(rows, key=lambda r: (np.nan_to_num(r["numbers"]["mean_dsc_positive"]),
+                                        -r["numbers"]["negative_mean_fpv_ml"]))
         chosen[ensemble] = float(best["threshold"])
     return chosen
 

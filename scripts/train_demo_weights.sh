@@ -2,12 +2,14 @@
 # Train the bundled demo ensemble from scratch on synthetic phantoms, exactly as shipped:
 # 40 full-size phantoms (autoPET layout, seed 1000) -> split -> preprocess -> 5 folds with
 # resources/train_demo.json (all five at once, one torch thread each) -> fp16 export into
-# weights/. On a 2-core CPU this takes about 40 minutes; pass --device cuda on a GPU.
+# weights/ -> probability threshold calibrated on 30 other phantoms (seed 555000) and
+# recorded in weights/manifest.json. On a 2-core CPU this takes about 2 hours; pass
+# --device cuda on a GPU.
 #
 # Usage: scripts/train_demo_weights.sh [WORKDIR] [--device cpu|cuda]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-case "${1:-}" in -h | --help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 work="${1:-$root/out/demo-training}"
 device=cpu
 [[ "${2:-}" == "--device" ]] && device="${3:?--device needs a value}"
@@ -29,4 +31,7 @@ for fold in 0 1 2 3 4; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 "${petseg[@]}" export-weights "$work"/runs/fold_{0,1,2,3,4} --out "$root/weights" --fp16
+"$root/.venv/bin/python" "$root/scripts/evaluate_weights.py" --weights "$root/weights" \
+  --out "$work/calibration" --cases 30 --seed 555000 --mode fast --device "$device" \
+  --thresholds 0.4 0.5 0.55 0.6 0.65 0.7 0.75 0.8 --calibrate
 echo "weights written to $root/weights; score them with scripts/evaluate_weights.py"
