@@ -310,7 +310,7 @@ def _check_threshold(value: Any, where: str) -> float:
     return float(value)
 
 
-def _config_difference(reference: ModelConfig, other: ModelConfig, reference_name: str) -> str:
+def config_difference(reference: ModelConfig, other: ModelConfig, reference_name: str) -> str:
     """`section.field: other's value vs <reference_name>'s value` for every differing field."""
     ref, new = to_dict(reference), to_dict(other)
     diffs = [
@@ -365,7 +365,7 @@ def load_ensemble(weights_dir: str | Path, allow_missing: bool = False) -> list[
         if listed != checkpoint.model_config:
             raise PetsegError(
                 f"{checkpoint.path}: config differs from {MANIFEST_NAME} "
-                f"({_config_difference(listed, checkpoint.model_config, 'manifest')}); rewrite "
+                f"({config_difference(listed, checkpoint.model_config, 'manifest')}); rewrite "
                 "the manifest"
             )
         if reference is None:
@@ -373,7 +373,7 @@ def load_ensemble(weights_dir: str | Path, allow_missing: bool = False) -> list[
         elif checkpoint.model_config != reference:
             raise PetsegError(
                 f"{checkpoint.path}: model config differs from {present[0]}'s "
-                f"({_config_difference(reference, checkpoint.model_config, present[0])}); "
+                f"({config_difference(reference, checkpoint.model_config, present[0])}); "
                 "all folds must share one config"
             )
         checkpoint.meta.update(fold=name, sha256=entry["sha256"])

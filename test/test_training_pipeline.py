@@ -217,3 +217,50 @@ def test_loss_is_monai_generalized_dice_focal() -> None:
                                         gamma=2.0, weight=[1.0, 100.0])(logits, labels.float())
     ours = build_loss(TrainingConfig().loss)(logits, labels)
     torch.testing.assert_close(ours, expected)
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path) -> None:
+    """With lr 0 no parameter moves (BatchNorm statistics do), so the best checkpoint's
+    parameters equal the (fp16) starting weights."""
+    import dataclasses
+
+    from petseg.checkpoint import save_checkpoint
+    from petseg.config import NetworkConfig
+    from petseg.model import build_network
+
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    torch.manual_seed(123)
+    start = save_checkpoint(tmp_path / "fold_0.safetensors",
+                            build_network(TINY_MODEL.network).state_dict(), TINY_MODEL,
+                            {DSC_KEY: 0.5}, dtype=torch.float16)
+    config = tiny_config(epochs=1)
+    frozen = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                       lr=0.0))
+    train(frozen, cache, splits, 0, tmp_path / "tuned", device="cpu", progress=False,
+          init=start)
+    best = load_checkpoint(tmp_path / "tuned" / "best.safetensors")
+    initial = load_checkpoint(start)
+    parameters = dict(build_network(TINY_MODEL.network).named_parameters())
+    assert len(parameters) > 10
+    for name in parameters:
+        torch.testing.assert_close(best.state_dict[name], initial.state_dict[name].float(),
+                                   rtol=0, atol=0)
+    assert best.meta["extra"]["init"]["file"] == "fold_0.safetensors"
+    train(frozen, cache, splits, 0, tmp_path / "scratch", device="cpu", progress=False)
+    scratch = load_checkpoint(tmp_path / "scratch" / "best.safetensors")
+    name = next(iter(initial.state_dict))
+    assert not torch.equal(scratch.state_dict[name], initial.state_dict[name].float())
+    assert "init" not in scratch.meta["extra"]
+
+    other = dataclasses.replace(TINY_MODEL, network=NetworkConfig(channels=(4, 8),
+                                                                  strides=(2,)))
+    wrong = save_checkpoint(tmp_path / "other.safetensors",
+                            build_network(other.network).state_dict(), other, {DSC_KEY: 0.5})
+    with pytest.raises(PetsegError, match=r"other\.safetensors: was trained with another model "
+                                          r"\(network\.channels"):
+        train(config, cache, splits, 0, tmp_path / "refused", device="cpu", progress=False,
+              init=wrong)
+    with pytest.raises(PetsegError, match=r"absent\.safetensors: not found; pass a fold"):
+        train(config, cache, splits, 0, tmp_path / "refused", device="cpu", progress=False,
+              init=tmp_path / "absent.safetensors")
+    assert not (tmp_path / "refused").exists()

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config field, e.g. optimizer.epochs=2 (VALUE is JSON; "
                              "repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    parser.add_argument("--init", type=Path, metavar="CHECKPOINT",
+                        help="start from these weights (a .safetensors of the same network, "
+                             "e.g. weights/fold_0.safetensors) to fine-tune")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.set:
         config = training_config_from_dict(apply_overrides(to_dict(config), args.set))
     result = train(config, args.cache, args.splits, args.fold, args.out, resume=args.resume,
-                   device=args.device, progress=not args.quiet)
+                   device=args.device, progress=not args.quiet, init=args.init)
     if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
         dsc = result.best_metrics.get("mean_dsc", float("nan"))
         print(f"fold {args.fold}: best mean DSC {dsc:.4f} at epoch {result.best_epoch} -> "

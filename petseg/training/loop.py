@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from petseg.checkpoint import DSC_KEY, save_checkpoint
+from petseg.checkpoint import (
+    DSC_KEY,
+    Checkpoint,
+    config_difference,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
 from petseg.config import to_dict
 from petseg.errors import PetsegError
 from petseg.io import atomic_path
@@ -190,7 +197,7 @@ def _allow_open_files(needed: int) -> None:
 
 def train(config: TrainingConfig, cache: str | Path, splits_path: str | Path, fold: int,
           run_dir: str | Path, resume: bool = False, device: str | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, init: str | Path | None = None) -> TrainResult:
     """Train the network of one fold (the other folds' studies) and validate on the fold.
 
     Under `torchrun` each process trains on its share of every epoch's samples with DDP.
@@ -204,17 +211,21 @@ def train(config: TrainingConfig, cache: str | Path, splits_path: str | Path, fo
         resume: continue from `run_dir/last.pt`.
         device: "cpu", "cuda", "cuda:N" or None (CUDA if available).
         progress: tqdm bars on rank 0.
+        init: a checkpoint (`.safetensors`, e.g. a bundled fold) to start from instead of
+            random weights, for fine-tuning; its model config must equal `config.model`.
+            Ignored on resume (the run's `last.pt` holds the weights).
     """
     context = init_distributed(device)
     try:
         return _train(config, Path(cache), Path(splits_path), fold, Path(run_dir), resume,
-                      context, progress)
+                      context, progress, None if init is None else Path(init))
     finally:
         shutdown(context)
 
 
 def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, run_dir: Path,
-           resume: bool, context: DistributedContext, progress: bool) -> TrainResult:
+           resume: bool, context: DistributedContext, progress: bool,
+           init: Path | None) -> TrainResult:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -222,6 +233,7 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     _check_run_dir(run_dir, config, resume)
+    start = None if init is None or resume else _initial_checkpoint(init, config)
     if context.is_main and not resume:
         _write_run_config(run_dir, config)
     barrier(context)
@@ -244,7 +256,13 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
 
     torch.manual_seed(config.seed + fold)
     cuda = device.type == "cuda"
-    network = build_network(config.model.network).to(device)
+    network = build_network(config.model.network)
+    started_from = None
+    if start is not None:
+        network.load_state_dict({k: v.float() for k, v in start.state_dict.items()})
+        started_from = {"file": start.path.name, "sha256": file_sha256(start.path)}
+        log.info("starting from the weights of %s", start.path)
+    network = network.to(device)
     if cuda:
         torch.backends.cudnn.benchmark = True
         if config.channels_last:
@@ -313,7 +331,7 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
                 improved, best_epoch, best_score, best_metrics = True, done, score, summary
                 if context.is_main:
                     _save_best(run_dir, network, config, summary, cases, fold, splits.folds,
-                               done)
+                               done, started_from)
         row["epoch_s"] = time.perf_counter() - started
         row["best"] = int(improved)
         if context.is_main:
@@ -341,12 +359,28 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
                        best_metrics=best_metrics, history=tuple(history))
 
 
+def _initial_checkpoint(init: Path, config: TrainingConfig) -> Checkpoint:
+    """Checkpoint `init`, checked to hold the network and preprocessing of `config`."""
+    if not init.is_file():
+        raise PetsegError(f"{init}: not found; pass a fold checkpoint (.safetensors) to --init")
+    start = load_checkpoint(init)
+    if start.model_config != config.model:
+        raise PetsegError(
+            f"{init}: was trained with another model "
+            f"({config_difference(config.model, start.model_config, 'the config')}); "
+            "start from a checkpoint of the same network and preprocessing"
+        )
+    return start
+
+
 def _save_best(run_dir: Path, network: torch.nn.Module, config: TrainingConfig,
                summary: dict[str, float], cases: list[dict[str, Any]], fold: int,
-               folds: int, epoch: int) -> None:
+               folds: int, epoch: int, started_from: dict[str, str] | None) -> None:
+    extra = {"fold": fold, "folds": folds, "epoch": epoch, "seed": config.seed}
+    if started_from is not None:
+        extra["init"] = started_from
     save_checkpoint(run_dir / "best.safetensors", network.state_dict(), config.model,
-                    metrics=summary, extra={"fold": fold, "folds": folds, "epoch": epoch,
-                                            "seed": config.seed})
+                    metrics=summary, extra=extra)
     with atomic_path(run_dir / "best_validation.json") as tmp:
         tmp.write_text(json.dumps({"fold": fold, "epoch": epoch, "summary": summary,
                                    "cases": cases}, indent=1, default=float) + "\n")
