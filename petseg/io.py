@@ -304,8 +304,34 @@ def check_overlap(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path
                     ct_path, 100 * max(0.0, high[2] - low[2]) / pet_length)
 
 
+MAX_PLAUSIBLE_SUV = 500.0
+"""A PET whose 99.9th percentile is above this is not in SUV (Bq/ml runs to thousands)."""
+AIR_HU = -500.0
+"""A whole-body CT in HU has air (about -1000 HU) around the body, below this."""
+
+
+def check_units(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path) -> None:
+    """Refuse a PET that cannot be SUV; warn about a CT without air (likely not in HU).
+
+    Judged on every 4th voxel along each axis (a whole-body volume has millions).
+    """
+    sample = sitk.GetArrayViewFromImage(pet)[::4, ::4, ::4]
+    high = float(np.percentile(sample, 99.9))
+    if high > MAX_PLAUSIBLE_SUV:
+        raise PetsegError(
+            f"{pet_path}: 99.9th percentile {high:.0f}, far above any SUV (Bq/ml?); convert "
+            "the PET to body-weight SUV first (`petseg suv` does it from DICOM)"
+        )
+    low = float(np.percentile(sitk.GetArrayViewFromImage(ct)[::4, ::4, ::4], 1))
+    if low > AIR_HU:
+        log.warning("%s: no air in the CT (1st percentile %.0f HU, above %.0f HU); if it is "
+                    "not in HU, apply its rescale slope and intercept first",
+                    ct_path, low, AIR_HU)
+
+
 def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
-    """Read and check one case: both 3D and readable, NaNs cleaned, PET and CT overlapping.
+    """Read and check one case: both 3D and readable, NaNs cleaned, PET and CT overlapping,
+    the PET plausibly in SUV (`check_units`).
 
     The PET comes back as float32 SUV with non-finite voxels set to 0; the CT keeps its
     pixel type, non-finite voxels set to `ct_fill_hu`.
@@ -317,6 +343,7 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     pet = clean_non_finite(sitk.Cast(read_image(files.pet), sitk.sitkFloat32), files.pet, 0.0)
     ct = clean_non_finite(read_image(files.ct), files.ct, ct_fill_hu)
     check_overlap(pet, ct, files.pet, files.ct)
+    check_units(pet, ct, files.pet, files.ct)
     return Case(files=files, pet=pet, ct=ct)
 
 

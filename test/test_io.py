@@ -148,6 +148,24 @@ def _case_files(tmp_path: Path, pet: np.ndarray, ct: np.ndarray,
                      _write(tmp_path / "images/ct/c.mha", ct, ct_geometry))
 
 
+def test_a_pet_not_in_suv_is_refused_and_a_ct_without_air_warned_about(tmp_path,
+                                                                         caplog) -> None:
+    rng = np.random.default_rng(0)
+    suv = rng.gamma(2.0, 1.0, (8, 9, 10)).astype(np.float32)  # SUV-like, max ~15
+    ct = np.full(suv.shape, -1000.0, np.float32)
+    ct[2:6, 2:7, 2:8] = 40.0
+    with caplog.at_level(logging.WARNING, logger="petseg.io"):
+        read_case(_case_files(tmp_path / "ok", suv, ct))
+    assert "no air" not in caplog.text
+    files = _case_files(tmp_path / "bq", suv * 5000.0, ct)  # Bq/ml at ~5 kBq/ml per SUV
+    with pytest.raises(PetsegError, match=r"p\.mha: 99\.9th percentile \d+, far above any SUV "
+                                          r"\(Bq/ml\?\); convert the PET to body-weight SUV"):
+        read_case(files)
+    with caplog.at_level(logging.WARNING, logger="petseg.io"):
+        read_case(_case_files(tmp_path / "raw", suv, ct + 1024.0))  # stored values, no rescale
+    assert "c.mha: no air in the CT (1st percentile 24 HU, above -500 HU)" in caplog.text
+
+
 def test_read_case_cleans_non_finite_voxels_with_a_warning(tmp_path, caplog) -> None:
     pet = np.ones((8, 9, 10), np.float32)
     pet[0, 0, :3] = np.nan
