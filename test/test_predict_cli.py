@@ -97,6 +97,30 @@ def test_probability_option_and_mean_ensemble(tmp_path, weights, config, case) -
     assert len(list((out / MASKS).iterdir())) == 1
 
 
+def test_threshold_option_overrides_the_calibrated_one(tmp_path, config, case,
+                                                        capsys) -> None:
+    from petseg.checkpoint import write_thresholds
+
+    pet, ct = case
+    weights = tmp_path / "weights"
+    _ensemble(weights)
+    write_thresholds(weights, {"mean": 0.2, "weighted": 0.2}, {"seed": 1})
+    inp = _challenge_input(tmp_path / "input", pet, ct)
+    masks = {}
+    for name, extra in (("calibrated", ()), ("explicit", ("--threshold", "0.52"))):
+        out = tmp_path / name
+        assert _predict(inp, out, weights, config, "--save-probability", *extra) == 0
+        probability = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(out / "probabilities/1b7c5f4e-pet.mha")))
+        masks[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / MASKS / "1b7c5f4e-pet.mha")))
+    np.testing.assert_array_equal(masks["calibrated"], probability > 0.2)
+    np.testing.assert_array_equal(masks["explicit"], probability > 0.52)
+    assert masks["calibrated"].sum() > masks["explicit"].sum()
+    code = _predict(inp, tmp_path / "bad", weights, config, "--threshold", "1.5")
+    _expect_failure(capsys, code, "threshold 1.5: must be between 0 and 1 (exclusive) or null "
+                    "for the weights' calibrated one", tmp_path / "bad")
+
+
 def _expect_failure(capsys, code: int, message: str, out: Path) -> None:
     assert code == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -242,5 +266,5 @@ def test_help_lists_predict(capsys) -> None:
     assert info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--input", "--output", "--weights", "--device", "--ensemble",
-                   "--allow-missing-folds", "--config", "--min-lesion-ml"):
+                   "--allow-missing-folds", "--config", "--min-lesion-ml", "--threshold"):
         assert option in text

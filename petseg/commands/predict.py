@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", choices=("mean", "weighted"), default=None,
                         help="plain mean or validation-DSC-weighted mean of the folds "
                              "(default: from --config)")
+    parser.add_argument("--threshold", type=float, default=None, metavar="P",
+                        help="lesion probability threshold in (0, 1) (default: from --config; "
+                             "null there = the weights' calibrated one, else 0.5)")
     parser.add_argument("--mode", choices=("reference", "fast"), default=None,
                         help="reference: the paper's 192^3 windows at overlap 0.5; fast: "
                              "windows as large as GPU memory allows (default: from --config)")
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, ensemble=args.ensemble)
     if args.mode:
         config = dataclasses.replace(config, mode=args.mode)
+    if args.threshold is not None:
+        config = dataclasses.replace(config, threshold=args.threshold)
     if args.time_budget is not None:
         config = dataclasses.replace(config, time_budget_s=args.time_budget)
     weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
