@@ -246,6 +246,8 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path) -> None:
         torch.testing.assert_close(best.state_dict[name], initial.state_dict[name].float(),
                                    rtol=0, atol=0)
     assert best.meta["extra"]["init"]["file"] == "fold_0.safetensors"
+    last = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)
+    assert last["init"] == best.meta["extra"]["init"]  # what a resumed run records
     train(frozen, cache, splits, 0, tmp_path / "scratch", device="cpu", progress=False)
     scratch = load_checkpoint(tmp_path / "scratch" / "best.safetensors")
     name = next(iter(initial.state_dict))

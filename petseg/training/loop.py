@@ -289,6 +289,7 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
         start_epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
         best_score = float(state["best_score"])
         best_metrics = {k: float(v) for k, v in state["best_metrics"].items()}
+        started_from = state.get("init")  # a resumed fine-tuning keeps its record
         log.info("resuming %s at epoch %d (best %.4f at epoch %d)", run_dir, start_epoch + 1,
                  best_score, best_epoch)
 
@@ -344,6 +345,7 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
                 "best_epoch": best_epoch,
                 "best_score": best_score,
                 "best_metrics": best_metrics,
+                "init": started_from,
             }, run_dir / "last.pt")
             _append_history(run_dir / "history.csv", row)
             _log_scalars(writer, row)
