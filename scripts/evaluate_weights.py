@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="phantom size (small: a quick check, not a result)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="probability thresholds to score (default: the config's, "
-                        "else the weights' calibrated one, else 0.5)")
+                        "else the one calibrated for the config's ensemble, else 0.5)")
     parser.add_argument("--calibrate", action="store_true",
                         help="write the best of --thresholds per ensemble into the weights' "
                         "manifest (use a calibration seed, not the reporting one)")

@@ -161,8 +161,10 @@ def test_training_resume_and_export(tmp_path, monkeypatch) -> None:
         export_weights([tmp_path / "full", interrupted], tmp_path / "w2")
 
 
-def _train_epochs(config: TrainingConfig, cache, splits, run_dir, stop_after: int) -> None:
-    """Run `config` but stop after `stop_after` epochs, as an interrupted run would."""
+def _train_epochs(config: TrainingConfig, cache, splits, run_dir, stop_after: int,
+                  **options) -> None:
+    """Run `config` (`train` keyword `options` added) but stop after `stop_after` epochs, as
+    an interrupted run would."""
     import petseg.training.loop as loop
 
     original = loop.EpochLoader
@@ -179,7 +181,7 @@ def _train_epochs(config: TrainingConfig, cache, splits, run_dir, stop_after: in
     loop.EpochLoader = Stopping
     try:
         with pytest.raises(InterruptError):
-            train(config, cache, splits, 0, run_dir, device="cpu", progress=False)
+            train(config, cache, splits, 0, run_dir, device="cpu", progress=False, **options)
     finally:
         loop.EpochLoader = original
 
@@ -246,8 +248,14 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path) -> None:
         torch.testing.assert_close(best.state_dict[name], initial.state_dict[name].float(),
                                    rtol=0, atol=0)
     assert best.meta["extra"]["init"]["file"] == "fold_0.safetensors"
-    last = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)
-    assert last["init"] == best.meta["extra"]["init"]  # what a resumed run records
+    # an interrupted fine-tuning, resumed, still records where it started
+    two_epochs = dataclasses.replace(frozen, optimizer=dataclasses.replace(frozen.optimizer,
+                                                                           epochs=2))
+    _train_epochs(two_epochs, cache, splits, tmp_path / "paused", stop_after=1, init=start)
+    train(two_epochs, cache, splits, 0, tmp_path / "paused", resume=True, device="cpu",
+          progress=False)
+    last = torch.load(tmp_path / "paused" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["init"] == best.meta["extra"]["init"]
     train(frozen, cache, splits, 0, tmp_path / "scratch", device="cpu", progress=False)
     scratch = load_checkpoint(tmp_path / "scratch" / "best.safetensors")
     name = next(iter(initial.state_dict))
