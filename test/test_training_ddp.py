@@ -48,7 +48,7 @@ def _ddp_step(rank: int, world_size: int, port: int, cache: str, splits: str, ou
     optimizer.step()
     torch.save({"initial": initial, "final": network.state_dict(), "image": image},
                os.path.join(out, f"rank{rank}.pt"))
-    shutdown(context)
+    shutdown(context, together=True)
 
 
 def test_two_gloo_processes_agree_on_the_weights_after_a_step(tmp_path) -> None:
@@ -88,3 +88,39 @@ def test_train_command_under_torchrun(tmp_path, request) -> None:
     assert best.metrics["cases"] == 2.0  # both ranks' validation cases gathered
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert len(history) == 2 and history[1].startswith("1,")
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_shutdown_waits_for_all_processes_only_after_a_normal_end(monkeypatch, together) -> None:
+    """A normal end passes a barrier before leaving; after an error no process may hang in one."""
+    import torch.distributed as dist
+
+    from petseg.training import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    context = distributed.DistributedContext(rank=1, world_size=2, local_rank=1,
+                                             device=torch.device("cpu"))
+    distributed.shutdown(context, together=together)
+    assert calls == (["barrier", "destroy"] if together else ["destroy"])
+
+
+def test_train_leaves_the_group_without_a_barrier_when_it_fails(monkeypatch, tmp_path) -> None:
+    """An exception in training reaches the caller and the group is left without waiting."""
+    from petseg.training import loop
+
+    seen: list[bool] = []
+    context = loop.DistributedContext(rank=0, world_size=2, local_rank=0,
+                                      device=torch.device("cpu"))
+    monkeypatch.setattr(loop, "init_distributed", lambda device: context)
+    monkeypatch.setattr(loop, "shutdown", lambda ctx, together=False: seen.append(together))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(loop, "_train", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        loop.train(tiny_config(), tmp_path, tmp_path / "splits.json", 0, tmp_path / "run")
+    assert seen == [False]

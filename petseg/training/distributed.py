@@ -7,6 +7,7 @@ process and every helper here is a no-op. The backend is NCCL on CUDA, gloo on t
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 from typing import Any
 
@@ -59,9 +60,23 @@ def init_distributed(requested_device: str | None = None) -> DistributedContext:
                               device=device)
 
 
-def shutdown(context: DistributedContext) -> None:
-    """Leave the process group (if any)."""
-    if context.distributed and dist.is_initialized():
+def shutdown(context: DistributedContext, together: bool = False) -> None:
+    """Leave the process group (if any).
+
+    Everything still holding the group (a finished DDP wrapper, pending work) is
+    collected first, so the group is torn down here and not by the interpreter's exit
+    (gloo aborts a process whose worker threads outlive it). With `together` (a run
+    that ended normally on every process) all processes first pass a barrier, so that
+    none closes its connections while another still talks to it; after an error there
+    is no barrier, which the failed process could otherwise hang in.
+    """
+    if not (context.distributed and dist.is_initialized()):
+        return
+    gc.collect()
+    try:
+        if together:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 

@@ -217,10 +217,13 @@ def train(config: TrainingConfig, cache: str | Path, splits_path: str | Path, fo
     """
     context = init_distributed(device)
     try:
-        return _train(config, Path(cache), Path(splits_path), fold, Path(run_dir), resume,
-                      context, progress, None if init is None else Path(init))
-    finally:
+        result = _train(config, Path(cache), Path(splits_path), fold, Path(run_dir), resume,
+                        context, progress, None if init is None else Path(init))
+    except BaseException:
         shutdown(context)
+        raise
+    shutdown(context, together=True)
+    return result
 
 
 def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, run_dir: Path,
