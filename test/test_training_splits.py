@@ -145,3 +145,58 @@ def test_split_command_writes_the_file(tmp_path, capsys) -> None:
     assert Counter(e.cohort for e in splits.entries) == {"MELANOMA": 8, "NEGATIVE": 4}
     assert main(["split", "--data", str(tmp_path / "none"), "--out", str(out)]) == 1
     assert "data folder not found" in capsys.readouterr().err
+
+
+def test_extending_a_split_keeps_every_placed_study_in_its_fold() -> None:
+    """New studies fill the folds per cohort; old ones and their patients stay put."""
+    studies, cohorts = autopet_like_studies()
+    first, later = studies[:600], studies[600:]
+    old = make_splits(first, {s.key: cohorts[s.key] for s in first}, folds=5, seed=3)
+    extended = make_splits(later, {s.key: cohorts[s.key] for s in later}, folds=3, seed=4,
+                           existing=old)
+    assert extended.folds == 5  # the existing split's folds win
+    fold_of = {e.key: e.fold for e in extended.entries}
+    assert len(fold_of) == 1014
+    assert all(fold_of[e.key] == e.fold for e in old.entries)
+    for fold in range(5):  # a fold's old validation studies never enter its training set
+        assert set(old.validation_keys(fold)) <= set(extended.validation_keys(fold))
+    folds_of = defaultdict(set)
+    for entry in extended.entries:
+        folds_of[entry.patient].add(entry.fold)
+    assert all(len(f) == 1 for f in folds_of.values())
+    for cohort, per_fold in extended.counts().items():
+        assert sum(per_fold) == COHORT_SIZES[cohort]
+        assert max(per_fold) - min(per_fold) <= 2, (cohort, per_fold)
+
+
+def test_extending_places_a_known_patients_new_study_in_its_fold() -> None:
+    studies, cohorts = autopet_like_studies()
+    twice = next(p for p, n in Counter(s.patient for s in studies).items() if n == 2)
+    second = [s for s in studies if s.patient == twice][1]
+    first = [s for s in studies if s is not second]
+    old = make_splits(first, cohorts, seed=0)
+    extended = make_splits([second], {second.key: "MELANOMA"}, seed=9, existing=old)
+    folds = {e.fold for e in extended.entries if e.patient == twice}
+    assert len(extended.entries) == 1014 and len(folds) == 1
+
+
+def test_split_command_extends_a_split_file(tmp_path, capsys) -> None:
+    for i in range(10):
+        _touch_study(tmp_path / "data", f"PETCT_{i:02d}", "01-01-2001-NA-x")
+    old = tmp_path / "old.json"
+    assert main(["split", "--data", str(tmp_path / "data"), "--out", str(old)]) == 0
+    for i in range(10, 20):
+        _touch_study(tmp_path / "data", f"PETCT_{i:02d}", "01-01-2001-NA-x")
+    new = tmp_path / "new.json"
+    assert main(["split", "--data", str(tmp_path / "data"), "--extend", str(old),
+                 "--out", str(new), "--seed", "5"]) == 0
+    assert f"20 studies of 20 patients in 5 folds (10 added to {old})" in capsys.readouterr().out
+    before, after = load_splits(old), load_splits(new)
+    assert set(before.entries) <= set(after.entries)
+    assert next(iter(after.counts().values())) == [4, 4, 4, 4, 4]
+    assert main(["split", "--data", str(tmp_path / "data"), "--extend", str(new),
+                 "--out", str(tmp_path / "again.json")]) == 1
+    assert "every study is in" in capsys.readouterr().err
+    assert main(["split", "--data", str(tmp_path / "data"), "--extend", str(new),
+                 "--folds", "4", "--out", str(tmp_path / "x.json")]) == 1
+    assert "leave --folds out when extending" in capsys.readouterr().err

@@ -21,11 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "studies form one cohort")
     parser.add_argument("--out", type=Path, required=True, metavar="JSON",
                         help="split file to write")
-    parser.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="number of folds (default 5; with --extend, that split's)")
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     parser.add_argument("--cache", type=Path, metavar="CACHE",
                         help="split only the studies with a complete entry in this cache "
                              "(those `petseg preprocess` could not read are listed)")
+    parser.add_argument("--extend", type=Path, metavar="JSON",
+                        help="an existing split file: its studies keep their folds and only "
+                             "the studies of --data it lacks are placed (so folds trained on "
+                             "it can be fine-tuned on more data without validation leaks)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,8 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from petseg.errors import PetsegError
     from petseg.training.cache import is_cached
     from petseg.training.data import DEFAULT_COHORT, discover_studies, read_cohorts
-    from petseg.training.splits import make_splits, save_splits
+    from petseg.training.splits import load_splits, make_splits, save_splits
 
+    existing = None if args.extend is None else load_splits(args.extend)
+    if existing is not None and args.folds not in (None, existing.folds):
+        raise PetsegError(f"--folds {args.folds}: {args.extend} has {existing.folds} folds; "
+                          "leave --folds out when extending a split")
+    folds = args.folds or (5 if existing is None else existing.folds)
     studies = discover_studies(args.data)
     if args.cache is not None:
         left_out = [s.key for s in studies if not is_cached(args.cache, s.key)]
@@ -46,16 +56,24 @@ def run(args: argparse.Namespace) -> int:
         if not studies:
             raise PetsegError(f"{args.cache}: holds none of the studies in {args.data}; run "
                               "`petseg preprocess` first")
+    if existing is not None:
+        known = {e.key for e in existing.entries}
+        studies = [s for s in studies if s.key not in known]
+        if not studies:
+            raise PetsegError(f"{args.data}: every study is in {args.extend} already; "
+                              "nothing to add")
     if args.metadata is not None:
         cohorts = read_cohorts(args.metadata, studies)
     else:
         cohorts = {s.key: DEFAULT_COHORT for s in studies}
-    splits = make_splits(studies, cohorts, folds=args.folds, seed=args.seed)
+    splits = make_splits(studies, cohorts, folds=folds, seed=args.seed, existing=existing)
     save_splits(splits, args.out)
-    patients = len({s.patient for s in studies})
-    print(f"{len(studies)} studies of {patients} patients in {args.folds} folds -> {args.out}")
+    patients = len({e.patient for e in splits.entries})
+    added = "" if existing is None else f" ({len(studies)} added to {args.extend})"
+    print(f"{len(splits.entries)} studies of {patients} patients in {folds} folds{added} "
+          f"-> {args.out}")
     width = max(len(c) for c in splits.counts())
-    print(f"{'cohort':<{width}}  " + " ".join(f"fold_{f:<2}" for f in range(args.folds)))
+    print(f"{'cohort':<{width}}  " + " ".join(f"fold_{f:<2}" for f in range(folds)))
     for cohort, counts in splits.counts().items():
         print(f"{cohort:<{width}}  " + " ".join(f"{n:<7}" for n in counts))
     return 0

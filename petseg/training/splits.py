@@ -65,45 +65,61 @@ class Splits:
 
 
 def make_splits(studies: list[Study], cohorts: dict[str, str], folds: int = 5,
-                seed: int = 0) -> Splits:
+                seed: int = 0, existing: Splits | None = None) -> Splits:
     """Split `studies` into `folds` folds per cohort, keeping each patient in one fold.
 
     Args:
         studies: the studies to split.
-        cohorts: `{study key: cohort}`; a patient's cohort is the most frequent among
-            its studies.
-        folds: number of folds (>= 2).
+        cohorts: `{study key: cohort}` for the studies not in `existing`; a patient's
+            cohort is the most frequent among its studies.
+        folds: number of folds (>= 2); ignored with `existing` (its number is kept).
         seed: shuffling seed.
+        existing: a split to extend: its studies keep their folds, a new study of a
+            patient it holds joins that patient's fold, and new patients fill the folds
+            so that each cohort stays as even as they allow. Folds trained on `existing`
+            thus keep every study they validated on out of their training set.
     """
+    placed = {} if existing is None else {e.key: e for e in existing.entries}
+    folds = folds if existing is None else existing.folds
     if folds < 2:
         raise PetsegError(f"--folds {folds}: at least 2 folds are needed")
-    patients = patient_cohort(cohorts, studies)
-    if len(patients) < folds:
+    new = [s for s in studies if s.key not in placed]
+    patients = patient_cohort(cohorts, new)
+    fold_of = {e.patient: e.fold for e in placed.values()}
+    if existing is None and len(patients) < folds:
         raise PetsegError(f"{len(patients)} patients cannot fill {folds} folds; use fewer folds")
     studies_of: dict[str, list[Study]] = defaultdict(list)
-    for study in studies:
+    for study in new:
         studies_of[study.patient].append(study)
     rng = np.random.default_rng(seed)
     by_cohort: dict[str, list[str]] = defaultdict(list)
     for patient in sorted(patients):
-        by_cohort[patients[patient]].append(patient)
+        if patient not in fold_of:
+            by_cohort[patients[patient]].append(patient)
 
-    fold_of: dict[str, int] = {}
     total = [0] * folds
+    in_cohort: dict[str, list[int]] = defaultdict(lambda: [0] * folds)
+    for entry in placed.values():
+        total[entry.fold] += 1
+        in_cohort[entry.cohort][entry.fold] += 1
+    for patient in patients:
+        if patient in fold_of:  # a known patient's new study joins the patient's fold
+            total[fold_of[patient]] += len(studies_of[patient])
+            in_cohort[patients[patient]][fold_of[patient]] += len(studies_of[patient])
     for cohort in sorted(by_cohort):
         members = [by_cohort[cohort][i] for i in rng.permutation(len(by_cohort[cohort]))]
         members.sort(key=lambda p: -len(studies_of[p]))  # stable: shuffled order among equals
-        in_cohort = [0] * folds
+        counts = in_cohort[cohort]
         for patient in members:
-            fold = min(range(folds), key=lambda f: (in_cohort[f], total[f], f))
+            fold = min(range(folds), key=lambda f: (counts[f], total[f], f))
             fold_of[patient] = fold
-            in_cohort[fold] += len(studies_of[patient])
+            counts[fold] += len(studies_of[patient])
             total[fold] += len(studies_of[patient])
-    entries = tuple(
+    entries = list(placed.values()) + [
         SplitEntry(key=s.key, patient=s.patient, cohort=cohorts[s.key], fold=fold_of[s.patient])
-        for s in sorted(studies, key=lambda s: s.key)
-    )
-    return Splits(folds=folds, seed=seed, entries=entries)
+        for s in new
+    ]
+    return Splits(folds=folds, seed=seed, entries=tuple(sorted(entries, key=lambda e: e.key)))
 
 
 def save_splits(splits: Splits, path: str | Path) -> Path:
