@@ -64,6 +64,8 @@ from petseg.postprocessing import probability_to_mask  # noqa: E402
 
 MIN_LESION_ML = 1.0
 """Lesions at least this large count for the detection sensitivity."""
+ENSEMBLES = ("mean", "weighted")
+"""The plain fold mean and the DSC-weighted mean (the paper's Table 2)."""
 
 
 def prepare_heldout(out: Path, cases: int, seed: int,
@@ -101,30 +103,38 @@ def large_lesion_sensitivity(pairs: list[tuple[str, Path, Path]]) -> tuple[int, 
     return found, total
 
 
+def thresholds_per_ensemble(requested: list[float] | None, weights: Path,
+                            config: InferenceConfig) -> dict[str, list[float]]:
+    """Ensemble -> thresholds to score: `requested` for both, else each ensemble's own
+    default (the config's threshold, else the one calibrated for it, else 0.5)."""
+    return {name: list(requested) if requested else
+            [config.mask_threshold(calibrated_threshold(weights, name))] for name in ENSEMBLES}
+
+
 def predict_both(heldout: Path, out: Path, weights: Path, config: InferenceConfig,
-                 device: str, thresholds: list[float]) -> dict[tuple[str, float], Path]:
-    """Masks of both ensembles at every threshold from one pass over the folds.
+                 device: str, thresholds: dict[str, list[float]]) -> dict[tuple[str, float], Path]:
+    """Masks of both ensembles at each one's thresholds from one pass over the folds.
 
     Averaging the folds' PET-grid probabilities equals resampling the averaged
     probability (linear interpolation is linear), so both ensembles come from the same
-    fold maps. Returns the prediction folder of each (ensemble, threshold):
-    `pred_<ensemble>` for a single threshold, `pred_<ensemble>_t<threshold>` for several.
+    fold maps. `thresholds`: ensemble ("mean", "weighted") -> its thresholds. Returns the
+    prediction folder of each (ensemble, threshold): `pred_<ensemble>` where an ensemble
+    has a single threshold, `pred_<ensemble>_t<threshold>` where it has several.
     """
     predictor = Predictor(weights, config, device=device)
     dsc = normalized_weights(len(predictor.networks),
                              dsc_weights(load_ensemble(weights)))
     plain = normalized_weights(len(predictor.networks))
-    suffix = (lambda t: "") if len(thresholds) == 1 else (lambda t: f"_t{t:.2f}")
-    folders = {(name, t): out / f"pred_{name}{suffix(t)}"
-               for name in ("mean", "weighted") for t in thresholds}
+    folders = {(name, t): out / (f"pred_{name}" if len(values) == 1 else f"pred_{name}_t{t:.2f}")
+               for name, values in thresholds.items() for t in values}
     for files in find_cases(heldout).cases:
         case = read_case(files, predictor.model_config.preprocessing.ct_fill_hu)
         folds = predictor.predict(case.pet, case.ct, fold_probabilities=True).fold_probabilities
         maps = [sitk.GetArrayViewFromImage(f) for f in folds]
         geometry = Geometry.of(case.pet)
-        for name, weights_ in (("mean", plain), ("weighted", dsc)):
+        for name, weights_ in zip(ENSEMBLES, (plain, dsc), strict=True):
             probability = sum(w * m for w, m in zip(weights_, maps, strict=True))
-            for t in thresholds:
+            for t in thresholds[name]:
                 mask = probability_to_mask(probability, geometry, t)
                 write_image(mask, folders[name, t].joinpath(*MASK_FOLDER, f"{files.name}.mha"))
         print(f"{files.name}: done", flush=True)
@@ -145,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="phantom size (small: a quick check, not a result)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="probability thresholds to score (default: the config's, "
-                        "else the one calibrated for the config's ensemble, else 0.5)")
+                        "else each ensemble's calibrated one, else 0.5)")
     parser.add_argument("--calibrate", action="store_true",
                         help="write the best of --thresholds per ensemble into the weights' "
                         "manifest (use a calibration seed, not the reporting one)")
@@ -154,16 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     config = load_json(InferenceConfig, args.config)
     if args.mode:
         config = dataclasses.replace(config, mode=args.mode)
-    default = config.mask_threshold(calibrated_threshold(args.weights, config.ensemble))
-    thresholds = sorted(set(args.thresholds or [default]))
-    if not all(0.0 < t < 1.0 for t in thresholds):
+    thresholds = sorted(set(args.thresholds or [])) or None
+    if thresholds is not None and not all(0.0 < t < 1.0 for t in thresholds):
         parser.error(f"--thresholds {thresholds}: use values between 0 and 1")
-    if args.calibrate and len(thresholds) < 2:
+    if args.calibrate and (thresholds is None or len(thresholds) < 2):
         parser.error("--calibrate: give at least two --thresholds to choose from")
+    per_ensemble = thresholds_per_ensemble(thresholds, args.weights, config)
     heldout, truth_dir, metadata_csv = prepare_heldout(args.out, args.cases, args.seed,
                                                        args.size)
     metadata = read_metadata(metadata_csv)
-    folders = predict_both(heldout, args.out, args.weights, config, args.device, thresholds)
+    folders = predict_both(heldout, args.out, args.weights, config, args.device, per_ensemble)
     results = []
     for (ensemble, threshold), pred_dir in folders.items():
         numbers, table = score(pred_dir, truth_dir, metadata)
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown_table(table))
         print("\n" + "\n".join(f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
                                 for k, v in numbers.items()))
-    if len(thresholds) > 1:
+    if len(results) > 2:
         print("\n" + comparison_table(results))
     summary = {"cases": args.cases, "seed": args.seed, "size": args.size, "mode": config.mode,
                "results": results}

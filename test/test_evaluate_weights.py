@@ -92,3 +92,24 @@ def test_rejects_a_threshold_outside_zero_one(tmp_path: Path, capsys) -> None:
     assert raised.value.code == 2
     assert "--thresholds [0.5, 1.2]: use values between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+
+
+def test_each_ensemble_defaults_to_its_own_calibrated_threshold(tmp_path: Path) -> None:
+    """Without --thresholds the plain and weighted means are scored at their own thresholds."""
+    import dataclasses
+
+    from petseg.checkpoint import write_thresholds
+    from petseg.config import InferenceConfig, load_json
+
+    weights = shutil.copytree(REPOSITORY / "weights", tmp_path / "weights")
+    write_thresholds(weights, {"mean": 0.35, "weighted": 0.8}, {"seed": 1})
+    config = load_json(InferenceConfig, REPOSITORY / "resources" / "inference.json")
+    assert config.threshold is None
+    per_ensemble = evaluate_weights.thresholds_per_ensemble
+    assert per_ensemble(None, weights, config) == {"mean": [0.35], "weighted": [0.8]}
+    assert per_ensemble([0.4, 0.6], weights, config) == {"mean": [0.4, 0.6],
+                                                         "weighted": [0.4, 0.6]}
+    fixed = dataclasses.replace(config, threshold=0.45)
+    assert per_ensemble(None, weights, fixed) == {"mean": [0.45], "weighted": [0.45]}
+    write_thresholds(weights, {"weighted": 0.8}, {"seed": 1})
+    assert per_ensemble(None, weights, config) == {"mean": [0.5], "weighted": [0.8]}
