@@ -107,8 +107,11 @@ def test_shutdown_waits_for_all_processes_only_after_a_normal_end(monkeypatch, t
     assert calls == (["barrier", "destroy"] if together else ["destroy"])
 
 
-def test_train_leaves_the_group_without_a_barrier_when_it_fails(monkeypatch, tmp_path) -> None:
-    """An exception in training reaches the caller and the group is left without waiting."""
+@pytest.mark.parametrize("fails", [False, True])
+def test_train_waits_for_all_processes_only_when_it_ends_normally(monkeypatch, tmp_path,
+                                                                  fails) -> None:
+    """A normal end leaves the group together; an exception reaches the caller and the
+    group is left without waiting."""
     from petseg.training import loop
 
     seen: list[bool] = []
@@ -116,11 +119,18 @@ def test_train_leaves_the_group_without_a_barrier_when_it_fails(monkeypatch, tmp
                                       device=torch.device("cpu"))
     monkeypatch.setattr(loop, "init_distributed", lambda device: context)
     monkeypatch.setattr(loop, "shutdown", lambda ctx, together=False: seen.append(together))
+    finished = object()
 
-    def fail(*args, **kwargs):
-        raise RuntimeError("disk full")
+    def run(*args, **kwargs):
+        if fails:
+            raise RuntimeError("disk full")
+        return finished
 
-    monkeypatch.setattr(loop, "_train", fail)
-    with pytest.raises(RuntimeError, match="disk full"):
-        loop.train(tiny_config(), tmp_path, tmp_path / "splits.json", 0, tmp_path / "run")
-    assert seen == [False]
+    monkeypatch.setattr(loop, "_train", run)
+    arguments = (tiny_config(), tmp_path, tmp_path / "splits.json", 0, tmp_path / "run")
+    if fails:
+        with pytest.raises(RuntimeError, match="disk full"):
+            loop.train(*arguments)
+    else:
+        assert loop.train(*arguments) is finished
+    assert seen == [not fails]
