@@ -23,7 +23,7 @@ import torch
 from petseg import __version__
 from petseg.config import ModelConfig, from_dict, to_dict
 from petseg.errors import PetsegError
-from petseg.io import atomic_path
+from petseg.io import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -245,24 +245,15 @@ def write_manifest(
         DSC_KEY: sum(dscs) / len(dscs) if dscs else None,
         "versions": library_versions(),
     }
-    target = weights_dir / MANIFEST_NAME
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    return target
+    # a fold validated without lesions has a NaN Dice: null in the manifest
+    return write_json(manifest, weights_dir / MANIFEST_NAME, strict=False)
 
 
 def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     """The parsed `manifest.json` of a weights folder (clear errors if absent or invalid)."""
     path = Path(weights_dir) / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PetsegError(
-            f"{path}: not found; point --weights at a folder with fold checkpoints and "
-            f"{MANIFEST_NAME}"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PetsegError(f"{path}: not valid JSON ({exc}); restore the file") from None
+    manifest = read_json(path, "", "point --weights at a folder with fold checkpoints and "
+                         f"a valid {MANIFEST_NAME}")
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise PetsegError(
             f"{path}: not a petseg manifest (expected format {MANIFEST_FORMAT!r}); write it "
@@ -288,10 +279,7 @@ def write_thresholds(weights_dir: str | Path, thresholds: Mapping[str, float],
     manifest = read_manifest(weights_dir)
     manifest["thresholds"] = {k: float(v) for k, v in sorted(thresholds.items())}
     manifest["threshold_calibration"] = dict(calibration)
-    target = Path(weights_dir) / MANIFEST_NAME
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    return target
+    return write_json(manifest, Path(weights_dir) / MANIFEST_NAME)
 
 
 def calibrated_threshold(weights_dir: str | Path, ensemble: str) -> float | None:

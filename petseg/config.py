@@ -156,16 +156,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
 
 def load_json(cls: type[T], path: str | Path) -> T:
     """Read a dataclass of type `cls` from a JSON file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PetsegError(f"{path}: config file not found; check the path") from None
-    except json.JSONDecodeError as exc:
-        raise PetsegError(f"{path}: not valid JSON ({exc}); fix the file") from None
+    from petseg.io import read_json
+
+    data = read_json(path, "config file", "pass an existing JSON settings file")
     return from_dict(cls, data, where=str(path))
 
 
 def save_json(config: Any, path: str | Path) -> None:
-    """Write a dataclass as indented JSON."""
-    Path(path).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    """Write a dataclass as indented JSON (atomically)."""
+    from petseg.io import write_json
+
+    write_json(to_dict(config), path)

@@ -347,9 +347,84 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     return Case(files=files, pet=pet, ct=ct)
 
 
-def write_json(data: Any, path: str | Path) -> Path:
-    """Write JSON atomically (indented); returns `path`."""
+# ------------------------------------------------------------------------------ JSON
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/inf floats turned into None and tuples, paths, numpy scalars into
+    their JSON types (for `write_json(strict=False)`)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _non_finite_at(value: Any, where: str = "") -> str | None:
+    """JSON path (`a.b[2]`) of the first NaN/inf float in `value`, None if there is none."""
+    if isinstance(value, float):
+        return None if np.isfinite(value) else (where or "the top level")
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, list | tuple) else ())
+    for key, item in items:
+        found = _non_finite_at(item, f"{where}[{key}]" if isinstance(key, int)
+                               else f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def write_json(data: Any, path: str | Path, strict: bool = True, indent: int = 2) -> Path:
+    """Write `data` as JSON atomically (no partial file on any error); returns `path`.
+
+    Args:
+        data: dicts, lists, str, int, float, bool, None.
+        path: the file to write (folders created).
+        strict: refuse NaN and infinity (`ValueError` naming the value's place); False
+            writes them as null on purpose, and paths, tuples and numpy scalars as JSON.
+        indent: spaces per nesting level.
+
+    Raises:
+        ValueError: a non-finite float with `strict`.
+        TypeError: a value JSON cannot hold (an object, a set).
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        if not strict:
+            data = json_safe(data)
+        elif (bad := _non_finite_at(data)) is not None:
+            raise ValueError(f"{path}: {bad} is NaN or infinite, which strict JSON cannot "
+                             "hold; store a number or null")
+        tmp.write_text(json.dumps(data, indent=indent, allow_nan=False) + "\n",
+                       encoding="utf-8")
     return path
+
+
+def read_json(path: str | Path, what: str, fix: str) -> Any:
+    """The parsed content of JSON file `path`.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message ('split file'); '' when its name says it.
+        fix: how the user repairs a missing or corrupt file ('create it with `petseg split`').
+
+    Raises:
+        PetsegError: one line naming the file and `fix`, when the file is missing,
+            unreadable or not valid JSON.
+    """
+    path = Path(path)
+    subject = f"{what} " if what else ""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PetsegError(f"{path}: {subject}not found; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PetsegError(f"{path}: {subject}not valid JSON ({exc}); {fix}") from None
+    except OSError as exc:
+        raise PetsegError(f"{path}: {subject}cannot be read ({exc.strerror}); {fix}") from None

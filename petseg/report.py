@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from petseg.geometry import check_same_grid
-from petseg.io import atomic_path, write_image
+from petseg.io import atomic_path, write_image, write_json
 from petseg.pictures import axis_aligned_lps, mip_png
 from petseg.uncertainty import fold_std
 
@@ -327,10 +326,7 @@ def _rounded(value: Any) -> Any:
 
 def write_report_json(report: dict[str, Any], path: str | Path) -> Path:
     """Write a report (from `lesion_report`, optionally with "case") as JSON, atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_rounded(report), indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_json(_rounded(report), path)
 
 
 def write_report_csv(report: dict[str, Any], path: str | Path) -> Path:

@@ -248,3 +248,60 @@ def test_atomic_writes_give_files_the_plain_open_mode(tmp_path) -> None:
         os.umask(old_umask)
     for path in (image, report, weights):
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+
+
+def test_write_json_refuses_nan_in_strict_mode_and_leaves_no_file(tmp_path) -> None:
+    target = tmp_path / "out" / "summary.json"
+    data = {"folds": {"fold_0": {"metrics": {"mean_dsc": float("nan")}}}, "n": [1, 2]}
+    with pytest.raises(ValueError, match=r"summary\.json: folds\.fold_0\.metrics\.mean_dsc is "
+                                         r"NaN or infinite, which strict JSON cannot hold"):
+        write_json(data, target)
+    with pytest.raises(ValueError, match=r"values\[1\] is NaN or infinite"):
+        write_json({"values": [0.5, float("-inf")]}, target)
+    assert list((tmp_path / "out").iterdir()) == []
+    write_json(data, target, strict=False)
+    assert json.loads(target.read_text()) == {"folds": {"fold_0": {"metrics": {"mean_dsc": None}}},
+                                             "n": [1, 2]}
+
+
+def test_write_json_maps_numpy_paths_and_tuples_only_on_purpose(tmp_path) -> None:
+    data = {"spacing": (np.float32(2.5), np.int64(3)), "file": tmp_path / "a.mha"}
+    with pytest.raises(TypeError):
+        write_json(data, tmp_path / "strict.json")
+    path = write_json(data, tmp_path / "loose.json", strict=False, indent=1)
+    assert json.loads(path.read_text()) == {"spacing": [2.5, 3], "file": str(tmp_path / "a.mha")}
+    assert path.read_text().startswith('{\n "spacing": [\n  2.5,')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.json"]
+
+
+def test_write_json_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
+    target = write_json({"version": 1}, tmp_path / "manifest.json")
+    with pytest.raises(ValueError):
+        write_json({"version": float("nan")}, target)
+    with pytest.raises(TypeError):
+        write_json({"version": object()}, target)
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_read_json_names_the_file_and_the_fix(tmp_path) -> None:
+    from petseg.io import read_json
+
+    fix = "recreate it with `petseg split`"
+    missing = tmp_path / "splits.json"
+    with pytest.raises(PetsegError) as raised:
+        read_json(missing, "split file", fix)
+    assert str(raised.value) == f"{missing}: split file not found; {fix}"
+    missing.write_text('{"folds": 5,')
+    with pytest.raises(PetsegError) as raised:
+        read_json(missing, "split file", fix)
+    message = str(raised.value)
+    assert message.startswith(f"{missing}: split file not valid JSON (Expecting ")
+    assert message.endswith(f"); {fix}") and "\n" not in message
+    missing.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(PetsegError, match=r"splits\.json: not valid JSON \(.*utf-8"):
+        read_json(missing, "", fix)
+    with pytest.raises(PetsegError, match=r": cannot be read \(Is a directory\); restore it"):
+        read_json(tmp_path, "", "restore it")
+    missing.write_text('{"folds": 5, "seed": [1, 2.5]}')
+    assert read_json(missing, "split file", fix) == {"folds": 5, "seed": [1, 2.5]}

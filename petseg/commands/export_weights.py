@@ -22,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print the manifest's summary."""
-    import json
-
+    from petseg.checkpoint import read_manifest
     from petseg.training.export import export_weights
 
     manifest = export_weights(args.runs, args.out, fp16=args.fp16, n_folds=args.folds)
-    data = json.loads(manifest.read_text())
+    data = read_manifest(manifest.parent)
     for name, entry in sorted(data["folds"].items()):
-        dsc = entry["metrics"].get("mean_dsc", float("nan"))
+        dsc = entry["metrics"].get("mean_dsc")  # null: validated without lesions
+        dsc = float("nan") if dsc is None else dsc
         print(f"{name}: {entry['file']} mean DSC {dsc:.4f} sha256 {entry['sha256'][:12]}")
     print(f"manifest: {manifest}")
     return 0

@@ -10,14 +10,13 @@ are split across folds. The split file is plain JSON, written once and reused.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from petseg.errors import PetsegError
-from petseg.io import atomic_path
+from petseg.io import read_json, write_json
 from petseg.training.data import Study, patient_cohort
 
 SPLITS_FORMAT = "petseg-splits/1"
@@ -132,21 +131,13 @@ def save_splits(splits: Splits, path: str | Path) -> Path:
         "counts": splits.counts(),
         "studies": [dataclasses.asdict(e) for e in splits.entries],
     }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-    return path
+    return write_json(data, path, indent=1)
 
 
 def load_splits(path: str | Path) -> Splits:
     """Read and check a split file written by `save_splits`."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PetsegError(f"{path}: split file not found; create it with `petseg split`") from None
-    except json.JSONDecodeError as exc:
-        raise PetsegError(f"{path}: not valid JSON ({exc}); recreate it with `petseg split`") \
-            from None
+    data = read_json(path, "split file", "recreate it with `petseg split`")
     if not isinstance(data, dict) or data.get("format") != SPLITS_FORMAT:
         raise PetsegError(f"{path}: not a petseg split file; create one with `petseg split`")
     try:
