@@ -25,8 +25,9 @@ import torch
 
 from petseg.config import NetworkConfig
 from petseg.model import build_network
+from petseg.training.cache import Volume
 from petseg.training.config import AugmentationConfig, LossConfig
-from petseg.training.loader import EpochLoader, Volume
+from petseg.training.loader import EpochLoader
 from petseg.training.loop import train_step
 from petseg.training.loss import build_loss
 

@@ -252,7 +252,7 @@ def test_noise_is_one_field_for_all_channels_with_the_drawn_std() -> None:
 
 
 def test_positive_crops_are_centred_on_lesions() -> None:
-    from petseg.training.loader import lesion_voxels
+    from petseg.training.cache import lesion_voxels
 
     label = np.zeros((60, 50, 70), np.uint8)
     label[50:53, 4:7, 60:63] = 1  # one small lesion near a corner
@@ -276,7 +276,7 @@ def test_positive_crops_are_centred_on_lesions() -> None:
 
 
 def test_hot_voxels_are_high_uptake_outside_lesions() -> None:
-    from petseg.training.loader import hot_voxels
+    from petseg.training.cache import hot_voxels
 
     pet = np.full((10, 12, 14), 0.5, np.float32)
     label = np.zeros(pet.shape, np.uint8)

@@ -29,6 +29,36 @@ from petseg.training.splits import load_splits
 torch.set_num_threads(2)
 
 
+def test_preprocess_and_split_run_without_torch_or_monai(tmp_path) -> None:
+    """The data commands import neither torch nor MONAI (seconds at every start)."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for i in range(2):
+        write_study(data / f"PETCT_{i}" / "01-01-2001-NA-x", rng)
+    (tmp_path / "meta.csv").write_text("Subject ID,diagnosis\nPETCT_0,LYMPHOMA\n"
+                                       "PETCT_1,negative\n")
+    script = (
+        "import sys; from petseg.cli import main; "
+        f"a = main(['preprocess', '--data', {str(data)!r}, '--out', {str(tmp_path / 'c')!r}, "
+        "'--workers', '1', '--quiet']); "
+        f"b = main(['split', '--data', {str(data)!r}, '--cache', {str(tmp_path / 'c')!r}, "
+        f"'--metadata', {str(tmp_path / 'meta.csv')!r}, '--folds', '2', "
+        f"'--out', {str(tmp_path / 'splits.json')!r}]); "
+        "print(a, b, sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "0 0 []"
+    assert cached_keys(tmp_path / "c") == ["PETCT_0/01-01-2001-NA-x", "PETCT_1/01-01-2001-NA-x"]
+    counts = load_splits(tmp_path / "splits.json").counts()
+    assert sorted(counts) == ["LYMPHOMA", "NEGATIVE"]
+    assert sorted(map(sum, counts.values())) == [1, 1]
+
+
 def test_cache_prepares_skips_and_reports_a_corrupt_study(tmp_path) -> None:
     rng = np.random.default_rng(0)
     data = tmp_path / "data"

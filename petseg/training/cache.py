@@ -10,13 +10,13 @@ Layout (one folder per study, named by its key)::
 An entry is built in `CACHE/.partial/` and renamed into place in one step, so an
 interrupted run never leaves a half entry; a rerun skips the finished ones. The same
 `preprocess_case` prepares cases for inference, so training and inference see identical
-inputs.
+inputs. `load_volume` opens an entry as a `Volume` with its voxel indexes for centred
+crops. Numpy only: `petseg preprocess` and `petseg split` never import torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import shutil
@@ -30,11 +30,60 @@ import numpy as np
 
 from petseg.config import PreprocessingConfig, from_dict, to_dict
 from petseg.errors import PetsegError
+from petseg.io import read_json, write_json
 from petseg.training.data import Study
-from petseg.training.loader import Volume, hot_voxels, lesion_voxels
 
 CACHE_FORMAT = "petseg-cache/1"
 PARTIAL = ".partial"
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+    """A preprocessed study as used for training.
+
+    Attributes:
+        key: the study key.
+        image: `[C, D, H, W]` on the 2 mm grid (PET in SUV, CT scaled to [0, 1]), float16
+            or float32, memory-mapped or in RAM.
+        label: `[D, H, W]` uint8 lesion mask.
+        spacing_mm: voxel size in mm, SimpleITK (x, y, z) order.
+        lesion_voxels: flat indices of (up to `MAX_LESION_VOXELS` of) the lesion voxels,
+            for positive-centred crops; None when not needed.
+        hot_voxels: flat indices of (a sample of) the voxels of high physiological uptake
+            outside the lesions, for hot-spot-centred crops; None when not needed.
+    """
+
+    key: str
+    image: np.ndarray
+    label: np.ndarray
+    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    lesion_voxels: np.ndarray | None = None
+    hot_voxels: np.ndarray | None = None
+
+
+MAX_LESION_VOXELS = 100_000
+
+
+def lesion_voxels(label: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Flat indices of the lesion voxels of `label` `[D, H, W]`, a seeded sample if many."""
+    index = np.flatnonzero(np.asarray(label).reshape(-1))
+    if index.size > MAX_LESION_VOXELS:
+        index = np.sort(np.random.default_rng(seed).choice(index, MAX_LESION_VOXELS,
+                                                           replace=False))
+    return index
+
+
+def hot_voxels(pet: np.ndarray, label: np.ndarray, suv: float, seed: int = 0) -> np.ndarray:
+    """Flat indices of voxels with `pet` (SUV, `[D, H, W]`) above `suv` outside `label`.
+
+    A seeded sample of at most `MAX_LESION_VOXELS` when there are more.
+    """
+    hot = (np.asarray(pet) > suv) & (np.asarray(label) == 0)
+    index = np.flatnonzero(hot.reshape(-1))
+    if index.size > MAX_LESION_VOXELS:
+        index = np.sort(np.random.default_rng(seed).choice(index, MAX_LESION_VOXELS,
+                                                           replace=False))
+    return index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +164,7 @@ def write_entry(cache: str | Path, key: str, image: np.ndarray, label: np.ndarra
         np.save(tmp / "image.npy", np.ascontiguousarray(image, dtype=np.float16))
         np.save(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.uint8))
         info = {"key": key, "shape": list(image.shape), **metadata}
-        (tmp / "case.json").write_text(json.dumps(info, indent=1) + "\n")
+        write_json(info, tmp / "case.json", strict=False, indent=1)
         target = entry_dir(cache, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # an incomplete leftover without case.json
@@ -181,11 +230,8 @@ def check_cache_config(cache: str | Path, config: PreprocessingConfig, create: b
     info_path = cache / "cache.json"
     wanted = to_dict(config)
     if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text())
-        except json.JSONDecodeError:
-            raise PetsegError(f"{info_path}: corrupt; delete the cache folder and rerun "
-                              "`petseg preprocess`") from None
+        info = read_json(info_path, "cache description",
+                         "delete the cache folder and rerun `petseg preprocess`")
         if info.get("format") != CACHE_FORMAT:
             raise PetsegError(f"{cache}: not a petseg cache ({info.get('format')}); use a new "
                               "folder")
@@ -200,10 +246,7 @@ def check_cache_config(cache: str | Path, config: PreprocessingConfig, create: b
         return
     if not create:
         raise PetsegError(f"{cache}: no petseg cache here; build it with `petseg preprocess`")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / ".cache.json.tmp"
-    tmp.write_text(json.dumps({"format": CACHE_FORMAT, "preprocessing": wanted}, indent=1) + "\n")
-    os.replace(tmp, info_path)
+    write_json({"format": CACHE_FORMAT, "preprocessing": wanted}, info_path, indent=1)
 
 
 def build_cache(studies: list[Study], cache: str | Path, config: PreprocessingConfig,
@@ -280,12 +323,13 @@ def load_volume(cache: str | Path, key: str, in_memory: bool = False,
     if not is_cached(cache, key):
         raise PetsegError(f"{folder}: study {key} is not in the cache; run `petseg preprocess` "
                           "for its data folder")
+    info = read_json(folder / "case.json", "cache entry",
+                     "delete the folder and rerun `petseg preprocess`")
     try:
-        info = json.loads((folder / "case.json").read_text())
         mode = None if in_memory else "r"
         image = np.load(folder / "image.npy", mmap_mode=mode)
         label = np.load(folder / "label.npy", mmap_mode=mode)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise PetsegError(f"{folder}: damaged cache entry ({exc}); delete the folder and rerun "
                           "`petseg preprocess`") from None
     if image.ndim != 4 or label.shape != image.shape[1:]:

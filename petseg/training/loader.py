@@ -13,7 +13,6 @@ its own stream; the training step waits on an event, never on the host.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import threading
 import time
@@ -25,56 +24,8 @@ import numpy as np
 import torch
 
 from petseg.training.augment import augment_sample, draw_params
+from petseg.training.cache import Volume
 from petseg.training.config import AugmentationConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class Volume:
-    """A preprocessed study as used for training.
-
-    Attributes:
-        key: the study key.
-        image: `[C, D, H, W]` on the 2 mm grid (PET in SUV, CT scaled to [0, 1]), float16
-            or float32, memory-mapped or in RAM.
-        label: `[D, H, W]` uint8 lesion mask.
-        spacing_mm: voxel size in mm, SimpleITK (x, y, z) order.
-        lesion_voxels: flat indices of (up to `MAX_LESION_VOXELS` of) the lesion voxels,
-            for positive-centred crops; None when not needed.
-        hot_voxels: flat indices of (a sample of) the voxels of high physiological uptake
-            outside the lesions, for hot-spot-centred crops; None when not needed.
-    """
-
-    key: str
-    image: np.ndarray
-    label: np.ndarray
-    spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
-    lesion_voxels: np.ndarray | None = None
-    hot_voxels: np.ndarray | None = None
-
-
-MAX_LESION_VOXELS = 100_000
-
-
-def lesion_voxels(label: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Flat indices of the lesion voxels of `label` `[D, H, W]`, a seeded sample if many."""
-    index = np.flatnonzero(np.asarray(label).reshape(-1))
-    if index.size > MAX_LESION_VOXELS:
-        index = np.sort(np.random.default_rng(seed).choice(index, MAX_LESION_VOXELS,
-                                                           replace=False))
-    return index
-
-
-def hot_voxels(pet: np.ndarray, label: np.ndarray, suv: float, seed: int = 0) -> np.ndarray:
-    """Flat indices of voxels with `pet` (SUV, `[D, H, W]`) above `suv` outside `label`.
-
-    A seeded sample of at most `MAX_LESION_VOXELS` when there are more.
-    """
-    hot = (np.asarray(pet) > suv) & (np.asarray(label) == 0)
-    index = np.flatnonzero(hot.reshape(-1))
-    if index.size > MAX_LESION_VOXELS:
-        index = np.sort(np.random.default_rng(seed).choice(index, MAX_LESION_VOXELS,
-                                                           replace=False))
-    return index
 
 
 def epoch_order(n_cases: int, batch_size: int, world_size: int, seed: int, fold: int,
