@@ -1,24 +1,17 @@
-"""Helpers shared by the benchmarks: repository import path, memory peaks, networks, tables."""
+"""Helpers shared by the benchmarks: memory peaks, networks, tables."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-if str(REPOSITORY) not in sys.path:
-    # the benchmarks measure this checkout's package, not an installed one
-    sys.path.insert(0, str(REPOSITORY))
+import torch
 
-import torch  # noqa: E402
-
-from petseg.config import NetworkConfig  # noqa: E402
-from petseg.model import build_network  # noqa: E402
+from petseg.config import NetworkConfig
+from petseg.model import build_network
 
 PAPER_CHANNELS = (32, 64, 128, 256, 512)
 CPU_CHANNELS = (16, 32, 64, 128, 256)

@@ -7,14 +7,13 @@ mask per component to test its overlap and count its voxels. Both run in this pr
 the same masks, and their results are checked to agree. Also times the whole case from
 compressed .mha files (reading included), as `petseg evaluate` does it.
 
-    /work/main/.venv/bin/python benchmarks/metrics_speed.py [--repeat 3]
+    python benchmarks/metrics_speed.py [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from pathlib import Path
 import cc3d
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this checkout's code
 from petseg.evaluation import evaluate_case
 from petseg.geometry import LAS_DIRECTION, Geometry
 from petseg.io import write_image

@@ -37,11 +37,15 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate every --pred folder, print the tables, write the outputs."""
     from petseg import evaluation as ev
     from petseg.errors import PetsegError
+    from petseg.io import write_json
+    from petseg.metadata import read_metadata
+    from petseg.scoring import ranking, summarize
+    from petseg.tables import markdown_table, ranking_markdown, write_per_case_csv
 
     names = _method_names(list(args.pred))
     if len(set(names)) != len(names):
         raise PetsegError(f"{args.pred[0]}: the same --pred folder is given twice; drop one")
-    metadata = ev.read_metadata(args.metadata) if args.metadata else None
+    metadata = read_metadata(args.metadata) if args.metadata else None
     per_method: dict[str, list[dict]] = {}
     methods: dict[str, dict] = {}
     for name, pred_dir in zip(names, args.pred, strict=True):
@@ -56,28 +60,28 @@ def run(args: argparse.Namespace) -> int:
             "n_paired": len(rows),
             "unpaired_predictions": [str(p) for p in pairing.unpaired_predictions],
             "unpaired_truths": [str(p) for p in pairing.unpaired_truths],
-            "summary": ev.summarize(rows),
+            "summary": summarize(rows),
         }
-    ranks = ev.ranking(per_method) if len(per_method) > 1 else None
+    ranks = ranking(per_method) if len(per_method) > 1 else None
 
     for name, info in methods.items():
         unpaired = len(info["unpaired_predictions"]) + len(info["unpaired_truths"])
         note = f", {unpaired} unpaired file(s) (see warnings)" if unpaired else ""
         print(f"## {name}: {info['n_paired']} case(s){note}\n")
-        print(ev.markdown_table(info["summary"]) + "\n")
+        print(markdown_table(info["summary"]) + "\n")
     if ranks is not None:
         print("## Ranking: 0.5 rank(DSC) + 0.25 rank(FPV) + 0.25 rank(FNV)\n")
-        print(ev.ranking_markdown(ranks) + "\n")
+        print(ranking_markdown(ranks) + "\n")
 
     if args.out is not None:
         all_rows = [row for rows in per_method.values() for row in rows]
-        csv_path = ev.write_per_case_csv(all_rows, args.out / "per_case.csv")
-        json_path = ev.write_json({
+        csv_path = write_per_case_csv(all_rows, args.out / "per_case.csv")
+        json_path = write_json({
             "truth_dir": str(args.truth),
             "metadata": str(args.metadata) if args.metadata else None,
             "resample_pred": bool(args.resample_pred),
             "methods": methods,
             "ranking": ranks,
-        }, args.out / "summary.json")
+        }, args.out / "summary.json", strict=False)  # NaN statistics (no cases) -> null
         logger.info("wrote %s and %s", csv_path, json_path)
     return 0

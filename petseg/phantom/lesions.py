@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
+from petseg.metadata import COHORTS
 from petseg.phantom.anatomy import BODY_SOFT, Anatomy, Tissue
 from petseg.phantom.canvas import Box, Canvas, label_in, rotation, smooth_noise
 
 T = Tissue
-COHORTS: tuple[str, ...] = ("LYMPHOMA", "LUNG_CANCER", "MELANOMA", "NEGATIVE")
 
 HOT_ORGANS: dict[str, tuple[int, ...]] = {
     "bladder": (T.BLADDER,), "kidney": (T.KIDNEY, T.RENAL_PELVIS), "heart": (T.MYOCARDIUM,),
