@@ -17,6 +17,7 @@ from petseg import __version__
 from petseg.errors import PetsegError
 
 COMMANDS: tuple[str, ...] = (
+    "calibrate",
     "demo",
     "evaluate",
     "export_weights",

@@ -42,7 +42,6 @@ train_folds "$work/tuned" --init "$work/runs/fold_FOLD/best.safetensors" \
   --set optimizer.epochs=300 --set optimizer.lr=0.0003 --set validation.every=100 \
   --set seed=8
 "${petseg[@]}" export-weights "$work"/tuned/fold_{0,1,2,3,4} --out "$root/weights" --fp16
-"$root/.venv/bin/python" "$root/scripts/evaluate_weights.py" --weights "$root/weights" \
-  --out "$work/calibration" --cases 30 --seed 555000 --mode fast --device "$device" \
-  --thresholds 0.4 0.5 0.55 0.6 0.65 0.7 0.75 0.8 --calibrate
-echo "weights written to $root/weights; score them with scripts/evaluate_weights.py"
+"${petseg[@]}" calibrate --weights "$root/weights" --out "$work/calibration" --cases 30 \
+  --seed 555000 --mode fast --device "$device" --thresholds 0.4 0.5 0.55 0.6 0.65 0.7 0.75 0.8
+echo "weights written to $root/weights (thresholds calibrated); score them on held-out phantoms with scripts/evaluate_weights.py"
