@@ -118,11 +118,24 @@ def test_series_choice_and_dicomdir(tmp_path, phantom) -> None:
 
 # ----------------------------------------------------------------------------- predict
 
+def section(phantom, slices: int = 40) -> tuple[sitk.Image, sitk.Image]:
+    """PET and native CT of `slices` PET slices around the slice with most lesion voxels."""
+    per_slice = sitk.GetArrayViewFromImage(phantom.seg).sum(axis=(1, 2))
+    low = int(np.clip(np.argmax(per_slice) - slices // 2, 0, len(per_slice) - slices))
+    pet = phantom.pet[:, :, low: low + slices]
+    z = sorted(pet.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in (0, slices - 1))
+    ct_z = [phantom.ct.TransformIndexToPhysicalPoint((0, 0, k))[2]
+            for k in range(phantom.ct.GetSize()[2])]
+    keep = [k for k, v in enumerate(ct_z) if z[0] - 10 <= v <= z[1] + 10]
+    return pet, phantom.ct[:, :, min(keep): max(keep) + 1]
+
+
 @pytest.fixture(scope="module")
 def dicom_run(tmp_path_factory, phantom, weights, config):
-    """`petseg predict` on the phantom's DICOM (plus extras) and `petseg suv` + predict."""
+    """`petseg predict` on a phantom section's DICOM (plus extras) and `petseg suv` + predict."""
     root = tmp_path_factory.mktemp("dicom_run")
-    written = write_phantom_dicom(phantom, root / "dicom", nac_pet=True)
+    pet, ct = section(phantom)
+    written = write_phantom_dicom(phantom, root / "dicom", nac_pet=True, pet_suv=pet, ct_hu=ct)
     before = tree_digest(root / "dicom")
     code = _predict(root / "dicom", root / "out", weights, config, "--extras",
                     str(root / "extras"))
@@ -212,7 +225,7 @@ def test_seg_uids_are_fresh_unless_seeded(dicom_run) -> None:
     assert uids[2] == uids[3]
     assert len({*uids}) == 5 and len({u for pair in uids for u in pair}) == 10
     one_slice = np.zeros(sitk.GetArrayViewFromImage(mask).shape, np.uint8)
-    one_slice[40, 30:40, 30:40] = 1  # slices without lesion are left out
+    one_slice[20, 30:40, 30:40] = 1  # slices without lesion are left out
     image = sitk.GetImageFromArray(one_slice)
     image.CopyInformation(mask)
     assert int(build_dicom_seg(study, image).NumberOfFrames) == 1

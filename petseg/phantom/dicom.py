@@ -276,10 +276,12 @@ def write_phantom_dicom(case: PhantomCase, out_dir: str | Path, **options: objec
                         ) -> WrittenStudy:
     """`write_dicom_study` of a phantom: its SUV, native CT, patient id, weight and date.
 
-    `options` go to `write_dicom_study` (seed defaults to the phantom's).
+    `options` go to `write_dicom_study` (seed defaults to the phantom's; `pet_suv` and
+    `ct_hu` replace its images, e.g. by a section of them).
     """
     tags = StudyTags(patient_name=f"PHANTOM^{case.seed}", patient_id=case.patient_id,
                      sex=case.patient.sex, weight_kg=round(case.patient.weight, 1),
                      study_uid=case.study_uid, study_date=case.study_date)
-    options = {"seed": case.seed, "tags": tags, **options}
-    return write_dicom_study(out_dir, case.pet, case.ct, **options)  # type: ignore[arg-type]
+    options = {"seed": case.seed, "tags": tags, "pet_suv": case.pet, "ct_hu": case.ct,
+               **options}
+    return write_dicom_study(out_dir, **options)  # type: ignore[arg-type]
