@@ -41,6 +41,7 @@ ENHANCED_PET_SOP_CLASSES: frozenset[str] = frozenset({
     "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image Storage
     "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image Storage
 })
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 SLICE_SPACING_TOLERANCE: float = 0.01
 """Largest relative deviation of one slice gap from the median gap."""
 
@@ -108,7 +109,7 @@ def parse_datetime(text: str) -> dt.datetime:
 
 # ----------------------------------------------------------------------------- files
 
-def _dicom_headers(directory: Path) -> list[tuple[Path, Dataset]]:
+def dicom_headers(directory: Path) -> list[tuple[Path, Dataset]]:
     """(path, header without pixels) of every DICOM file under `directory`."""
     if not directory.is_dir():
         raise PetsegError(f"{directory}: not a folder; pass the folder holding the DICOM series")
@@ -118,15 +119,16 @@ def _dicom_headers(directory: Path) -> list[tuple[Path, Dataset]]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
             continue
-        if "SOPClassUID" in ds and ds.SOPClassUID == "1.2.840.10008.1.3.10":
-            continue  # DICOMDIR
+        if DICOMDIR_SOP_CLASS in (ds.get("SOPClassUID"),
+                                  ds.file_meta.get("MediaStorageSOPClassUID")):
+            continue  # a DICOMDIR indexes files that lie in the tree themselves
         found.append((path, ds))
     return found
 
 
 def _one_series(directory: Path, modality: str) -> list[tuple[Path, Dataset]]:
     """The files of the single `modality` series under `directory`."""
-    headers = [(p, ds) for p, ds in _dicom_headers(directory) if ds.get("Modality") == modality]
+    headers = [(p, ds) for p, ds in dicom_headers(directory) if ds.get("Modality") == modality]
     if not headers:
         raise PetsegError(f"{directory}: no DICOM files of modality {modality}; "
                           f"pass the folder of the {modality} series")
@@ -322,6 +324,38 @@ def _pixels(path: Path) -> tuple[Dataset, np.ndarray]:
         ) from None
 
 
+def pet_series_suv(paths: Sequence[Path], headers: Sequence[Dataset],
+                   weight_kg: float | None = None
+                   ) -> tuple[sitk.Image, SuvParameters, SliceGeometry]:
+    """The PET series made of `paths` (headers without pixels, any order) in SUV.
+
+    Returns:
+        (float32 SUV image, the conversion's parameters, the slice order and grid:
+        image slice k is `paths[geometry.order[k]]`).
+
+    Raises:
+        PetsegError: one line naming the file and the missing tag or problem.
+    """
+    for path, ds in zip(paths, headers, strict=True):
+        if ds.get("SOPClassUID") in ENHANCED_PET_SOP_CLASSES or int(
+                ds.get("NumberOfFrames") or 1) > 1:
+            raise PetsegError(f"{path}: multi-frame (enhanced) PET is not supported; "
+                              f"export the series as single-frame PET images")
+    geometry = slice_geometry(paths, headers)
+    parameters = suv_parameters(paths, headers, weight_kg)
+    slices = []
+    for index in geometry.order:
+        ds, stored = _pixels(paths[index])
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slices.append((stored.astype(np.float64) * slope + intercept) * parameters.factor)
+    image = sitk.GetImageFromArray(np.stack(slices).astype(np.float32))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image, parameters, geometry
+
+
 def read_pet_suv(directory: str | Path, weight_kg: float | None = None
                  ) -> tuple[sitk.Image, SuvParameters]:
     """Read the one PET series under `directory` as a float32 SUV image.
@@ -338,57 +372,46 @@ def read_pet_suv(directory: str | Path, weight_kg: float | None = None
     """
     directory = Path(directory)
     found = _one_series(directory, "PT")
-    paths, headers = [p for p, _ in found], [ds for _, ds in found]
-    for path, ds in found:
-        if ds.get("SOPClassUID") in ENHANCED_PET_SOP_CLASSES or int(
-                ds.get("NumberOfFrames") or 1) > 1:
-            raise PetsegError(f"{path}: multi-frame (enhanced) PET is not supported; "
-                              f"export the series as single-frame PET images")
-    geometry = slice_geometry(paths, headers)
-    parameters = suv_parameters(paths, headers, weight_kg)
-    slices = []
-    for index in geometry.order:
-        path = paths[index]
-        ds, stored = _pixels(path)
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        slices.append((stored.astype(np.float64) * slope + intercept) * parameters.factor)
-    image = sitk.GetImageFromArray(np.stack(slices).astype(np.float32))
-    image.SetSpacing(geometry.spacing)
-    image.SetOrigin(geometry.origin)
-    image.SetDirection(geometry.direction)
+    image, parameters, _ = pet_series_suv([p for p, _ in found], [ds for _, ds in found],
+                                          weight_kg)
     log.info("%s: %d slices, %s, weight %.1f kg, dose %.1f MBq at injection, "
-             "%.1f MBq at %s, SUV factor %.6g", directory, len(slices),
+             "%.1f MBq at %s, SUV factor %.6g", directory, image.GetSize()[2],
              parameters.decay_correction or parameters.units, parameters.weight_kg,
              parameters.injected_dose_bq / 1e6, parameters.decayed_dose_bq / 1e6,
              parameters.reference_time, parameters.factor)
     return image, parameters
 
 
-def read_ct_hu(directory: str | Path) -> sitk.Image:
-    """Read the one CT series under `directory` in HU (int16 when the values allow).
+def ct_series_hu(paths: Sequence[Path], headers: Sequence[Dataset], label: Path) -> sitk.Image:
+    """The CT series made of `paths` (headers without pixels, any order) in HU.
 
     Slices are sorted and checked like PET (`slice_geometry`); SimpleITK's GDCM reader
-    applies RescaleSlope/RescaleIntercept and derives the geometry.
-
-    Raises:
-        PetsegError: no CT series, several, or unreadable files.
+    applies RescaleSlope/RescaleIntercept and derives the geometry. `label` names the
+    series in errors. Returns int16 when the values allow, else the reader's type.
     """
-    directory = Path(directory)
-    found = _one_series(directory, "CT")
-    paths = [p for p, _ in found]
     # The same sorting and checks as for PET (uneven gaps, tilt); GDCM then reads.
-    geometry = slice_geometry(paths, [ds for _, ds in found])
+    geometry = slice_geometry(paths, headers)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(paths[i]) for i in geometry.order])
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise PetsegError(f"{directory}: CT series cannot be read ({last[:120]}); "
+        raise PetsegError(f"{label}: CT series cannot be read ({last[:120]}); "
                           f"check the files") from None
     values = sitk.GetArrayViewFromImage(image)
     if (image.GetPixelID() != sitk.sitkInt16 and np.all(np.mod(values, 1) == 0)
             and values.min(initial=0) >= -32768 and values.max(initial=0) <= 32767):
         image = sitk.Cast(image, sitk.sitkInt16)
     return image
+
+
+def read_ct_hu(directory: str | Path) -> sitk.Image:
+    """Read the one CT series under `directory` in HU (int16 when the values allow).
+
+    Raises:
+        PetsegError: no CT series, several, or unreadable files.
+    """
+    directory = Path(directory)
+    found = _one_series(directory, "CT")
+    return ct_series_hu([p for p, _ in found], [ds for _, ds in found], directory)

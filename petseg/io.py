@@ -16,13 +16,16 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
 from petseg.geometry import Geometry
+
+if TYPE_CHECKING:
+    from petseg.dicom_study import DicomStudy
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,8 @@ _MODALITY_TOKEN = re.compile(r"(?:^|[_.\-])(?:pet|suv|ctres|ct|0000|0001)(?=$|[_
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
 LAYOUTS_HELP = (
     "expected images/pet/ + images/ct/ (one case, or pairs with matching file names), "
-    "case folders in that layout, or the autoPET layout <case>/<date>/SUV.nii.gz + CTres.nii.gz"
+    "case folders in that layout, the autoPET layout <case>/<date>/SUV.nii.gz + CTres.nii.gz, "
+    "or DICOM files of PET/CT studies"
 )
 
 
@@ -125,12 +129,14 @@ class CaseFiles:
         pet: PET (SUV) image file, None if not found.
         ct: CT (HU) image file, None if not found.
         error: why the case cannot run (found while pairing), else None.
+        dicom: for DICOM input, the study and its chosen series (`pet`, `ct` are None).
     """
 
     name: str
     pet: Path | None
     ct: Path | None
     error: str | None = None
+    dicom: DicomStudy | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,12 +217,14 @@ def _autopet_cases(root: Path) -> list[CaseFiles]:
     return cases
 
 
-def find_cases(input_dir: str | Path) -> CaseList:
+def find_cases(input_dir: str | Path, weight_kg: float | None = None) -> CaseList:
     """Find the cases under `input_dir` (see `LAYOUTS_HELP`).
 
     A single case in the grand-challenge layout gives `single=True`; problems with it
     (missing PET or CT, unpairable files) raise `PetsegError`. In a folder of cases a
-    problem with one case is recorded in its `error` instead.
+    problem with one case is recorded in its `error` instead. A folder of DICOM files
+    gives one case per study (`petseg.dicom_study`); `weight_kg` stands in for a missing
+    PatientWeight there.
     """
     root = Path(input_dir)
     if not root.is_dir():
@@ -242,6 +250,11 @@ def find_cases(input_dir: str | Path) -> CaseList:
                 cases.append(dataclasses.replace(found[0], name=safe_name(folder.name)))
         return CaseList(cases, single=False)
     cases = _autopet_cases(root)
+    if cases:
+        return CaseList(cases, single=False)
+    from petseg.dicom_study import find_dicom_cases
+
+    cases = find_dicom_cases(root, weight_kg)
     if cases:
         return CaseList(cases, single=False)
     raise PetsegError(f"{root}: no cases found; {LAYOUTS_HELP}")
@@ -336,6 +349,10 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     The PET comes back as float32 SUV with non-finite voxels set to 0; the CT keeps its
     pixel type, non-finite voxels set to `ct_fill_hu`.
     """
+    if files.dicom is not None:
+        from petseg.dicom_study import read_dicom_case
+
+        return read_dicom_case(files, ct_fill_hu)
     if files.error:
         raise PetsegError(files.error)
     if files.pet is None or files.ct is None:

@@ -6,6 +6,7 @@
 Outputs (grand-challenge contract, evalutils-compatible `results.json`):
     OUTPUT/images/automated-petct-lesion-segmentation/<name>.mha   uint8 0/1, PET grid
     OUTPUT/results.json   one entry per case: inputs, outputs, error_messages
+    OUTPUT/dicom-seg/<name>.dcm   DICOM input only: the mask as a DICOM SEG (`dicom_seg`)
 """
 
 from __future__ import annotations
@@ -191,25 +192,32 @@ def find_weights_dir(candidates: Sequence[str | Path]) -> Path:
 def _entry(files: CaseFiles, output: Path | None, error: str | None,
            seconds: float, lesion_ml: float | None) -> dict[str, Any]:
     """One results.json entry (evalutils' layout plus name, timing and lesion volume)."""
+    dicom = {} if files.dicom is None else {"dicom": files.dicom.summary()}
     return {
         "name": files.name,
-        "inputs": [{"type": "metaio_image", "filename": str(p)} for p in (files.pet, files.ct)
-                   if p is not None],
+        "inputs": files.dicom.inputs() if files.dicom is not None else [
+            {"type": "metaio_image", "filename": str(p)} for p in (files.pet, files.ct)
+            if p is not None],
         "outputs": [] if output is None else [{"type": "metaio_image", "filename": str(output)}],
         "error_messages": [] if error is None else [error],
         "seconds": round(seconds, 3),
         "lesion_volume_ml": lesion_ml,
+        **dicom,
     }
 
 
-def _extras(name: str, pet: sitk.Image, prediction: Prediction,
+def _extras(files: CaseFiles, pet: sitk.Image, prediction: Prediction,
             extras_dir: Path) -> dict[str, Any]:
-    """Write one case's clinical extras; {"extras": paths} or {"extras_error": message}."""
+    """Write one case's clinical extras; {"extras": paths} or {"extras_error": message}.
+
+    A DICOM study's report keeps its patient and study identifiers."""
     from petseg.report import write_extras
 
+    name = files.name
     try:
         paths = write_extras(name, pet, prediction.mask, extras_dir,
-                             fold_probabilities=prediction.fold_probabilities)
+                             fold_probabilities=prediction.fold_probabilities,
+                             identifiers=files.dicom.identifiers() if files.dicom else None)
     except Exception as exc:  # the mask is written; extras must not fail the case
         message = str(exc) if isinstance(exc, PetsegError) else f"{type(exc).__name__}: {exc}"
         log.warning("case %s: extras not written: %s", name, message)
@@ -223,6 +231,8 @@ def predict_cases(
     predictor: Predictor,
     save_probability: bool = False,
     extras_dir: str | Path | None = None,
+    dicom_seg: bool = True,
+    seg_uid_seed: str | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every case and write masks + `results.json` under `output_dir`.
 
@@ -230,7 +240,9 @@ def predict_cases(
     case is recorded with its error and the others still run. With `extras_dir`, each
     case's lesion report, MIP picture and (with two or more folds) uncertainty map go
     there (`petseg.report.write_extras`); a failure there is logged and recorded in the
-    entry's `extras_error`, never fails the case. Returns the entries.
+    entry's `extras_error`, never fails the case. A DICOM study (`files.dicom`) also gets
+    its mask as a DICOM SEG under `OUTPUT/dicom-seg/` unless `dicom_seg` is False
+    (`petseg.dicom_seg`; `seg_uid_seed` makes its UIDs reproducible). Returns the entries.
     """
     output_dir = Path(output_dir)
     mask_dir = output_dir.joinpath(*MASK_FOLDER)
@@ -252,7 +264,19 @@ def predict_cases(
                 prediction = predictor.predict(
                     case.pet, case.ct, probability=save_probability,
                     fold_probabilities=extras_dir is not None and len(predictor.networks) > 1)
+                seg, seg_path = None, None
+                if files.dicom is not None and dicom_seg:
+                    from petseg.dicom_seg import build_dicom_seg
+
+                    seg = build_dicom_seg(files.dicom, prediction.mask, seg_uid_seed, {
+                        "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
+                        "threshold": f"{predictor.config.threshold:g}"})
                 target = write_image(prediction.mask, mask_dir / f"{files.name}.mha")
+                if seg is not None:
+                    from petseg.dicom_seg import SEG_FOLDER, save_dicom_seg
+
+                    seg_path = save_dicom_seg(seg, output_dir.joinpath(*SEG_FOLDER,
+                                                                  f"{files.name}.dcm"))
                 if prediction.probability is not None:
                     write_image(prediction.probability,
                                 output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha"))
@@ -271,8 +295,10 @@ def predict_cases(
             log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds,
                      target)
             results.append(_entry(files, target, None, seconds, round(lesion_ml, 3)))
+            if seg_path is not None:
+                results[-1]["outputs"].append({"type": "dicom_seg", "filename": str(seg_path)})
             if extras_dir is not None:
-                results[-1].update(_extras(files.name, case.pet, prediction, Path(extras_dir)))
+                results[-1].update(_extras(files, case.pet, prediction, Path(extras_dir)))
             del case
     write_json(results, output_dir / RESULTS_NAME)
     return results

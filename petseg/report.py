@@ -349,15 +349,19 @@ def write_report_csv(report: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_case_report(case_name: str, pet: sitk.Image, mask: sitk.Image,
-                      out_dir: str | Path,
-                      uncertainty: sitk.Image | None = None) -> dict[str, Path]:
+                      out_dir: str | Path, uncertainty: sitk.Image | None = None,
+                      identifiers: dict[str, str] | None = None) -> dict[str, Path]:
     """Write `<case>_lesions.json`, `<case>_lesions.csv` and `<case>_mip.png` into `out_dir`.
+
+    `identifiers` (a DICOM study's patient and study attributes) go into the JSON as
+    `"study"`.
 
     Returns:
         {"json": ..., "csv": ..., "png": ...} paths.
     """
     out_dir = Path(out_dir)
-    report = {"case": case_name, **lesion_report(mask, pet, uncertainty)}
+    report = {"case": case_name, **({"study": dict(identifiers)} if identifiers else {}),
+              **lesion_report(mask, pet, uncertainty)}
     paths = {
         "json": write_report_json(report, out_dir / f"{case_name}_lesions.json"),
         "csv": write_report_csv(report, out_dir / f"{case_name}_lesions.csv"),
@@ -369,12 +373,14 @@ def write_case_report(case_name: str, pet: sitk.Image, mask: sitk.Image,
 
 
 def write_extras(case_name: str, pet: sitk.Image, mask: sitk.Image, out_dir: str | Path,
-                 fold_probabilities: list[sitk.Image] | None = None) -> dict[str, Path]:
+                 fold_probabilities: list[sitk.Image] | None = None,
+                 identifiers: dict[str, str] | None = None) -> dict[str, Path]:
     """All clinical outputs of one predicted case, outside the challenge output folder.
 
     Writes the lesion JSON + CSV + MIP PNG (`write_case_report`) and, with two or more
     fold probabilities on the PET grid, `<case>_uncertainty.mha` (their voxel-wise
     standard deviation, float32), which also feeds the report and the picture.
+    `identifiers` go into the lesion JSON (`write_case_report`).
 
     Returns:
         {"json", "csv", "png"[, "uncertainty"]} -> written paths.
@@ -387,4 +393,5 @@ def write_extras(case_name: str, pet: sitk.Image, mask: sitk.Image, out_dir: str
         written["uncertainty"] = write_image(uncertainty, out_dir / f"{case_name}_uncertainty.mha")
     elif fold_probabilities:
         log.info("%s: one fold model, no uncertainty map", case_name)
-    return {**write_case_report(case_name, pet, mask, out_dir, uncertainty), **written}
+    return {**write_case_report(case_name, pet, mask, out_dir, uncertainty, identifiers),
+            **written}

@@ -7,7 +7,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
-HELP = "segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout)"
+HELP = ("segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout, "
+        "or DICOM studies)")
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPOSITORY / "resources" / "inference.json"
@@ -18,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `petseg predict`."""
     parser.add_argument("--input", required=True, type=Path,
                         help="input folder: images/pet + images/ct, case folders in that "
-                             "layout, or the autoPET PETCT_*/<date>/SUV.nii.gz layout")
+                             "layout, the autoPET PETCT_*/<date>/SUV.nii.gz layout, or DICOM "
+                             "files (any nesting; one case per study)")
     parser.add_argument("--output", required=True, type=Path,
                         help="output folder (masks under images/automated-petct-lesion-"
                              "segmentation/, results.json beside)")
@@ -51,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write per case a lesion report (JSON, CSV), a MIP picture "
                              "and, with two or more folds, an uncertainty map into DIR "
                              "(default: off; keep DIR outside the challenge output folder)")
+    parser.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=True,
+                        help="DICOM input: also write each study's mask as a DICOM SEG under "
+                             "OUTPUT/dicom-seg/ (default: on)")
+    parser.add_argument("--seg-uid-seed", default=None, metavar="TEXT",
+                        help="derive the DICOM SEG's series and instance UIDs from TEXT, the "
+                             "study and the mask, so a rerun writes the same UIDs (default: "
+                             "fresh UIDs)")
+    parser.add_argument("--weight-kg", type=float, default=None,
+                        help="DICOM input: patient weight in kg for PET series without "
+                             "PatientWeight (series with it keep theirs)")
     parser.add_argument("--save-probability", action="store_true",
                         help="also write the ensemble probability (float32, PET grid) under "
                              "OUTPUT/probabilities/")
@@ -68,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         if args.extras.resolve() == mask_dir or mask_dir in args.extras.resolve().parents:
             raise PetsegError(f"--extras {args.extras}: lies in the challenge mask folder, "
                               "which must hold only masks; choose another folder")
-    cases = find_cases(args.input)
+    if args.weight_kg is not None and not args.weight_kg > 0:
+        raise PetsegError(f"--weight-kg {args.weight_kg}: must be a positive weight in kg")
+    cases = find_cases(args.input, weight_kg=args.weight_kg)
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
     if args.ensemble:
@@ -85,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                           allow_missing=args.allow_missing_folds,
                           min_component_ml=args.min_lesion_ml)
     results = predict_cases(cases, args.output, predictor, save_probability=args.save_probability,
-                            extras_dir=args.extras)
+                            extras_dir=args.extras, dicom_seg=args.dicom_seg,
+                            seg_uid_seed=args.seg_uid_seed)
     failed = [entry["name"] for entry in results if entry["error_messages"]]
     if failed:
         logging.getLogger(__name__).error("%d of %d case(s) failed: %s (see %s)", len(failed),

@@ -1,0 +1,108 @@
+"""The lesion mask of a DICOM study as a DICOM Segmentation object (highdicom).
+
+One BINARY segment, "FDG-avid lesion": category SCT 49755003 "Morphologically Abnormal
+Structure", type SCT 108369006 "Neoplasm", algorithm type AUTOMATIC, identified as
+petseg with its version (family DCM 123110 "Artificial Intelligence"). Frames lie on the
+PET slices and reference the PET instances (SOPInstanceUID) they were made from; slices
+without lesion are left out (highdicom's `omit_empty_frames`); an empty mask keeps all
+frames. Patient, study and frame-of-reference attributes are copied from the PET.
+
+Series and instance UIDs are fresh for each run. With a seed they are derived from the
+seed, the study, the PET series and the mask's bytes instead, so a rerun on the same
+inputs with the same weights writes the same UIDs, and a different mask never reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import SimpleITK as sitk
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from petseg import __version__
+from petseg.dicom import slice_geometry
+from petseg.dicom_study import DicomStudy
+from petseg.errors import PetsegError
+from petseg.io import atomic_path
+
+logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name UIDs
+
+SEG_FOLDER: tuple[str, ...] = ("dicom-seg",)
+"""Where `petseg predict` writes `<case>.dcm`, under the output folder."""
+SEGMENT_LABEL = "FDG-avid lesion"
+SERIES_NUMBER = 901
+SERIES_DESCRIPTION = "petseg lesion segmentation"
+
+
+def seg_uids(study: DicomStudy, mask_zyx: np.ndarray, seed: str | None) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID): random, or derived from `seed` + inputs + mask."""
+    if seed is None:
+        return generate_uid(), generate_uid()
+    assert study.pet is not None
+    digest = hashlib.sha256(np.ascontiguousarray(mask_zyx, np.uint8).tobytes()).hexdigest()
+    parts = [seed, study.study_uid, study.pet.uid, digest]
+    return (generate_uid(entropy_srcs=[*parts, "series"]),
+            generate_uid(entropy_srcs=[*parts, "instance"]))
+
+
+def build_dicom_seg(study: DicomStudy, mask: sitk.Image, seed: str | None = None,
+                    parameters: dict[str, str] | None = None) -> hd.seg.Segmentation:
+    """The DICOM SEG of `mask` (uint8 0/1 on the grid `petseg.dicom` reads the PET onto).
+
+    Args:
+        study: the study with its chosen PET series (headers suffice).
+        mask: `[z, y, x]` = PET slice k (in slice order along the normal), row, column.
+        seed: makes the UIDs reproducible (see the module docstring); None: fresh UIDs.
+        parameters: algorithm parameters recorded in the segment (e.g. folds, threshold).
+
+    Raises:
+        PetsegError: the mask does not have the PET series' slices, rows and columns.
+    """
+    if study.pet is None:
+        raise PetsegError(f"{study.folder}: no PET series to reference; cannot write a DICOM SEG")
+    pet = study.pet
+    order = slice_geometry(pet.paths, pet.headers).order
+    source = [pet.headers[i] for i in order]
+    array = sitk.GetArrayFromImage(mask).astype(np.uint8)
+    expected = (len(source), int(source[0].Rows), int(source[0].Columns))
+    if array.shape != expected:
+        raise PetsegError(f"{pet.paths[0]}: mask of {array.shape} voxels (z, y, x) does not "
+                          f"match the PET series' {expected}; predict on this PET series")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="petseg", family=codes.cid7162.ArtificialIntelligence, version=__version__,
+        source="petseg", parameters=parameters or None)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+    series_uid, instance_uid = seg_uids(study, array, seed)
+    return hd.seg.Segmentation(
+        source_images=source, pixel_array=array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment], series_instance_uid=series_uid,
+        series_number=SERIES_NUMBER, sop_instance_uid=instance_uid, instance_number=1,
+        manufacturer="petseg", manufacturer_model_name="petseg",
+        software_versions=__version__, device_serial_number=f"petseg-{__version__}",
+        series_description=SERIES_DESCRIPTION, content_label="LESIONS",
+        content_description="FDG-avid lesions segmented by petseg",
+        omit_empty_frames=bool(array.any()))
+
+
+def save_dicom_seg(seg: hd.seg.Segmentation, path: str | Path) -> Path:
+    """Write a built DICOM SEG atomically to `path`; returns `path`."""
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return Path(path)
+
+
+def write_dicom_seg(study: DicomStudy, mask: sitk.Image, path: str | Path,
+                    seed: str | None = None, parameters: dict[str, str] | None = None) -> Path:
+    """`build_dicom_seg` then `save_dicom_seg`."""
+    return save_dicom_seg(build_dicom_seg(study, mask, seed, parameters), path)
