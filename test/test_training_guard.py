@@ -278,3 +278,42 @@ def test_a_validation_dsc_that_falls_to_zero_is_a_collapse() -> None:
     assert collapse_warning(148, 0.0, 0.08, 100) is None  # never above 0.1
     assert collapse_warning(148, 0.02, 0.3, 100) is None
     assert collapse_warning(2, 0.0, -math.inf, 0) is None  # the first validation
+
+
+def _check_rows(dsc: list[str], skipped: int = 0) -> list[dict[str, str]]:
+    return [{"epoch": str(i + 1), "steps": "100", "skipped_steps": str(skipped if i == 0 else 0),
+             "val_mean_dsc": value} for i, value in enumerate(dsc)]
+
+
+def test_training_check_verdict() -> None:
+    from benchmarks.training_check import verdict
+
+    assert verdict(_check_rows(["", "0.2", "0.45"], skipped=3), 0.01, 0.4) == []
+    assert verdict(_check_rows(["0.2", "0.45"], skipped=3), 0.01, 0.4) == [
+        "3 of 200 steps were non-finite (more than 1%)"]
+    assert verdict(_check_rows(["0.2", "0.0", "0.41"]), 0.01, 0.4) == [
+        "validation DSC collapsed to 0 at epoch 2 after 0.2000"]
+    assert verdict(_check_rows(["0.45", "0.3"]), 0.01, 0.4) == [
+        "last validation DSC 0.3000 is below 0.4"]
+
+
+@pytest.mark.slow
+def test_training_check_runs_end_to_end_at_a_tiny_size(tmp_path, capsys) -> None:
+    """benchmarks/training_check.py: 6 small phantoms, 12 steps on the CPU, exit 0."""
+    from benchmarks.training_check import main as check
+
+    assert check(["--work", str(tmp_path), "--phantoms", "6", "--size", "small", "--steps",
+                  "12", "--patch", "32", "--batch", "2", "--every", "2", "--device", "cpu",
+                  "--min-dsc", "0", "--workers", "2",
+                  "--set", "model.preprocessing.target_spacing_mm=6.0",
+                  "--set", "model.network.channels=[8,16,32,64,128]", "--set", "num_threads=2",
+                  "--set", "validation.inference.mode=fast"]) == 0
+    out = capsys.readouterr().out
+    assert "5 training studies, 3 steps per epoch, 4 epochs (12 steps)" in out
+    rows = [line.split(" | ") for line in out.splitlines()
+            if line.startswith(("| 1-2 |", "| 3-4 |"))]
+    assert len(rows) == 2
+    for row in rows:  # epochs, steps, loss, val DSC, skipped, overflow, ...
+        assert row[1] == "6" and math.isfinite(float(row[2])) and 0 <= float(row[3]) <= 1
+        assert row[4:6] == ["0", "0"]
+    assert out.rstrip().endswith("passed")
