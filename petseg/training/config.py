@@ -1,4 +1,5 @@
-"""Training configuration: frozen dataclasses with a JSON round trip; defaults are the paper's.
+"""Training configuration: frozen dataclasses with a JSON round trip; defaults are the paper's
+recipe, plus mixed precision ("auto") and gradient clipping that keep it finite on GPUs.
 
 The paper (Ahamed & Rahmim, autoPET 2023) names the augmentation ranges but not the
 probabilities; those come from the authors' public MONAI training code of the same
