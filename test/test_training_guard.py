@@ -248,12 +248,16 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_state(tmp_path,
 
     Poisoned.start = 0
     monkeypatch.setattr(loop, "EpochLoader", Poisoned)
-    with pytest.raises(PetsegError, match=r"^epoch 1: 2 of 2 training steps had a non-finite "
-                                          r"loss or gradient \(more than 5%\); the run "
-                                          r"stopped, no epoch was saved; start again"):
-        train(tiny_config(epochs=2), cache, splits, 0, tmp_path / "fresh", device="cpu",
-              progress=False)
-    assert not (tmp_path / "fresh" / "last.pt").exists()
+    _assert_stops_unsaved(tiny_config(epochs=2), cache, splits, tmp_path / "fresh",
+                          r"^epoch 1: 2 of 2 training steps had a non-finite loss or gradient "
+                          r"\(more than 5%\); the run stopped, no epoch was saved; start again")
+
+
+def _assert_stops_unsaved(config, cache, splits, run, message: str) -> None:
+    """`train` stops with `message` (a regular expression) and leaves no last.pt."""
+    with pytest.raises(PetsegError, match=message):
+        train(config, cache, splits, 0, run, device="cpu", progress=False)
+    assert not (run / "last.pt").exists()
 
 
 def test_a_non_finite_validation_probability_stops_the_run(tmp_path, monkeypatch) -> None:
@@ -263,12 +267,10 @@ def test_a_non_finite_validation_probability_stops_the_run(tmp_path, monkeypatch
     original = petseg.inference.sliding_window_probability
     monkeypatch.setattr(petseg.inference, "sliding_window_probability",
                         lambda *a, **k: original(*a, **k) * math.nan)
-    with pytest.raises(PetsegError, match=r"^epoch 1: the validation probability is not finite "
-                                          r"in 2 of 2 studies \(PETCT_00/01-01-2001-NA-x "
-                                          r"first\); the run stopped, no epoch was saved"):
-        train(tiny_config(epochs=1), cache, splits, 0, tmp_path / "run", device="cpu",
-              progress=False)
-    assert not (tmp_path / "run" / "last.pt").exists()
+    _assert_stops_unsaved(tiny_config(epochs=1), cache, splits, tmp_path / "run",
+                          r"^epoch 1: the validation probability is not finite in 2 of 2 "
+                          r"studies \(PETCT_00/01-01-2001-NA-x first\); the run stopped, no "
+                          r"epoch was saved")
 
 
 def test_a_validation_dsc_that_falls_to_zero_is_a_collapse() -> None:
