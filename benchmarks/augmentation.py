@@ -9,9 +9,9 @@ Prints samples/s of
     RandAdjustContrastd, RandGaussianNoised) on one CPU core, and on the device when
     it is CUDA (grids made there);
   - the fused sampler (`petseg.training.loader.EpochLoader`), every augmentation on;
-  - training fed by the fused loader (network forward/backward, GDFL, Adam; AMP and
-    channels_last_3d on CUDA): its rate, the step's own rate (input waits excluded) and
-    the share of time spent waiting for input.
+  - training fed by the fused loader (the guarded `train_step`: forward/backward, GDFL,
+    clipping, Adam; amp "auto" and channels_last_3d on CUDA): its rate, the step's own
+    rate (input waits excluded) and the share of time spent waiting for input.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 from petseg.config import NetworkConfig
 from petseg.model import build_network
 from petseg.training.cache import Volume
-from petseg.training.config import AugmentationConfig, LossConfig
+from petseg.training.config import AugmentationConfig, LossConfig, OptimizerConfig
 from petseg.training.loader import EpochLoader
-from petseg.training.loop import train_step
+from petseg.training.loop import resolve_amp, train_step
 from petseg.training.loss import build_loss
 
 BATCH = 4
@@ -124,14 +124,15 @@ def train_parts(device: torch.device, cpu: bool):
     if device.type == "cuda":
         network = network.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    amp_dtype = resolve_amp("auto", device)  # the training default
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     loss_fn = build_loss(LossConfig())
 
     cuda = device.type == "cuda"
 
     def step(image: torch.Tensor, label: torch.Tensor) -> None:
-        train_step(network, image, label, loss_fn, optimizer, scaler,
-                   torch.float16 if cuda else None, cuda)
+        train_step(network, image, label, loss_fn, optimizer, scaler, amp_dtype, cuda,
+                   OptimizerConfig().grad_clip_norm)
 
     return step
 

@@ -66,6 +66,51 @@ def test_two_gloo_processes_agree_on_the_weights_after_a_step(tmp_path) -> None:
     assert not torch.equal(ranks[0]["final"][name], ranks[0]["initial"][name])
 
 
+def _ddp_guard(rank: int, world_size: int, port: int, out: str) -> None:
+    """A NaN batch in rank 1 only: both processes skip the step; then both update."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from petseg.model import build_network
+    from petseg.training.config import LossConfig
+    from petseg.training.distributed import init_distributed, shutdown, wrap_model
+    from petseg.training.loop import train_step
+    from petseg.training.loss import build_loss
+
+    context = init_distributed("cpu")
+    torch.manual_seed(rank)
+    network = build_network(TINY_MODEL.network)
+    model = wrap_model(network, context)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    image = torch.rand(1, 2, 16, 16, 16)
+    label = (torch.rand(1, 1, 16, 16, 16) > 0.9).to(torch.uint8)
+    start = {k: v.clone() for k, v in network.state_dict().items()}
+    bad = image.clone()
+    if rank == 1:
+        bad[0, 0, 0, 0, 0] = float("nan")
+    loss_fn = build_loss(LossConfig())
+    skipped = train_step(model, bad, label, loss_fn, optimizer, scaler, None, False, 12.0)
+    after_skip = {k: v.clone() for k, v in network.state_dict().items()}
+    applied = train_step(model, image, label, loss_fn, optimizer, scaler, None, False, 12.0)
+    torch.save({"skipped": (skipped.skipped, applied.skipped), "start": start,
+                "after_skip": after_skip, "final": network.state_dict()},
+               os.path.join(out, f"guard{rank}.pt"))
+    shutdown(context, together=True)
+
+
+def test_a_non_finite_batch_in_one_process_is_skipped_by_all(tmp_path) -> None:
+    mp.spawn(_ddp_guard, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"guard{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["skipped"] for r in ranks] == [(True, False), (True, False)]
+    for rank in ranks:
+        for key, tensor in rank["start"].items():  # buffers too: rank 1's were restored
+            assert torch.equal(rank["after_skip"][key], tensor), key
+    name = "model.0.conv.unit0.conv.weight"
+    assert not torch.equal(ranks[0]["final"][name], ranks[0]["start"][name])
+    torch.testing.assert_close(ranks[1]["final"][name], ranks[0]["final"][name], rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_train_command_under_torchrun(tmp_path, request) -> None:
     """`torchrun --nproc_per_node 2 -m petseg train` trains, validates all cases, saves once."""

@@ -67,11 +67,11 @@ def test_phantoms_to_weights_to_prediction(tmp_path, monkeypatch) -> None:
     assert main([*train, "--fold", "0", "--out", str(tmp_path / "run0")]) == 130
     monkeypatch.setattr(loop, "EpochLoader", original)
     saved = torch.load(tmp_path / "run0" / "last.pt", weights_only=True)
-    assert saved["epoch"] == 1 and saved["scheduler"]["last_epoch"] == 1
+    assert saved["epoch"] == 1
     steps = saved["optimizer"]["state"][0]["step"]
     assert main([*train, "--fold", "0", "--out", str(tmp_path / "run0"), "--resume"]) == 0
     resumed = torch.load(tmp_path / "run0" / "last.pt", weights_only=True)
-    assert resumed["epoch"] == 2 and resumed["scheduler"]["last_epoch"] == 2
+    assert resumed["epoch"] == 2
     assert resumed["optimizer"]["state"][0]["step"] == 2 * steps
     assert resumed["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     with open(tmp_path / "run0" / "history.csv") as handle:

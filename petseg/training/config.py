@@ -1,4 +1,5 @@
-"""Training configuration: frozen dataclasses with a JSON round trip; defaults are the paper's.
+"""Training configuration: frozen dataclasses with a JSON round trip; defaults are the paper's
+recipe, plus mixed precision ("auto") and gradient clipping that keep it finite on GPUs.
 
 The paper (Ahamed & Rahmim, autoPET 2023) names the augmentation ranges but not the
 probabilities; those come from the authors' public MONAI training code of the same
@@ -106,6 +107,8 @@ class OptimizerConfig:
             takes its own batch, as the authors' DDP code).
         lr, lr_min: learning rate at epoch 0 and at the end of the cosine.
         weight_decay: Adam's L2 weight decay.
+        grad_clip_norm: the gradients' global L2 norm is clipped to this value before
+            each update (after unscaling under fp16; 12 as nnU-Net); null: no clipping.
     """
 
     epochs: int = 300
@@ -113,6 +116,7 @@ class OptimizerConfig:
     lr: float = 1e-3
     lr_min: float = 0.0
     weight_decay: float = 0.0
+    grad_clip_norm: float | None = 12.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +141,10 @@ class TrainingConfig:
         augmentation, loss, optimizer, validation: see their classes.
         seed: base seed; each epoch's patch order and augmentation derive from
             (seed, fold, epoch, sample index), so a resumed run continues identically.
-        amp: mixed precision on CUDA ("off" on CPU whatever the setting).
+        amp: mixed precision of the training step: "auto" (bf16 on CUDA GPUs with native
+            bf16, i.e. Ampere and later; fp16 with the loss scaler on older GPUs; off on
+            the CPU), "bf16", "fp16" (with the loss scaler) or "off" (fp32). An explicit
+            "bf16" or "fp16" also applies on the CPU.
         channels_last: `channels_last_3d` memory format on CUDA (faster convolutions).
         in_memory: load the cached volumes into RAM (else memory-mapped from the cache).
         loader_threads: threads preparing batches ahead of the training step.
@@ -152,7 +159,7 @@ class TrainingConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     validation: ValidationConfig = ValidationConfig()
     seed: int = 0
-    amp: Literal["fp16", "bf16", "off"] = "fp16"
+    amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
     channels_last: bool = True
     in_memory: bool = False
     loader_threads: int = 2
@@ -187,6 +194,9 @@ def check_training_config(config: TrainingConfig) -> None:
             raise PetsegError(f"augmentation.{name} = {value}: must be in [0, 1]")
     if opt.epochs < 1 or opt.batch_size < 1:
         raise PetsegError("optimizer.epochs and optimizer.batch_size must be >= 1")
+    if opt.grad_clip_norm is not None and not opt.grad_clip_norm > 0:
+        raise PetsegError(f"optimizer.grad_clip_norm = {opt.grad_clip_norm}: must be > 0, or "
+                          "null to turn clipping off")
     if config.validation.every < 1:
         raise PetsegError("validation.every must be >= 1 (validation picks the best epoch)")
     if len(config.loss.focal_weight) != config.model.network.out_channels:

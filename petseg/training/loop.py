@@ -5,12 +5,18 @@ A run folder holds::
     RUN/config.json           the TrainingConfig (a resumed run must match it)
     RUN/best.safetensors      best mean validation DSC (petseg.checkpoint, metrics inside)
     RUN/best_validation.json  that epoch's per-case validation metrics
-    RUN/last.pt               state for --resume (weights, optimiser, scheduler, scaler)
+    RUN/last.pt               state for --resume (weights, optimiser, loss scaler)
     RUN/history.csv           one row per epoch; RUN/tensorboard/ the same as curves
 
 `last.pt` holds only tensors and plain containers and is read with
 `torch.load(weights_only=True)`. Random state needs no saving: each epoch's samples
-derive from (seed, fold, epoch), see `petseg.training.loader`.
+derive from (seed, fold, epoch), see `petseg.training.loader`; the learning rate is a
+function of the epoch (`cosine_lr`).
+
+Every step is guarded (`train_step`): a step with a non-finite loss or gradient changes
+nothing. An epoch with more than `STOP_SKIPPED_FRACTION` of such steps, or a validation
+probability that is not finite, stops the run with a `PetsegError`; `last.pt` then keeps
+the last good epoch.
 """
 
 from __future__ import annotations
@@ -41,7 +47,11 @@ from petseg.errors import PetsegError
 from petseg.io import atomic_path
 from petseg.model import build_network
 from petseg.training.cache import check_cache_config, load_volume
-from petseg.training.config import TrainingConfig, training_config_from_dict
+from petseg.training.config import (
+    OptimizerConfig,
+    TrainingConfig,
+    training_config_from_dict,
+)
 from petseg.training.distributed import (
     DistributedContext,
     barrier,
@@ -58,8 +68,17 @@ from petseg.training.splits import load_splits
 
 log = logging.getLogger(__name__)
 
-HISTORY_FIELDS = ("epoch", "train_loss", "lr", "epoch_s", "data_wait_fraction", "val_mean_dsc",
-                  "val_mean_fpv_ml", "val_mean_fnv_ml", "val_cases", "best")
+HISTORY_FIELDS = ("epoch", "train_loss", "lr", "epoch_s", "step_s", "data_wait_fraction",
+                  "steps", "skipped_steps", "overflow_steps", "grad_norm_mean", "grad_norm_max",
+                  "loss_scale", "val_mean_dsc", "val_mean_fpv_ml", "val_mean_fnv_ml", "val_cases",
+                  "best")
+
+STOP_SKIPPED_FRACTION = 0.05
+"""An epoch in which more than this share of the steps had a non-finite loss or gradient
+stops the run."""
+
+COLLAPSE_FROM_DSC = 0.1
+"""A validation mean DSC of 0 after a best above this value is logged as a collapse."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +100,61 @@ class TrainResult:
     history: tuple[dict[str, Any], ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one `train_step` did.
+
+    Attributes:
+        loss: the batch loss (detached fp32 scalar; may be non-finite).
+        grad_norm: global L2 norm of the unscaled gradients before clipping; NaN when the
+            loss was not finite (no backward ran).
+        skipped: the step changed nothing (no update, buffers restored).
+        overflow: fp16 only: skipped because the scaled gradients overflowed while the
+            loss was finite and the loss scale above 1; the scaler halved the scale. This
+            is the scaler's normal search for its scale, not a non-finite step.
+    """
+
+    loss: torch.Tensor
+    grad_norm: float
+    skipped: bool
+    overflow: bool = False
+
+    @property
+    def non_finite(self) -> bool:
+        """Skipped for a non-finite loss or gradient (what the stop rule counts)."""
+        return self.skipped and not self.overflow
+
+
+def _finite_everywhere(value: torch.Tensor) -> bool:
+    """`value` is finite in this process and, under DDP, in every other one."""
+    bad = (~torch.isfinite(value)).any().to(torch.int32).reshape(1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return not bool(bad.item())
+
+
 def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
                loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None,
-               channels_last: bool) -> torch.Tensor:
-    """One optimiser step on a batch `image` `[B, C, D, H, W]`, `label` `[B, 1, D, H, W]`.
+               channels_last: bool, grad_clip_norm: float | None = None) -> StepResult:
+    """One guarded optimiser step on a batch `image` `[B, C, D, H, W]`, `label` `[B, 1, D, H, W]`.
 
-    Mixed precision with `amp_dtype` (None: fp32); returns the detached loss.
+    Mixed precision with `amp_dtype` (None: fp32); under fp16 `scaler` scales the loss
+    and the gradients are unscaled before they are clipped to the global L2 norm
+    `grad_clip_norm` (None: no clipping). A step whose loss or gradients are not finite
+    changes nothing: no optimiser update, and the model's buffers (BatchNorm running
+    statistics and batch counters, which the forward has already updated) are restored.
+    Under DDP every process takes the same decision.
     """
+    buffers = list(model.buffers())
+    before = [buffer.detach().clone() for buffer in buffers]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, before, strict=True):
+                buffer.copy_(value)
+        optimizer.zero_grad(set_to_none=True)
+
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last_3d)
     with torch.autocast(image.device.type, dtype=amp_dtype or torch.float32,
@@ -96,10 +162,66 @@ def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
         logits = model(image)
     loss = loss_fn(logits.float(), label)
     optimizer.zero_grad(set_to_none=True)
+    if not _finite_everywhere(loss.detach()):
+        restore()  # the scale is not to blame: leave the scaler alone
+        return StepResult(loss.detach(), math.nan, skipped=True)
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(
+        parameters, math.inf if grad_clip_norm is None else grad_clip_norm))
+    if not math.isfinite(grad_norm):  # the same in every process: DDP averaged the gradients
+        restore()
+        scaler.update()  # fp16: halves the scale after the overflow unscale_ recorded
+        return StepResult(loss.detach(), grad_norm, skipped=True,
+                          overflow=scaler.is_enabled() and scale > 1.0)
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return StepResult(loss.detach(), grad_norm, skipped=False)
+
+
+def resolve_amp(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the `amp` setting on `device` (None: fp32).
+
+    "auto" is bf16 on CUDA GPUs of compute capability 8 (Ampere) and later, fp16 on older
+    ones (bf16 is emulated there) and fp32 on the CPU.
+    """
+    if setting == "off":
+        return None
+    if setting in ("fp16", "bf16"):
+        return torch.float16 if setting == "fp16" else torch.bfloat16
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def cosine_lr(optimizer_config: OptimizerConfig, epoch: int) -> float:
+    """Learning rate of epoch `epoch` (0-based): cosine from `lr` to `lr_min` over `epochs`.
+
+    The closed form of `torch.optim.lr_scheduler.CosineAnnealingLR`, set per epoch; with
+    no scheduler object, a skipped first step cannot put the schedule out of order.
+    """
+    opt = optimizer_config
+    return opt.lr_min + (opt.lr - opt.lr_min) * (1 + math.cos(math.pi * epoch / opt.epochs)) / 2
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def collapse_warning(epoch: int, mean_dsc: float, best_score: float,
+                     best_epoch: int) -> str | None:
+    """The warning for a validation mean DSC that fell to 0 after a best above
+    `COLLAPSE_FROM_DSC` (None when it did not)."""
+    if mean_dsc == 0.0 and best_score > COLLAPSE_FROM_DSC:
+        return (f"epoch {epoch}: validation mean DSC fell to 0 after {best_score:.4f} at "
+                f"epoch {best_epoch}; the network has collapsed (see skipped_steps and "
+                "grad_norm_max in history.csv)")
+    return None
 
 
 def summarise_validation(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -120,7 +242,8 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
     The lesion probability comes from `petseg.inference.sliding_window_probability`
     (the same windows, overlap and blending as `petseg predict`), thresholded at
     `validation.inference.threshold` (0.5 when null); metrics from
-    `petseg.metrics.case_metrics` on the 2 mm grid.
+    `petseg.metrics.case_metrics` on the 2 mm grid. Each case's `probability_finite`
+    says whether every voxel's probability was finite.
     """
     from petseg.inference import sliding_window_probability
     from petseg.metrics import case_metrics
@@ -135,7 +258,8 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
             probability = sliding_window_probability([network], image, inference, None, device)
             prediction = (probability > inference.mask_threshold()).numpy()  # as postprocessing
             metrics = case_metrics(np.asarray(volume.label), prediction, volume.spacing_mm)
-            results.append({"key": volume.key, **metrics.as_dict()})
+            results.append({"key": volume.key, **metrics.as_dict(),
+                            "probability_finite": bool(torch.isfinite(probability).all())})
     finally:
         # the engine may switch the weights to channels_last_3d; training keeps its own layout
         channels_last = device.type == "cuda" and config.channels_last
@@ -151,12 +275,17 @@ def _save_torch(obj: Any, path: Path) -> None:
 
 
 def _append_history(path: Path, row: dict[str, Any]) -> None:
+    """Append `row`; a file begun with other columns (an older version) keeps its own."""
+    fields: Sequence[str] = HISTORY_FIELDS
+    if path.exists():
+        with path.open(newline="") as handle:
+            fields = next(csv.reader(handle), None) or HISTORY_FIELDS
     new = not path.exists()
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+        writer.writerow({k: row.get(k, "") for k in fields})
 
 
 def _check_run_dir(run_dir: Path, config: TrainingConfig, resume: bool) -> None:
@@ -276,10 +405,11 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
     opt_cfg = config.optimizer
     optimizer = torch.optim.Adam(model.parameters(), lr=opt_cfg.lr,
                                  weight_decay=opt_cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt_cfg.epochs,
-                                                           eta_min=opt_cfg.lr_min)
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.amp) if cuda else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    amp_dtype = resolve_amp(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    log.info("precision: %s (amp %r on %s), gradient clipping: %s",
+             "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+             config.amp, device.type, opt_cfg.grad_clip_norm or "off")
 
     start_epoch, best_epoch, best_score = 0, 0, -math.inf
     best_metrics: dict[str, float] = {}
@@ -287,8 +417,8 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
         state = torch.load(run_dir / "last.pt", map_location=device, weights_only=True)
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved by a disabled scaler
+            scaler.load_state_dict(state["scaler"])
         start_epoch, best_epoch = int(state["epoch"]), int(state["best_epoch"])
         best_score = float(state["best_score"])
         best_metrics = {k: float(v) for k, v in state["best_metrics"].items()}
@@ -296,40 +426,78 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
         log.info("resuming %s at epoch %d (best %.4f at epoch %d)", run_dir, start_epoch + 1,
                  best_score, best_epoch)
 
+    def stop(epoch: int, cause: str) -> PetsegError:
+        """The one-line error of a run stopped at `epoch`, naming the last good state."""
+        if saved_epoch:
+            where = (f"{run_dir / 'last.pt'} keeps epoch {saved_epoch}; continue with "
+                     "--resume")
+        else:
+            where = ("no epoch was saved; start again, e.g. with a lower optimizer.lr or "
+                     "amp bf16")
+        return PetsegError(f"epoch {epoch}: {cause}; the run stopped, {where}")
+
+    saved_epoch = start_epoch
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1) \
         if context.is_main else None
     history: list[dict[str, Any]] = []
     for epoch in range(start_epoch, opt_cfg.epochs):
         started = time.perf_counter()
+        done = epoch + 1
         model.train()
+        lr = cosine_lr(opt_cfg, epoch)
+        _set_lr(optimizer, lr)
         loader = EpochLoader(volumes, config.augmentation, opt_cfg.batch_size, config.seed,
                              fold, epoch, device, context.rank, context.world_size,
                              config.loader_threads, config.prefetch_batches)
-        loss_sum = torch.zeros((), device=device)
-        bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{opt_cfg.epochs}",
+        bar = tqdm(loader, total=len(loader), desc=f"epoch {done}/{opt_cfg.epochs}",
                    unit="step", disable=not (progress and context.is_main), leave=False)
+        losses: list[float] = []
+        norms: list[float] = []
+        non_finite = overflows = 0
         for step, (image, label) in enumerate(bar):
-            loss = train_step(model, image, label, loss_fn, optimizer, scaler, amp_dtype,
-                              cuda and config.channels_last)
-            loss_sum += loss
+            result = train_step(model, image, label, loss_fn, optimizer, scaler, amp_dtype,
+                                cuda and config.channels_last, opt_cfg.grad_clip_norm)
+            loss = float(result.loss)
+            if math.isfinite(loss):
+                losses.append(loss)
+            if not result.skipped:
+                norms.append(result.grad_norm)
+            non_finite += result.non_finite
+            overflows += result.overflow
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        train_loss = mean_over_processes(loss_sum.item() / max(len(loader), 1), context)
+        steps = len(loader)
+        if non_finite > STOP_SKIPPED_FRACTION * steps:
+            raise stop(done, f"{non_finite} of {steps} training steps had a non-finite loss "
+                             f"or gradient (more than {STOP_SKIPPED_FRACTION:.0%})")
+        _set_lr(optimizer, cosine_lr(opt_cfg, done))  # the next epoch's, as last.pt keeps it
+        train_loss = mean_over_processes(float(np.mean(losses)) if losses else math.nan,
+                                         context)
         train_seconds = time.perf_counter() - started
         wait = mean_over_processes(loader.wait_s / max(train_seconds, 1e-9), context)
+        step_s = mean_over_processes((train_seconds - loader.wait_s) / max(steps, 1), context)
 
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr,
-                               "data_wait_fraction": wait}
-        done = epoch + 1
+        row: dict[str, Any] = {
+            "epoch": done, "train_loss": train_loss, "lr": lr, "step_s": step_s,
+            "data_wait_fraction": wait, "steps": steps, "skipped_steps": non_finite,
+            "overflow_steps": overflows,
+            "grad_norm_mean": float(np.mean(norms)) if norms else math.nan,
+            "grad_norm_max": max(norms) if norms else math.nan,
+            "loss_scale": scaler.get_scale() if scaler.is_enabled() else ""}
         improved = False
         if done % config.validation.every == 0 or done == opt_cfg.epochs:
             cases = gather_objects(validate(network, my_val, config, device), context)
+            broken = [c["key"] for c in cases if not c.pop("probability_finite")]
+            if broken:
+                raise stop(done, f"the validation probability is not finite in {len(broken)} "
+                                 f"of {len(cases)} studies ({broken[0]} first)")
             summary = summarise_validation(cases)
             row.update(val_mean_dsc=summary[DSC_KEY], val_mean_fpv_ml=summary["mean_fpv_ml"],
                        val_mean_fnv_ml=summary["mean_fnv_ml"], val_cases=len(cases))
+            warning = collapse_warning(done, summary[DSC_KEY], best_score, best_epoch)
+            if warning and context.is_main:
+                log.warning("%s", warning)
             score = summary[DSC_KEY] if math.isfinite(summary[DSC_KEY]) else -math.inf
             if best_epoch == 0 or score > best_score:
                 improved, best_epoch, best_score, best_metrics = True, done, score, summary
@@ -343,7 +511,6 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
                 "epoch": done,
                 "model": network.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "best_epoch": best_epoch,
                 "best_score": best_score,
@@ -352,10 +519,12 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
             }, run_dir / "last.pt")
             _append_history(run_dir / "history.csv", row)
             _log_scalars(writer, row)
-            log.info("epoch %d/%d loss %.4f lr %.2e%s (%.1f s, data wait %.0f%%)", done,
+            log.info("epoch %d/%d loss %.4f lr %.2e%s%s (%.1f s, data wait %.0f%%)", done,
                      opt_cfg.epochs, train_loss, lr,
                      f" val DSC {row['val_mean_dsc']:.4f}" if "val_mean_dsc" in row else "",
-                     row["epoch_s"], 100 * wait)
+                     f" skipped {non_finite + overflows}/{steps}" if non_finite + overflows
+                     else "", row["epoch_s"], 100 * wait)
+        saved_epoch = done
         history.append(row)
         barrier(context)
     if writer is not None:
@@ -397,9 +566,14 @@ def _log_scalars(writer: Any, row: dict[str, Any]) -> None:
     epoch = row["epoch"]
     for name, tag in (("train_loss", "train/loss"), ("lr", "train/lr"),
                       ("data_wait_fraction", "train/data_wait_fraction"),
+                      ("skipped_steps", "train/skipped_steps"),
+                      ("overflow_steps", "train/overflow_steps"),
+                      ("grad_norm_mean", "train/grad_norm_mean"),
+                      ("grad_norm_max", "train/grad_norm_max"),
+                      ("loss_scale", "train/loss_scale"), ("step_s", "time/step_s"),
                       ("epoch_s", "time/epoch_s"), ("val_mean_dsc", "val/mean_dsc"),
                       ("val_mean_fpv_ml", "val/mean_fpv_ml"),
                       ("val_mean_fnv_ml", "val/mean_fnv_ml")):
-        if name in row and row[name] is not None and math.isfinite(float(row[name])):
+        if row.get(name) not in (None, "") and math.isfinite(float(row[name])):
             writer.add_scalar(tag, float(row[name]), epoch)
     writer.flush()

@@ -1,0 +1,321 @@
+"""The guarded training step, gradient clipping, mixed precision and the stop rules (CPU)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import functools
+import math
+import re
+import warnings
+
+import pytest
+import torch
+from training_fixtures import TINY_MODEL, synthetic_cache, tiny_config
+
+from petseg.cli import main
+from petseg.config import save_json
+from petseg.errors import PetsegError
+from petseg.model import build_network
+from petseg.training import loop
+from petseg.training.config import OptimizerConfig, TrainingConfig
+from petseg.training.loop import collapse_warning, resolve_amp, train, train_step
+from petseg.training.loss import build_loss
+
+torch.set_num_threads(2)
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image `[2, 2, 16, 16, 16]` (PET ~1 SUV with a hot cube) and its 0/1 label."""
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(2, 2, 16, 16, 16, generator=generator)
+    label = torch.zeros(2, 1, 16, 16, 16, dtype=torch.uint8)
+    label[:, :, 4:9, 5:10, 6:11] = 1
+    image[:, 0:1][label.bool()] += 5.0
+    return image, label
+
+
+def _parts(lr: float = 1e-3, optimizer: str = "adam", scaler: bool = False, **scaler_args):
+    torch.manual_seed(0)
+    network = build_network(TINY_MODEL.network)  # BatchNorm, PReLU
+    make = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    return (network, build_loss(TrainingConfig().loss), make(network.parameters(), lr=lr),
+            torch.amp.GradScaler("cpu", enabled=scaler, **scaler_args))
+
+
+def _snapshot(network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    return ({k: v.clone() for k, v in network.state_dict().items()},
+            copy.deepcopy(optimizer.state_dict()))
+
+
+def _assert_unchanged(network, optimizer, before) -> None:
+    state, optimizer_state = before
+    now = network.state_dict()
+    assert any(k.endswith("running_mean") for k in now) and \
+        any(k.endswith("num_batches_tracked") for k in now)
+    for name, tensor in state.items():  # parameters and BatchNorm buffers, bit for bit
+        assert torch.equal(now[name], tensor), name
+    after = optimizer.state_dict()
+    assert after["param_groups"] == optimizer_state["param_groups"]
+    for index, values in optimizer_state["state"].items():  # Adam step, exp_avg, exp_avg_sq
+        for key, value in values.items():
+            assert torch.equal(after["state"][index][key], value), (index, key)
+
+
+def _nan_gradient_loss(loss_fn):
+    """A loss that is finite (its value) but whose gradient is NaN (sqrt at 0)."""
+    def loss(logits, label):
+        return loss_fn(logits, label) + (logits * 0).sum().sqrt()
+    return loss
+
+
+@pytest.mark.parametrize("cause", ["input", "gradient"])
+def test_a_non_finite_step_changes_nothing(cause) -> None:
+    network, loss_fn, optimizer, scaler = _parts()
+    image, label = _batch()
+    first = train_step(network, image, label, loss_fn, optimizer, scaler, None, False)
+    assert not first.skipped and math.isfinite(first.grad_norm)  # Adam has state now
+    before = _snapshot(network, optimizer)
+    if cause == "input":  # one NaN voxel: the forward's BatchNorm statistics become NaN
+        bad = image.clone()
+        bad[1, 0, 3, 3, 3] = math.nan
+        result = train_step(network, bad, label, loss_fn, optimizer, scaler, None, False)
+        assert math.isnan(float(result.loss)) and math.isnan(result.grad_norm)
+    else:  # a finite loss with NaN gradients (the forward's statistics are finite)
+        result = train_step(network, image, label, _nan_gradient_loss(loss_fn), optimizer,
+                            scaler, None, False)
+        assert math.isfinite(float(result.loss)) and math.isnan(result.grad_norm)
+    assert result.skipped and result.non_finite and not result.overflow
+    _assert_unchanged(network, optimizer, before)
+    assert all(p.grad is None for p in network.parameters())
+    assert not train_step(network, image, label, loss_fn, optimizer, scaler, None,
+                          False).skipped  # the next good batch trains
+
+
+def test_fp16_overflow_backs_the_scale_off_and_changes_nothing() -> None:
+    """Scaled gradients beyond fp16: the scaler halves its scale; nothing else changes."""
+    network, loss_fn, optimizer, scaler = _parts(scaler=True, init_scale=2.0**40)
+    image, label = _batch()
+    before = _snapshot(network, optimizer)
+    result = train_step(network, image, label, loss_fn, optimizer, scaler, torch.float16,
+                        False)
+    assert result.skipped and result.overflow and not result.non_finite
+    assert math.isfinite(float(result.loss)) and scaler.get_scale() == 2.0**39
+    _assert_unchanged(network, optimizer, before)
+    # a NaN loss is not the scale's fault: the scale stays
+    bad = image.clone()
+    bad[0, 1, 0, 0, 0] = math.inf
+    result = train_step(network, bad, label, loss_fn, optimizer, scaler, torch.float16, False)
+    assert result.non_finite and scaler.get_scale() == 2.0**39
+    _assert_unchanged(network, optimizer, before)
+
+
+@pytest.mark.parametrize("amp", [None, torch.float16])
+def test_clipping_bounds_the_update_of_the_unscaled_gradients(amp) -> None:
+    """SGD with lr 1 moves the parameters by minus the clipped gradient: its norm is the
+    clip value (under fp16 too: the gradients are unscaled before clipping)."""
+    image, label = _batch()
+    moves = {}
+    for clip in (None, 0.01):
+        network, loss_fn, optimizer, scaler = _parts(lr=1.0, optimizer="sgd",
+                                                     scaler=amp is not None, init_scale=256.0)
+        before = [p.detach().clone() for p in network.parameters()]
+        result = train_step(network, image, label, loss_fn, optimizer, scaler, amp, False,
+                            grad_clip_norm=clip)
+        assert not result.skipped
+        moves[clip] = torch.linalg.vector_norm(torch.stack([
+            torch.linalg.vector_norm(p.detach() - b) for p, b in
+            zip(network.parameters(), before, strict=True)])).item()
+        assert result.grad_norm == pytest.approx(moves[None], rel=1e-3)  # before clipping
+    assert moves[None] > 1.0
+    assert moves[0.01] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_amp_auto_resolves_per_device(monkeypatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_amp("auto", cpu) is None and resolve_amp("off", cuda) is None
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    assert resolve_amp("fp16", cpu) is torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))  # H100
+    assert resolve_amp("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))  # T4
+    assert resolve_amp("auto", cuda) is torch.float16
+    assert TrainingConfig().amp == "auto" and TrainingConfig().optimizer.grad_clip_norm == 12.0
+    with pytest.raises(PetsegError, match=r"grad_clip_norm = 0\.0: must be > 0, or null"):
+        TrainingConfig(optimizer=OptimizerConfig(grad_clip_norm=0.0))
+
+
+def test_bf16_steps_train_on_the_cpu() -> None:
+    network, loss_fn, optimizer, _ = _parts(lr=3e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    dtypes = []
+    first_conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv3d))
+    first_conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    image, label = _batch()
+    losses = [float(train_step(network, image, label, loss_fn, optimizer, scaler,
+                               torch.bfloat16, False).loss) for _ in range(4)]
+    assert set(dtypes) == {torch.bfloat16}  # autocast was on
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+def _history(run) -> list[dict[str, str]]:
+    with open(run / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monkeypatch) -> None:
+    """1 non-finite step of 20 (5 %, not more) is skipped and counted; the run goes on."""
+    cache, splits = synthetic_cache(tmp_path, n=30)  # 20 training studies
+    original = loop.build_loss
+
+    def loss_nan_once(config):
+        loss_fn, calls = original(config), []
+
+        def loss(logits, label):
+            calls.append(1)
+            return loss_fn(logits, label) * (math.nan if len(calls) == 7 else 1.0)
+        return loss
+
+    monkeypatch.setattr(loop, "build_loss", loss_nan_once)
+    config = tiny_config(epochs=1, amp="auto")
+    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                       batch_size=1))
+    result = train(config, cache, splits, 0, tmp_path / "run", device="cpu", progress=False)
+    row = _history(tmp_path / "run")[0]
+    assert (row["steps"], row["skipped_steps"], row["overflow_steps"]) == ("20", "1", "0")
+    assert row["loss_scale"] == ""  # auto on the CPU: fp32, no loss scaler
+    assert math.isfinite(float(row["train_loss"])) and 0 < float(row["grad_norm_mean"]) <= \
+        float(row["grad_norm_max"])
+    assert float(row["step_s"]) > 0 and result.history[0]["skipped_steps"] == 1
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+    assert state["optimizer"]["state"][0]["step"] == 19  # one update per applied step
+
+
+def test_overflowing_first_steps_raise_no_scheduler_warning(tmp_path, monkeypatch) -> None:
+    """fp16 with a loss scale so high that no step of the first epochs updates: the
+    learning rate still follows the cosine and PyTorch's scheduler-order warning (an error
+    here) cannot appear."""
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        functools.partial(torch.amp.GradScaler, init_scale=2.0**60))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=re.escape("Detected call of `lr_scheduler"))
+        result = train(tiny_config(epochs=2, amp="fp16"), cache, splits, 0, tmp_path / "run",
+                       device="cpu", progress=False)
+    rows = _history(tmp_path / "run")
+    assert [(r["overflow_steps"], r["skipped_steps"]) for r in rows] == [("2", "0")] * 2
+    assert [float(r["loss_scale"]) for r in rows] == [2.0**58, 2.0**56]
+    assert [r["lr"] for r in result.history] == pytest.approx([3e-3, 1.5e-3])
+
+
+def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_state(tmp_path, monkeypatch,
+                                                                        capsys) -> None:
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    config = tmp_path / "train.json"
+    save_json(tiny_config(epochs=2), config)
+    original = loop.EpochLoader
+
+    class Poisoned(original):  # type: ignore[misc, valid-type]
+        """From epoch index `start` on every batch holds a NaN voxel."""
+
+        start = 1
+
+        def __iter__(self):
+            for image, label in super().__iter__():
+                if self.epoch >= self.start:
+                    image = image.clone()
+                    image[0, 0, 0, 0, 0] = math.nan
+                yield image, label
+
+    run = tmp_path / "run"
+    command = ["train", "--cache", str(cache), "--splits", str(splits), "--fold", "0", "--out",
+               str(run), "--config", str(config), "--device", "cpu", "--quiet"]
+    monkeypatch.setattr(loop, "EpochLoader", Poisoned)
+    capsys.readouterr()
+    assert main(command) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (f"petseg train: error: epoch 2: 2 of 2 training steps had a non-finite "
+                     f"loss or gradient (more than 5%); the run stopped, {run / 'last.pt'} "
+                     "keeps epoch 1; continue with --resume")
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(_history(run)) == 1
+    assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
+    monkeypatch.setattr(loop, "EpochLoader", original)
+    assert main([*command, "--resume"]) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
+
+    Poisoned.start = 0
+    monkeypatch.setattr(loop, "EpochLoader", Poisoned)
+    _assert_stops_unsaved(tiny_config(epochs=2), cache, splits, tmp_path / "fresh",
+                          r"^epoch 1: 2 of 2 training steps had a non-finite loss or gradient "
+                          r"\(more than 5%\); the run stopped, no epoch was saved; start again")
+
+
+def _assert_stops_unsaved(config, cache, splits, run, message: str) -> None:
+    """`train` stops with `message` (a regular expression) and leaves no last.pt."""
+    with pytest.raises(PetsegError, match=message):
+        train(config, cache, splits, 0, run, device="cpu", progress=False)
+    assert not (run / "last.pt").exists()
+
+
+def test_a_non_finite_validation_probability_stops_the_run(tmp_path, monkeypatch) -> None:
+    import petseg.inference
+
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    original = petseg.inference.sliding_window_probability
+    monkeypatch.setattr(petseg.inference, "sliding_window_probability",
+                        lambda *a, **k: original(*a, **k) * math.nan)
+    _assert_stops_unsaved(tiny_config(epochs=1), cache, splits, tmp_path / "run",
+                          r"^epoch 1: the validation probability is not finite in 2 of 2 "
+                          r"studies \(PETCT_00/01-01-2001-NA-x first\); the run stopped, no "
+                          r"epoch was saved")
+
+
+def test_a_validation_dsc_that_falls_to_zero_is_a_collapse() -> None:
+    assert collapse_warning(148, 0.0, 0.204, 100) == (
+        "epoch 148: validation mean DSC fell to 0 after 0.2040 at epoch 100; the network has "
+        "collapsed (see skipped_steps and grad_norm_max in history.csv)")
+    assert collapse_warning(148, 0.0, 0.08, 100) is None  # never above 0.1
+    assert collapse_warning(148, 0.02, 0.3, 100) is None
+    assert collapse_warning(2, 0.0, -math.inf, 0) is None  # the first validation
+
+
+def _check_rows(dsc: list[str], skipped: int = 0) -> list[dict[str, str]]:
+    return [{"epoch": str(i + 1), "steps": "100", "skipped_steps": str(skipped if i == 0 else 0),
+             "val_mean_dsc": value} for i, value in enumerate(dsc)]
+
+
+def test_training_check_verdict() -> None:
+    from benchmarks.training_check import verdict
+
+    assert verdict(_check_rows(["", "0.2", "0.45"], skipped=3), 0.01, 0.4) == []
+    assert verdict(_check_rows(["0.2", "0.45"], skipped=3), 0.01, 0.4) == [
+        "3 of 200 steps were non-finite (more than 1%)"]
+    assert verdict(_check_rows(["0.2", "0.0", "0.41"]), 0.01, 0.4) == [
+        "validation DSC collapsed to 0 at epoch 2 after 0.2000"]
+    assert verdict(_check_rows(["0.45", "0.3"]), 0.01, 0.4) == [
+        "last validation DSC 0.3000 is below 0.4"]
+
+
+@pytest.mark.slow
+def test_training_check_runs_end_to_end_at_a_tiny_size(tmp_path, capsys) -> None:
+    """benchmarks/training_check.py: 6 small phantoms, 12 steps on the CPU, exit 0."""
+    from benchmarks.training_check import main as check
+
+    assert check(["--work", str(tmp_path), "--phantoms", "6", "--size", "small", "--steps",
+                  "12", "--patch", "32", "--batch", "2", "--every", "2", "--device", "cpu",
+                  "--min-dsc", "0", "--workers", "2",
+                  "--set", "model.preprocessing.target_spacing_mm=6.0",
+                  "--set", "model.network.channels=[8,16,32,64,128]", "--set", "num_threads=2",
+                  "--set", "validation.inference.mode=fast"]) == 0
+    out = capsys.readouterr().out
+    assert "5 training studies, 3 steps per epoch, 4 epochs (12 steps)" in out
+    rows = [line.split(" | ") for line in out.splitlines()
+            if line.startswith(("| 1-2 |", "| 3-4 |"))]
+    assert len(rows) == 2
+    for row in rows:  # epochs, steps, loss, val DSC, skipped, overflow, ...
+        assert row[1] == "6" and math.isfinite(float(row[2])) and 0 <= float(row[3]) <= 1
+        assert row[4:6] == ["0", "0"]
+    assert out.rstrip().endswith("passed")
