@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from petseg.cli import main, prepare_environment
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, describe_os_error
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,7 +29,13 @@ def arguments(extra: list[str]) -> list[str]:
 if __name__ == "__main__":
     try:
         prepare_environment()  # a usable temp dir and user before torch is imported
+        argv = arguments(sys.argv[1:])  # an unreadable /opt/ml/model raises, never falls back
     except PetsegError as exc:
         print(f"process.py: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    raise SystemExit(main(arguments(sys.argv[1:])))
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"process.py: error: {describe_os_error(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(main(argv))

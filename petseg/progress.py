@@ -48,7 +48,7 @@ class CaseProgress:
                 from tqdm import tqdm
 
                 self._bar = tqdm(total=total, desc=f"case {self.name}", unit="window",
-                                 file=self.stream, leave=False)
+                                 file=self.stream, leave=False, mininterval=0)
             self._bar.total = total
             self._bar.update(done - self._bar.n)
             return
