@@ -285,13 +285,13 @@ def test_help_lists_predict(capsys) -> None:
 
 # ---- outputs tell the truth; the environment of any uid -----------------------------------
 
-def test_an_output_that_is_not_a_folder_fails_before_any_computation(tmp_path, case,
+def test_an_output_that_is_not_a_folder_fails_before_any_computation(tmp_path, case, config,
                                                                       capsys) -> None:
     inp = _challenge_input(tmp_path / "input", *case)
     blocker = tmp_path / "file"
     blocker.write_text("")
     # no weights at all: a check after loading them would report those instead
-    code = _predict(inp, blocker / "out", tmp_path / "no-weights", tmp_path / "no.json")
+    code = _predict(inp, blocker / "out", tmp_path / "no-weights", config)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err == [f"petseg predict: error: {blocker / 'out'}: not writable by uid "
@@ -300,7 +300,7 @@ def test_an_output_that_is_not_a_folder_fails_before_any_computation(tmp_path, c
                    "$(id -u):$(id -g)"]
 
 
-def test_an_output_without_write_permission_fails_first(tmp_path, case, capsys,
+def test_an_output_without_write_permission_fails_first(tmp_path, case, config, capsys,
                                                         monkeypatch) -> None:
     # tests run as root, who may write anywhere: the denial comes from the probe file
     import tempfile
@@ -313,7 +313,7 @@ def test_an_output_without_write_permission_fails_first(tmp_path, case, capsys,
         raise PermissionError(13, "Permission denied", str(Path(dir) / ".petseg-write-check"))
 
     monkeypatch.setattr(tempfile, "mkstemp", denied)
-    code = _predict(inp, out, tmp_path / "no-weights", tmp_path / "no.json")
+    code = _predict(inp, out, tmp_path / "no-weights", config)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err == [f"petseg predict: error: {out}: not writable by uid {os.getuid()} "

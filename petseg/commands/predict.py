@@ -72,6 +72,7 @@ def _interrupt_on_sigterm() -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
     from petseg.config import InferenceConfig, load_json
+    from petseg.engine import check_settings
     from petseg.errors import PetsegError
     from petseg.io import check_writable, find_cases
     from petseg.pipeline import (
@@ -88,6 +89,18 @@ def run(args: argparse.Namespace) -> int:
         if args.extras.resolve() == mask_dir or mask_dir in args.extras.resolve().parents:
             raise PetsegError(f"--extras {args.extras}: lies in the challenge mask folder, "
                               "which must hold only masks; choose another folder")
+    # settings first: a usage error touches no output
+    config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
+    if args.ensemble:
+        config = dataclasses.replace(config, ensemble=args.ensemble)
+    if args.mode:
+        config = dataclasses.replace(config, mode=args.mode)
+    if args.threshold is not None:
+        config = dataclasses.replace(config, threshold=args.threshold)
+    if args.time_budget is not None:
+        config = dataclasses.replace(config, time_budget_s=args.time_budget)
+    check_settings(config)
     # every folder this run writes, before any computation
     check_writable(args.output)
     check_writable(args.output.joinpath(*MASK_FOLDER))
@@ -98,16 +111,6 @@ def run(args: argparse.Namespace) -> int:
     cases = find_cases(args.input)
     _interrupt_on_sigterm()
     try:
-        config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-        config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
-        if args.ensemble:
-            config = dataclasses.replace(config, ensemble=args.ensemble)
-        if args.mode:
-            config = dataclasses.replace(config, mode=args.mode)
-        if args.threshold is not None:
-            config = dataclasses.replace(config, threshold=args.threshold)
-        if args.time_budget is not None:
-            config = dataclasses.replace(config, time_budget_s=args.time_budget)
         weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
                                                     REPOSITORY / "weights"])
         predictor = Predictor(weights, config, device=args.device,
