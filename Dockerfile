@@ -23,6 +23,9 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/petseg/bin:/opt/venv/bin:$PATH
 # uid/gid 10001 clash with no account of the base images. /output is created owned by
 # the user, so a fresh named volume mounted there is writable.
+# USER/LOGNAME: `docker run --user UID` gives a uid without an account, whose name
+# getpass.getuser() (MONAI) then cannot find; petseg also replaces an unwritable HOME.
+ENV USER=user LOGNAME=user
 RUN groupadd --system --gid 10001 user \
     && useradd --system --no-log-init --create-home --uid 10001 --gid user user \
     && mkdir -p /opt/app /input /output \

@@ -8,15 +8,16 @@ else from the image's own weights/ folder. Extra arguments are passed on to
 import sys
 from pathlib import Path
 
-from petseg.cli import main
-from petseg.errors import PetsegError
-from petseg.pipeline import find_weights_dir
+from petseg.cli import main, prepare_environment
+from petseg.errors import PetsegError, describe_os_error
 
 HERE = Path(__file__).resolve().parent
 
 
 def arguments(extra: list[str]) -> list[str]:
     """The `petseg predict` command line for the challenge's fixed folders."""
+    from petseg.pipeline import find_weights_dir  # imports torch: after prepare_environment
+
     try:
         weights = find_weights_dir([Path("/opt/ml/model"), HERE / "weights"])
     except PetsegError:
@@ -26,4 +27,15 @@ def arguments(extra: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(arguments(sys.argv[1:])))
+    try:
+        prepare_environment()  # a usable temp dir and user before torch is imported
+        argv = arguments(sys.argv[1:])  # an unreadable /opt/ml/model raises, never falls back
+    except PetsegError as exc:
+        print(f"process.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"process.py: error: {describe_os_error(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(main(argv))

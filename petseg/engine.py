@@ -40,6 +40,7 @@ import torch
 
 from petseg.config import InferenceConfig, PreprocessingConfig
 from petseg.errors import PetsegError
+from petseg.progress import window_progress
 
 log = logging.getLogger(__name__)
 
@@ -678,6 +679,9 @@ def _run_plan(
             for index, start in enumerate(batch_starts):
                 accumulator[_window_slices(start, plan.window)] += probability[index]
             del probability
+            if (report := window_progress.get()) is not None:
+                report(passes * len(plan.starts) + first + len(batch_starts),
+                       len(flips) * len(plan.starts))
         passes += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -7,3 +7,20 @@ class PetsegError(Exception):
     The message is one line that names the offending file or setting and says how to fix
     it; the command-line interface prints it on stderr and exits non-zero.
     """
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error on a file: the file, why, and the fix."""
+    import errno
+    import os
+
+    where = exc.filename or "a file"
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"{where}: {why.lower()} for uid {os.getuid()}; make it readable (chmod a+r, "
+                "or a+rX for a folder) or run as its owner")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{where}: {why.lower()}; free space there or write elsewhere"
+    if exc.errno == errno.EROFS:
+        return f"{where}: on a read-only file system; mount a writable folder there"
+    return f"{where}: {why}; check the file and its folder"

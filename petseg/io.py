@@ -48,24 +48,160 @@ def image_stem(path: str | Path) -> str:
     return name[: len(name) - len(suffix)] if suffix else Path(path).stem
 
 
+SPACING_RANGE_MM = (0.1, 20.0)
+"""Voxel sizes a PET or CT can have: scanners write 0.3-5 mm (CT) and 1.5-6 mm (PET); a
+size outside this range is a header in the wrong unit (m, µm) or corrupt."""
+ORTHONORMAL_TOLERANCE = 1e-3
+"""Largest |D^T D - I| entry of a direction matrix; DICOM orientations carry about six
+decimals, so real images are orthonormal to 1e-5."""
+
+
+def _header_spacing(path: Path) -> list[float] | None:
+    """Voxel sizes as written in the header (before the reader normalizes their signs).
+
+    Read for MetaImage (`ElementSpacing`) and NIfTI (`pixdim`); None for other formats
+    or an unreadable header.
+    """
+    import gzip
+    import struct
+
+    suffix = image_suffix(path)
+    try:
+        if suffix in (".mha", ".mhd"):
+            with path.open("rb") as handle:
+                head = handle.read(65536).decode("latin-1")
+            match = re.search(r"^\s*Element(?:Spacing|Size)\s*=\s*(.+)$", head, re.MULTILINE)
+            return [float(v) for v in match.group(1).split()] if match else None
+        if suffix in (".nii", ".nii.gz"):
+            opener = gzip.open if suffix == ".nii.gz" else open
+            with opener(path, "rb") as handle:
+                header = handle.read(348)
+            for order in "<>":
+                if len(header) == 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+                    return list(struct.unpack(order + "8f", header[76:108])[1:4])
+    except (OSError, ValueError, EOFError):
+        return None
+    return None
+
+
+def _read_failure(path: Path, exc: Exception) -> str:
+    """One line saying why SimpleITK could not read the existing file `path`."""
+    text = str(exc)
+    if not os.access(path, os.R_OK):
+        return (f"{path}: not readable by this user (uid {os.getuid()}); make it readable "
+                "(chmod a+r) or run as its owner")
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path}: is empty (0 bytes); copy the file again"
+    match = re.search(r"Refusing to change spacing from .* to \[?([^\]\n]*)", text)
+    if match:
+        return (f"{path}: voxel spacing [{match.group(1).strip()}] in the header is not "
+                "positive; write the image with its true voxel size in mm")
+    if "Bad direction" in text:
+        return (f"{path}: the direction matrix in the header is singular (its axes are not "
+                "independent); write the image with its scanner orientation")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return (f"{path}: is not an image SimpleITK can read, or its header is corrupt "
+                f"({size:,} bytes); replace the file")
+    voxels = int(np.prod(reader.GetSize()))
+    item = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
+    with path.open("rb") as handle:
+        head = handle.read(65536)
+    marker = re.search(rb"ElementDataFile\s*=\s*LOCAL\r?\n", head)
+    if marker and image_suffix(path) == ".mha" and b"CompressedData = True" not in head:
+        return (f"{path}: is truncated: {size - marker.end():,} of {voxels * item:,} bytes of "
+                "voxel data; copy the file again")
+    return (f"{path}: is truncated or corrupt: the header describes {voxels:,} voxels "
+            f"({' x '.join(map(str, reader.GetSize()))}), the file holds {size:,} bytes; "
+            "copy the file again")
+
+
+def _check_gzip_complete(path: Path, image: sitk.Image) -> None:
+    """Refuse a truncated `.nii.gz`, which the NIfTI reader fills up silently.
+
+    The gzip trailer holds the uncompressed size (mod 2**32); only when it disagrees with
+    the header's voxel offset plus the voxels is the whole stream decompressed to decide.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as handle:
+            header = handle.read(348)
+        order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+        offset = int(struct.unpack(order + "f", header[108:112])[0])
+        with path.open("rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            trailer = struct.unpack("<I", handle.read(4))[0]
+    except (OSError, EOFError, struct.error):
+        return  # SimpleITK read it; nothing better to say
+    item = sitk.GetArrayViewFromImage(image).itemsize
+    expected = offset + image.GetNumberOfPixels() * item
+    if trailer == expected % 2**32:
+        return
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+    except (EOFError, zlib.error, OSError):
+        raise PetsegError(
+            f"{path}: is truncated or corrupt: the compressed stream ends early "
+            f"({path.stat().st_size:,} bytes on disk, {expected:,} expected uncompressed); "
+            "copy the file again"
+        ) from None
+
+
+def check_geometry(image: sitk.Image, path: Path) -> None:
+    """Refuse a header no scanner writes: negative, zero or implausible voxel sizes
+    (`SPACING_RANGE_MM`) or a direction matrix that is not orthonormal."""
+    written = _header_spacing(path)
+    if written is not None and any(not v > 0 for v in written):
+        raise PetsegError(
+            f"{path}: voxel spacing {' '.join(f'{v:g}' for v in written)} in the header is "
+            "not positive (a flip belongs in the direction matrix); write the image with "
+            "positive spacing and its true direction"
+        )
+    spacing = np.asarray(image.GetSpacing(), float)
+    low, high = SPACING_RANGE_MM
+    if not np.all(np.isfinite(spacing)) or np.any(spacing < low) or np.any(spacing > high):
+        raise PetsegError(
+            f"{path}: voxel spacing {' x '.join(f'{v:g}' for v in spacing)} mm is outside "
+            f"{low:g}-{high:g} mm (a unit error or a corrupt header); write the image with "
+            "its true voxel size in mm"
+        )
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    error = np.abs(direction.T @ direction - np.eye(3)).max()
+    if not np.isfinite(error) or error > ORTHONORMAL_TOLERANCE:
+        raise PetsegError(
+            f"{path}: direction matrix {np.round(direction, 4).tolist()} is not orthonormal "
+            f"(off by {error:.3g}); write the image with its scanner orientation"
+        )
+
+
 def read_image(path: str | Path) -> sitk.Image:
-    """Read a 3D image; a missing, unreadable or non-3D file raises `PetsegError`."""
+    """Read a 3D image; a missing, unreadable, truncated or non-3D file, or a header no
+    scanner writes (`check_geometry`), raises `PetsegError`."""
     path = Path(path)
     if not path.is_file():
         raise PetsegError(f"{path}: file not found; check the path")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise PetsegError(
-            f"{path}: cannot be read as an image ({first[:120]}); replace the corrupt file"
-        ) from None
+        raise PetsegError(_read_failure(path, exc)) from None
     if image.GetDimension() != 3:
         raise PetsegError(
             f"{path}: is {image.GetDimension()}D, a 3D volume is needed; export the full volume"
         )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise PetsegError(f"{path}: has vector pixels; a scalar 3D volume is needed")
+    if image_suffix(path) == ".nii.gz":
+        _check_gzip_complete(path, image)
+    check_geometry(image, path)
     return image
 
 
@@ -94,6 +230,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create `folder` if needed and prove a file can be written there; else `PetsegError`
+    naming the folder, why, and the fix. Returns `folder`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".petseg-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        owner = ""
+        with contextlib.suppress(OSError):
+            stat = folder.stat()
+            owner = f", owned by uid {stat.st_uid} with mode {stat.st_mode & 0o7777:o}"
+        raise PetsegError(
+            f"{folder}: not writable by uid {os.getuid()} ({exc.strerror or exc}{owner}); "
+            f"make it writable for this user (chown/chmod), or run the container as its owner "
+            f"with --user $(id -u):$(id -g)"
+        ) from None
+    return folder
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
@@ -293,58 +451,124 @@ def clean_non_finite(image: sitk.Image, path: Path, fill: float) -> sitk.Image:
     return out
 
 
-def check_overlap(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path) -> None:
-    """Refuse a CT that does not overlap the PET physically; warn if it covers little of it.
+MIN_AXIAL_COVERAGE = 0.5
+"""A CT covering less of the PET's axial length than this is refused: the attenuation-
+correction CT of a PET/CT study spans the whole PET (autoPET's CTres: 100 %), so less
+than half is another study, a cropped export or a broken header."""
+WARN_AXIAL_COVERAGE = 0.95
+"""Below this axial coverage the uncovered slices are treated as air: warned."""
+MIN_TRANSAXIAL_COVERAGE = 0.25
+"""Refused below this fraction of the PET's width in x or y: a CT's 50 cm field of view
+covers 70 % or more of a 70 cm PET field of view."""
 
-    The CT's transaxial field of view is often smaller than the PET's, so only the axial
-    (z) coverage is warned about (below half of the PET's length).
+
+def check_overlap(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path) -> None:
+    """Refuse a CT that covers too little of the PET (`MIN_AXIAL_COVERAGE`,
+    `MIN_TRANSAXIAL_COVERAGE`), warn below `WARN_AXIAL_COVERAGE`.
+
+    Extents are the voxels' physical boxes (centres +- half a voxel), so boxes that only
+    touch in a plane cover 0 %.
     """
-    pet_box = Geometry.of(pet).physical_extent_mm()
-    ct_box = Geometry.of(ct).physical_extent_mm()
-    tolerance = np.asarray(pet.GetSpacing()).max()
-    low = np.maximum(pet_box[0], ct_box[0])
-    high = np.minimum(pet_box[1], ct_box[1])
-    if np.any(high < low - tolerance):
-        span = " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(*ct_box, strict=True))
-        pet_span = " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(*pet_box, strict=True))
+    def box(image: sitk.Image) -> np.ndarray:
+        geometry = Geometry.of(image)
+        centres = geometry.physical_extent_mm()
+        half = 0.5 * np.abs(np.asarray(geometry.direction).reshape(3, 3)) @ geometry.spacing
+        return np.stack([centres[0] - half, centres[1] + half])
+
+    pet_box, ct_box = box(pet), box(ct)
+    covered = np.minimum(pet_box[1], ct_box[1]) - np.maximum(pet_box[0], ct_box[0])
+    fraction = np.clip(covered / (pet_box[1] - pet_box[0]), 0.0, 1.0)
+    span = " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(*ct_box, strict=True))
+    pet_span = " x ".join(f"[{a:.0f}, {b:.0f}]" for a, b in zip(*pet_box, strict=True))
+    if fraction[2] < MIN_AXIAL_COVERAGE or min(fraction[:2]) < MIN_TRANSAXIAL_COVERAGE:
         raise PetsegError(
-            f"{ct_path}: does not overlap the PET {pet_path.name} (CT {span} mm, PET "
-            f"{pet_span} mm); check both images come from the same study"
+            f"{ct_path}: covers {100 * fraction[0]:.0f}% x {100 * fraction[1]:.0f}% x "
+            f"{100 * fraction[2]:.0f}% (x, y, z) of the PET {pet_path.name} (CT {span} mm, "
+            f"PET {pet_span} mm); check both images come from the same study and their "
+            "headers (spacing, origin, direction)"
         )
-    pet_length = pet_box[1][2] - pet_box[0][2]
-    if pet_length > 0 and (high[2] - low[2]) < 0.5 * pet_length:
-        log.warning("%s: covers only %.0f%% of the PET's axial length; the rest is treated as air",
-                    ct_path, 100 * max(0.0, high[2] - low[2]) / pet_length)
+    if fraction[2] < WARN_AXIAL_COVERAGE:
+        log.warning("%s: covers only %.0f%% of the PET's axial length; the rest is treated as "
+                    "air and lesions there may be missed", ct_path, 100 * fraction[2])
 
 
 MAX_PLAUSIBLE_SUV = 500.0
 """A PET whose 99.9th percentile is above this is not in SUV (Bq/ml runs to thousands)."""
 AIR_HU = -500.0
 """A whole-body CT in HU has air (about -1000 HU) around the body, below this."""
+MIN_SUV_REFUSED = -0.5
+"""1st percentile of a PET below this is refused: OSEM reconstructions are non-negative
+and filtered ones dip a few hundredths of an SUV below 0 in air, so it is an offset."""
+MIN_SUV_WARNED = -0.1
+"""1st percentile below this (above `MIN_SUV_REFUSED`) is warned about."""
+MIN_PET_LIKE, MAX_PET_LIKE = 1.0, 100.0
+"""A 'CT' without air whose 99.9th percentile lies between these looks like an SUV image
+(brain and bladder put a PET's above 1 SUV; bone puts a CT's above 100 HU)."""
 
 
-def check_units(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path) -> None:
-    """Refuse a PET that cannot be SUV; warn about a CT without air (likely not in HU).
+def _percentiles(image: sitk.Image, q: list[float]) -> list[float]:
+    """Percentiles of every 4th voxel along each axis (a whole-body volume has millions)."""
+    sample = sitk.GetArrayViewFromImage(image)[::4, ::4, ::4]
+    return [float(v) for v in np.percentile(sample, q)]
 
-    Judged on every 4th voxel along each axis (a whole-body volume has millions).
+
+def check_units(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path,
+                pet_pixel: str = "32-bit float") -> None:
+    """Refuse a PET that cannot be SUV or a CT that cannot be HU; warn where it may suffer.
+
+    Refused: PET and CT swapped (air in HU in the "PET"), a "CT" that looks like SUV, a
+    PET in Bq/ml (`MAX_PLAUSIBLE_SUV`), a PET stored as integers (`pet_pixel`, SUV's
+    decimals lost), SUV offset below 0 (`MIN_SUV_REFUSED`). Warned: slightly negative SUV
+    (`MIN_SUV_WARNED`), a CT without air (`AIR_HU`).
     """
-    sample = sitk.GetArrayViewFromImage(pet)[::4, ::4, ::4]
-    high = float(np.percentile(sample, 99.9))
-    if high > MAX_PLAUSIBLE_SUV:
+    pet_low, pet_high = _percentiles(pet, [1, 99.9])
+    ct_low, ct_high = _percentiles(ct, [1, 99.9])
+    ct_is_pet_like = ct_low > MIN_SUV_REFUSED and MIN_PET_LIKE < ct_high < MAX_PET_LIKE
+    if pet_low < AIR_HU:
+        if ct_is_pet_like or ct_low > AIR_HU:
+            raise PetsegError(
+                f"{pet_path}: looks like a CT (1st percentile {pet_low:.0f}, air in HU) and "
+                f"{ct_path.name} like a PET; the PET and CT folders look swapped: put the "
+                "SUV image under images/pet and the CT under images/ct"
+            )
         raise PetsegError(
-            f"{pet_path}: 99.9th percentile {high:.0f}, far above any SUV (Bq/ml?); convert "
+            f"{pet_path}: looks like a CT (1st percentile {pet_low:.0f}, air in HU), not an "
+            "SUV PET; put the PET (SUV) there"
+        )
+    if ct_is_pet_like:
+        raise PetsegError(
+            f"{ct_path}: looks like a PET (values {ct_low:.2g} to {ct_high:.2g}, no air), not "
+            "a CT in HU; put the study's CT there"
+        )
+    if pet_high > MAX_PLAUSIBLE_SUV:
+        raise PetsegError(
+            f"{pet_path}: 99.9th percentile {pet_high:.0f}, far above any SUV (Bq/ml?); convert "
             "the PET to body-weight SUV first (`petseg suv` does it from DICOM)"
         )
-    low = float(np.percentile(sitk.GetArrayViewFromImage(ct)[::4, ::4, ::4], 1))
-    if low > AIR_HU:
+    if "int" in pet_pixel:
+        raise PetsegError(
+            f"{pet_path}: stored as {pet_pixel} values, which lose SUV's decimals; write the "
+            "PET as float32 SUV (`petseg suv` does it from DICOM)"
+        )
+    if pet_low < MIN_SUV_REFUSED:
+        raise PetsegError(
+            f"{pet_path}: 1st percentile {pet_low:.2f} SUV; SUV is not negative beyond "
+            f"reconstruction noise (>= {MIN_SUV_REFUSED:g}), so an offset or a wrong rescale "
+            "was applied; write the PET as body-weight SUV"
+        )
+    if pet_low < MIN_SUV_WARNED:
+        log.warning("%s: 1st percentile %.2f SUV, more negative than reconstruction noise; "
+                    "the mask may suffer", pet_path, pet_low)
+    if ct_low > AIR_HU:
         log.warning("%s: no air in the CT (1st percentile %.0f HU, above %.0f HU); if it is "
                     "not in HU, apply its rescale slope and intercept first",
-                    ct_path, low, AIR_HU)
+                    ct_path, ct_low, AIR_HU)
 
 
 def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
-    """Read and check one case: both 3D and readable, NaNs cleaned, PET and CT overlapping,
-    the PET plausibly in SUV (`check_units`).
+    """Read and check one case: both 3D and readable with plausible headers, NaNs cleaned,
+    the PET plausibly in SUV and the CT in HU (`check_units`), the CT covering the PET
+    (`check_overlap`).
 
     The PET comes back as float32 SUV with non-finite voxels set to 0; the CT keeps its
     pixel type, non-finite voxels set to `ct_fill_hu`.
@@ -357,10 +581,11 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
         raise PetsegError(files.error)
     if files.pet is None or files.ct is None:
         raise PetsegError(f"case {files.name}: PET or CT file missing; {LAYOUTS_HELP}")
-    pet = clean_non_finite(sitk.Cast(read_image(files.pet), sitk.sitkFloat32), files.pet, 0.0)
+    pet_raw = read_image(files.pet)
+    pet = clean_non_finite(sitk.Cast(pet_raw, sitk.sitkFloat32), files.pet, 0.0)
     ct = clean_non_finite(read_image(files.ct), files.ct, ct_fill_hu)
+    check_units(pet, ct, files.pet, files.ct, pet_raw.GetPixelIDTypeAsString())
     check_overlap(pet, ct, files.pet, files.ct)
-    check_units(pet, ct, files.pet, files.ct)
     return Case(files=files, pet=pet, ct=ct)
 
 

@@ -38,7 +38,8 @@ from petseg.inference import (
 from petseg.io import Case, CaseFiles, CaseList, read_case, write_image, write_json
 from petseg.model import build_network, size_divisor
 from petseg.postprocessing import probability_on_pet_grid, probability_to_mask
-from petseg.preprocessing import preprocess_case
+from petseg.preprocessing import PreparedCase, preprocess_case
+from petseg.progress import CaseProgress
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,13 @@ class Predictor:
         self.min_component_ml = float(min_component_ml)
 
     def predict(self, pet: sitk.Image, ct: sitk.Image, probability: bool = False,
-                fold_probabilities: bool = False) -> Prediction:
-        """Mask (and on request probabilities) on the PET grid for one PET (SUV) + CT (HU)."""
+                fold_probabilities: bool = False,
+                progress: CaseProgress | None = None) -> Prediction:
+        """Mask (and on request probabilities) on the PET grid for one PET (SUV) + CT (HU);
+        stages and window batches are reported to `progress`."""
         started = time.perf_counter()
+        progress = progress or CaseProgress("-")
+        progress.stage("preprocessing")
         case = preprocess_case(pet, ct, self.model_config.preprocessing)
         config = self.config
         if config.time_budget_s is not None:  # what preprocessing left of the case's budget
@@ -147,15 +152,10 @@ class Predictor:
         body = (body_mask_for_windows(case.image, self.model_config.preprocessing)
                 if config.skip_empty_windows else None)
         folds = None
-        if fold_probabilities:
-            maps = [p.cpu() for p in network_probabilities(self.networks, case.image,
-                                                           config, self.device, body)]
-            ensemble = weighted_mean(maps, self.weights)
-            folds = [probability_on_pet_grid(p.numpy(), case.grid, case.crop_box,
-                                             case.pet_geometry) for p in maps]
-        else:
-            ensemble = sliding_window_probability(self.networks, case.image, config,
-                                                  self.weights, self.device, body)
+        progress.stage(f"{len(self.networks)} network(s) on {tuple(case.image.shape[1:])} voxels")
+        with progress.listening():
+            ensemble, folds = self._probabilities(case, config, body, fold_probabilities)
+        progress.stage("probability to the PET grid, mask")
         on_pet = probability_on_pet_grid(ensemble.numpy(), case.grid, case.crop_box,
                                          case.pet_geometry)
         mask = probability_to_mask(on_pet, case.pet_geometry, self.config.threshold,
@@ -166,6 +166,23 @@ class Predictor:
             probability=as_image(on_pet) if probability else None,
             fold_probabilities=[as_image(f) for f in folds] if folds is not None else None,
         )
+
+    def _probabilities(self, case: PreparedCase, config: InferenceConfig,
+                       body: torch.Tensor | None, per_fold: bool
+                       ) -> tuple[torch.Tensor, list[np.ndarray] | None]:
+        """Ensemble probability `[D, H, W]` on the model grid and, with `per_fold`, each
+        network's on the PET grid."""
+        folds = None
+        if per_fold:
+            maps = [p.cpu() for p in network_probabilities(self.networks, case.image,
+                                                           config, self.device, body)]
+            ensemble = weighted_mean(maps, self.weights)
+            folds = [probability_on_pet_grid(p.numpy(), case.grid, case.crop_box,
+                                             case.pet_geometry) for p in maps]
+        else:
+            ensemble = sliding_window_probability(self.networks, case.image, config,
+                                                  self.weights, self.device, body)
+        return ensemble, folds
 
     def predict_case(self, pet: sitk.Image, ct: sitk.Image) -> sitk.Image:
         """uint8 0/1 lesion mask with exactly the PET's geometry."""
@@ -225,6 +242,78 @@ def _extras(files: CaseFiles, pet: sitk.Image, prediction: Prediction,
     return {"extras": {kind: str(path) for kind, path in paths.items()}}
 
 
+INTERRUPTED = "not completed: the run was interrupted"
+"""The error recorded for a case an interrupted run did not finish."""
+
+
+def case_outputs(output_dir: Path, name: str) -> list[Path]:
+    """The files a run writes for case `name` under `output_dir` (mask, probability,
+    DICOM SEG)."""
+    from petseg.dicom_seg import SEG_FOLDER
+
+    return [output_dir.joinpath(*MASK_FOLDER, f"{name}.mha"),
+            output_dir.joinpath(*PROBABILITY_FOLDER, f"{name}.mha"),
+            output_dir.joinpath(*SEG_FOLDER, f"{name}.dcm")]
+
+
+def remove_outputs(output_dir: Path, name: str) -> None:
+    """Remove case `name`'s outputs left by an earlier run, so none outlives a failure."""
+    for path in case_outputs(output_dir, name):
+        path.unlink(missing_ok=True)
+
+
+def record_failure(cases: CaseList, output_dir: str | Path, message: str) -> None:
+    """Every case failed with `message` before it ran: remove their earlier outputs and
+    write `results.json` saying so."""
+    output_dir = Path(output_dir)
+    for files in cases.cases:
+        remove_outputs(output_dir, files.name)
+    write_json([_entry(files, None, message, 0.0, None) for files in cases.cases],
+               output_dir / RESULTS_NAME)
+
+
+def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
+                 predictor: Predictor, save_probability: bool,
+                 extras_dir: str | Path | None, dicom_seg: bool,
+                 seg_uid_seed: str | None) -> dict[str, Any]:
+    """Predict one case and write its outputs; returns its results.json entry."""
+    start = time.perf_counter()
+    progress = CaseProgress(files.name)
+    progress.stage(f"reading {files.pet} and {files.ct}")
+    case = reading.result()
+    prediction = predictor.predict(
+        case.pet, case.ct, probability=save_probability,
+        fold_probabilities=extras_dir is not None and len(predictor.networks) > 1,
+        progress=progress)
+    seg = None
+    if files.dicom is not None and dicom_seg:
+        from petseg.dicom_seg import build_dicom_seg
+
+        seg = build_dicom_seg(files.dicom, prediction.mask, seg_uid_seed, {
+            "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
+            "threshold": f"{predictor.config.threshold:g}"})
+    progress.stage("writing the mask")
+    target = write_image(prediction.mask, output_dir.joinpath(*MASK_FOLDER, f"{files.name}.mha"))
+    outputs = []
+    if seg is not None:
+        from petseg.dicom_seg import SEG_FOLDER, save_dicom_seg
+
+        seg_path = save_dicom_seg(seg, output_dir.joinpath(*SEG_FOLDER, f"{files.name}.dcm"))
+        outputs.append({"type": "dicom_seg", "filename": str(seg_path)})
+    if prediction.probability is not None:
+        write_image(prediction.probability,
+                    output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha"))
+    lesion_ml = float(sitk.GetArrayViewFromImage(prediction.mask).sum()
+                      * np.prod(prediction.mask.GetSpacing()) / 1000.0)
+    seconds = time.perf_counter() - start
+    log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds, target)
+    entry = _entry(files, target, None, seconds, round(lesion_ml, 3))
+    entry["outputs"].extend(outputs)
+    if extras_dir is not None:
+        entry.update(_extras(files, case.pet, prediction, Path(extras_dir)))
+    return entry
+
+
 def predict_cases(
     cases: CaseList,
     output_dir: str | Path,
@@ -236,17 +325,19 @@ def predict_cases(
 ) -> list[dict[str, Any]]:
     """Predict every case and write masks + `results.json` under `output_dir`.
 
-    With `cases.single` any error propagates (nothing is written); otherwise a failing
-    case is recorded with its error and the others still run. With `extras_dir`, each
-    case's lesion report, MIP picture and (with two or more folds) uncertainty map go
-    there (`petseg.report.write_extras`); a failure there is logged and recorded in the
-    entry's `extras_error`, never fails the case. A DICOM study (`files.dicom`) also gets
-    its mask as a DICOM SEG under `OUTPUT/dicom-seg/` unless `dicom_seg` is False
-    (`petseg.dicom_seg`; `seg_uid_seed` makes its UIDs reproducible). Returns the entries.
+    A failing case is recorded in `results.json` with its error and any output an
+    earlier run left for it is removed; with `cases.single` the error then propagates,
+    otherwise the other cases still run. An interruption (Ctrl-C, SIGTERM) writes
+    `results.json` with the cases completed and `INTERRUPTED` for the rest, then
+    propagates. With `extras_dir`, each case's lesion report, MIP picture and (with two
+    or more folds) uncertainty map go there (`petseg.report.write_extras`); a failure
+    there is logged and recorded in the entry's `extras_error`, never fails the case.
+    A DICOM study (`files.dicom`) also gets its mask as a DICOM SEG under
+    `OUTPUT/dicom-seg/` unless `dicom_seg` is False (`petseg.dicom_seg`; `seg_uid_seed`
+    makes its UIDs reproducible). Returns the entries.
     """
     output_dir = Path(output_dir)
-    mask_dir = output_dir.joinpath(*MASK_FOLDER)
-    results = []
+    results: list[dict[str, Any]] = []
     fill_hu = predictor.model_config.preprocessing.ct_fill_hu
     # one case ahead: the next case is read (SimpleITK releases the GIL) while this one runs
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="petseg-read") as prefetch:
@@ -254,51 +345,43 @@ def predict_cases(
             prefetch.submit(read_case, files, fill_hu) if index == 0 else None
             for index, files in enumerate(cases.cases)
         ]
-        for index, files in enumerate(cases.cases):
-            if index + 1 < len(cases.cases):
-                reads[index + 1] = prefetch.submit(read_case, cases.cases[index + 1], fill_hu)
-            start = time.perf_counter()
-            reading, reads[index] = reads[index], None
-            try:
-                case = reading.result()  # type: ignore[union-attr]
-                prediction = predictor.predict(
-                    case.pet, case.ct, probability=save_probability,
-                    fold_probabilities=extras_dir is not None and len(predictor.networks) > 1)
-                seg, seg_path = None, None
-                if files.dicom is not None and dicom_seg:
-                    from petseg.dicom_seg import build_dicom_seg
-
-                    seg = build_dicom_seg(files.dicom, prediction.mask, seg_uid_seed, {
-                        "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
-                        "threshold": f"{predictor.config.threshold:g}"})
-                target = write_image(prediction.mask, mask_dir / f"{files.name}.mha")
-                if seg is not None:
-                    from petseg.dicom_seg import SEG_FOLDER, save_dicom_seg
-
-                    seg_path = save_dicom_seg(seg, output_dir.joinpath(*SEG_FOLDER,
-                                                                  f"{files.name}.dcm"))
-                if prediction.probability is not None:
-                    write_image(prediction.probability,
-                                output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha"))
-            except Exception as exc:
-                if cases.single:
-                    raise
-                message = (str(exc) if isinstance(exc, PetsegError)
-                           else f"{type(exc).__name__}: {exc}")
-                log.error("case %s failed: %s", files.name, message,
-                          exc_info=not isinstance(exc, PetsegError))
-                results.append(_entry(files, None, message, time.perf_counter() - start, None))
-                continue
-            lesion_ml = float(sitk.GetArrayViewFromImage(prediction.mask).sum()
-                              * np.prod(prediction.mask.GetSpacing()) / 1000.0)
-            seconds = time.perf_counter() - start
-            log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds,
-                     target)
-            results.append(_entry(files, target, None, seconds, round(lesion_ml, 3)))
-            if seg_path is not None:
-                results[-1]["outputs"].append({"type": "dicom_seg", "filename": str(seg_path)})
-            if extras_dir is not None:
-                results[-1].update(_extras(files, case.pet, prediction, Path(extras_dir)))
-            del case
+        try:
+            for index, files in enumerate(cases.cases):
+                if index + 1 < len(cases.cases):
+                    reads[index + 1] = prefetch.submit(read_case, cases.cases[index + 1],
+                                                       fill_hu)
+                reading, reads[index] = reads[index], None
+                start = time.perf_counter()
+                try:
+                    entry = _predict_one(files, reading,  # type: ignore[arg-type]
+                                         output_dir, predictor, save_probability, extras_dir,
+                                         dicom_seg, seg_uid_seed)
+                except Exception as exc:
+                    message = (str(exc) if isinstance(exc, PetsegError)
+                               else f"{type(exc).__name__}: {exc}")
+                    remove_outputs(output_dir, files.name)
+                    results.append(_entry(files, None, message, time.perf_counter() - start,
+                                          None))
+                    if cases.single:
+                        write_json(results, output_dir / RESULTS_NAME)
+                        raise
+                    log.error("case %s failed: %s", files.name, message,
+                              exc_info=not isinstance(exc, PetsegError))
+                    continue
+                entry["seconds"] = round(time.perf_counter() - start, 3)
+                results.append(entry)
+        except KeyboardInterrupt:
+            for pending in reads:
+                if pending is not None:
+                    pending.cancel()
+            done = {entry["name"] for entry in results}
+            for files in cases.cases:
+                if files.name not in done:
+                    remove_outputs(output_dir, files.name)
+                    results.append(_entry(files, None, INTERRUPTED, 0.0, None))
+            write_json(results, output_dir / RESULTS_NAME)
+            log.error("interrupted after %d of %d case(s); %s lists them", len(done),
+                      len(cases.cases), output_dir / RESULTS_NAME)
+            raise
     write_json(results, output_dir / RESULTS_NAME)
     return results

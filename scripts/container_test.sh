@@ -12,7 +12,10 @@
 # does not, a tiny random-weights ensemble is written to out/test-weights, baked into the
 # image instead, and the expected mask comes from `petseg predict` on the host.
 # A second run mounts another random ensemble at /opt/ml/model (where grand-challenge
-# puts an uploaded model) and checks that the container uses it instead.
+# puts an uploaded model) and checks that the container uses it instead. Then as users
+# run it: `--user` a uid without an account, writing into a folder that uid owns (the
+# same check); an output folder the image user cannot write, and `--read-only` without a
+# tmpfs, each refused with exit 1 and one line.
 # Environment:
 #   PETSEG_REQUIRE_DOCKER=1  fail when no Docker daemon answers (default: skip, saying so)
 #   PETSEG_TEST_BASE         auto (default): the Dockerfile's pinned CUDA PyTorch image when
@@ -139,6 +142,41 @@ if cmp -s "$(mask "$expected")" "$(mask "$work/model-expected")"; then
   fail "the mounted model predicts the same mask as the baked-in weights; the test cannot tell them apart"
 fi
 run_case mounted-model "$work/model-expected" --volume "$model:/opt/ml/model:ro"
+
+# --- as users run it: their own folder under any uid; one-line refusals -----------------
+# A bind-mounted folder owned by a uid the image has no account for, `--user` that uid.
+uid=12345
+(($(id -u) == 0)) || uid="$(id -u)"
+own="$work/as-user"
+mkdir -p "$own"
+(($(id -u) != 0)) || chown "$uid:$uid" "$own"
+say "as-user: --user $uid:$uid writing into its own folder"
+docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges "${gpus[@]}" \
+  --user "$uid:$uid" --volume "$root/test/input:/input:ro" --volume "$own:/output" "$tag" \
+  || fail "as-user: the container exited with status $? under --user $uid:$uid"
+PYTHONPATH="$root" "$python" test/container_check.py "$own" --input test/input \
+  --expected "$expected" || fail "as-user: the container's output is wrong (in $own)"
+expect_refusal() {  # expect_refusal NAME MESSAGE_START [docker run arguments]: one line, exit 1
+  local name="$1" message="$2" err status=0
+  shift 2
+  err="$(docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
+    --volume "$root/test/input:/input:ro" "$@" "$tag" 2>&1 >/dev/null)" || status=$?
+  ((status == 1)) || fail "$name: exit status $status, expected 1"
+  [[ "$(tail -n 1 <<<"$err")" == "$message"* ]] \
+    || fail "$name: last line '$(tail -n 1 <<<"$err")' does not start with '$message'"
+  say "$name: refused in one line: $(tail -n 1 <<<"$err")"
+}
+locked="$work/locked"  # the caller's, mode 755: not the image user's (uid 10001)
+mkdir -p "$locked"
+chmod 755 "$locked"
+expect_refusal locked-output "petseg predict: error: /output: not writable by uid 10001" \
+  --volume "$locked:/output"
+[[ -z "$(ls -A "$locked")" ]] || fail "locked-output: files appeared in $locked"
+volume="petseg-test-output-$$-ro"
+volumes+=("$volume")
+docker volume create "$volume" >/dev/null
+expect_refusal read-only "process.py: error: no writable temporary directory" --read-only \
+  --volume "$volume:/output"
 
 # --- the train image ---------------------------------------------------------------------
 start=$SECONDS

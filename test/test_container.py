@@ -274,7 +274,17 @@ def test_fixture_regenerates_identically(tmp_path) -> None:
         assert fresh.name == committed.name
         a, b = sitk.ReadImage(str(committed)), sitk.ReadImage(str(fresh))
         assert Geometry.of(a) == Geometry.of(b)
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        assert a.GetPixelID() == b.GetPixelID()
+        if kind == "ct":  # int16 HU: exact
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        else:
+            # The phantom rounds float64 exp/power to float32 so that CPUs agree bit for
+            # bit (test_phantom.py checks it across numpy's SIMD targets); float64 kernels
+            # may still differ by one float64 ulp between CPUs, which flips a float32
+            # rounding about once per 2**29 values. 1e-5 SUV allows that and nothing a
+            # reader of the image could see.
+            np.testing.assert_allclose(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b),
+                                       rtol=0, atol=1e-5)
 
 
 @pytest.mark.skipif(not (ROOT / "test" / "expected_output").exists(),

@@ -186,34 +186,153 @@ def test_read_case_cleans_non_finite_voxels_with_a_warning(tmp_path, caplog) -> 
     assert Geometry.of(case.pet) == GEOMETRY
 
 
-def test_read_case_refuses_a_ct_that_does_not_overlap(tmp_path) -> None:
-    far = Geometry(GEOMETRY.size, GEOMETRY.spacing, (-10.0, 20.0, 500.0), LAS_DIRECTION)
-    files = _case_files(tmp_path, np.ones((8, 9, 10), np.float32),
-                        np.zeros((8, 9, 10), np.int16), far)
-    with pytest.raises(PetsegError, match=r"images/ct/c\.mha: does not overlap the PET p\.mha "
-                                          r"\(CT .* mm\); check both images come from the same"):
+def _body_suv(shift: float = 0.0) -> np.ndarray:
+    """An SUV volume `[8, 9, 10]`: air (0) around a body of gamma-distributed uptake."""
+    suv = np.zeros((8, 9, 10), np.float32)
+    suv[1:7, 2:8, 2:9] = np.random.default_rng(0).gamma(2.0, 1.0, (6, 6, 7))
+    return suv + np.float32(shift)
+
+
+def _body_ct() -> np.ndarray:
+    ct = np.full((8, 9, 10), -1000, np.int16)
+    ct[1:7, 2:8, 2:9] = 40
+    ct[3:5, 4:6, 4:6] = 700  # bone
+    return ct
+
+
+@pytest.mark.parametrize(("origin", "size"), [
+    ((-10.0, 20.0, 500.0), (10, 9, 8)),  # elsewhere
+    ((-10.0, 20.0, -324.0), (10, 9, 8)),  # boxes touching in one plane
+    ((-10.0, 20.0, -300.0), (10, 9, 3)),  # 3 of 8 slices
+    ((-10.0 + 18.3, 20.0, -300.0), (10, 9, 8)),  # x shifted by 9 of 10 columns
+])
+def test_read_case_refuses_a_ct_covering_too_little_of_the_pet(tmp_path, origin, size) -> None:
+    ct_grid = Geometry(size, GEOMETRY.spacing, origin, LAS_DIRECTION)
+    ct = np.full(tuple(reversed(size)), -1000, np.int16)
+    files = _case_files(tmp_path, _body_suv(), ct, ct_grid)
+    with pytest.raises(PetsegError, match=r"images/ct/c\.mha: covers \d+% x \d+% x \d+% "
+                                          r"\(x, y, z\) of the PET p\.mha \(CT .* mm\);"
+                                          r" check both images "
+                                          r"come from the same study"):
         read_case(files)
 
 
-def test_read_case_warns_when_the_ct_covers_little_of_the_pet(tmp_path, caplog) -> None:
-    short = Geometry((10, 9, 2), GEOMETRY.spacing, GEOMETRY.origin, LAS_DIRECTION)
-    files = _case_files(tmp_path, np.ones((8, 9, 10), np.float32),
-                        np.zeros((2, 9, 10), np.int16), short)
+def test_read_case_warns_when_the_ct_misses_some_slices(tmp_path, caplog) -> None:
+    short = Geometry((10, 9, 6), GEOMETRY.spacing, GEOMETRY.origin, LAS_DIRECTION)
+    files = _case_files(tmp_path, _body_suv(), _body_ct()[:6], short)
     with caplog.at_level(logging.WARNING, logger="petseg.io"):
         read_case(files)
-    assert "covers only 14% of the PET's axial length" in caplog.text
+    assert "c.mha: covers only 75% of the PET's axial length" in caplog.text
 
 
-def test_read_image_refuses_2d_and_corrupt_files(tmp_path) -> None:
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int32, np.uint16])
+def test_an_integer_pet_is_refused(tmp_path, dtype) -> None:
+    files = _case_files(tmp_path, np.round(_body_suv()).astype(dtype), _body_ct())
+    with pytest.raises(PetsegError, match=r"p\.mha: stored as \d+-bit (un)?signed integer values, "
+                                          r"which lose SUV's decimals; write the PET as float32"):
+        read_case(files)
+
+
+def test_negative_suv_is_refused_or_warned_about(tmp_path, caplog) -> None:
+    with pytest.raises(PetsegError, match=r"p\.mha: 1st percentile -1\.00 SUV; SUV is not "
+                                          r"negative beyond reconstruction noise"):
+        read_case(_case_files(tmp_path / "a", _body_suv(-1.0), _body_ct()))
+    with caplog.at_level(logging.WARNING, logger="petseg.io"):
+        read_case(_case_files(tmp_path / "b", _body_suv(-0.3), _body_ct()))
+        read_case(_case_files(tmp_path / "c", _body_suv(-0.02), _body_ct()))
+    assert caplog.text.count("more negative than reconstruction noise") == 1
+    assert "b/images/pet/p.mha: 1st percentile -0.30 SUV" in caplog.text
+
+
+def test_swapped_or_wrong_modalities_are_named(tmp_path) -> None:
+    suv, ct = _body_suv(), _body_ct().astype(np.float32)
+    with pytest.raises(PetsegError, match=r"p\.mha: looks like a CT \(1st percentile -1000, air "
+                                          r"in HU\) and c\.mha like a PET; the PET and CT "
+                                          r"folders look swapped"):
+        read_case(_case_files(tmp_path / "a", ct, suv))
+    with pytest.raises(PetsegError, match=r"p\.mha: looks like a CT .*, not an SUV PET"):
+        read_case(_case_files(tmp_path / "b", ct, ct))
+    with pytest.raises(PetsegError, match=r"c\.mha: looks like a PET \(values 0 to [\d.]+, "
+                                          r"no air\), not a CT in HU"):
+        read_case(_case_files(tmp_path / "c", suv, suv))
+
+
+def _edit_header(path: Path, old: bytes, new: bytes) -> Path:
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
+    return path
+
+
+def _mha(path: Path, compress: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = GEOMETRY.image_from_array(_body_suv())
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    return path
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    (b"ElementSpacing = 2.0364 2.0364 3", b"ElementSpacing = 2.0364 -2.0364 3",
+     r"voxel spacing 2\.0364 -2\.0364 3 in the header is not positive \(a flip belongs in the "
+     r"direction matrix\)"),
+    (b"ElementSpacing = 2.0364 2.0364 3", b"ElementSpacing = 0 2.0364 3",
+     r"voxel spacing \[0, 2\.0364, 3\] in the header is not positive"),
+    (b"ElementSpacing = 2.0364 2.0364 3", b"ElementSpacing = 2.0364 2.0364 300",
+     r"voxel spacing 2\.0364 x 2\.0364 x 300 mm is outside 0\.1-20 mm"),
+    (b"TransformMatrix = -1 0 0 0 1 0 0 0 1", b"TransformMatrix = -1 0 0 -1 0 0 0 0 1",
+     r"the direction matrix in the header is singular"),
+    (b"TransformMatrix = -1 0 0 0 1 0 0 0 1", b"TransformMatrix = -2 0 0 0 1 0 0 0 1",
+     r"direction matrix \[\[-2\.0, 0\.0, 0\.0\], .* is not orthonormal \(off by 3\)"),
+])
+def test_headers_no_scanner_writes_are_refused(tmp_path, old, new, message) -> None:
+    path = _edit_header(_mha(tmp_path / "p.mha"), old, new)
+    with pytest.raises(PetsegError, match=r"p\.mha: " + message):
+        read_image(path)
+
+
+def test_negative_nifti_pixdim_is_refused(tmp_path) -> None:
+    import gzip
+    import struct
+
+    path = tmp_path / "p.nii.gz"
+    sitk.WriteImage(GEOMETRY.image_from_array(_body_suv()), str(path))
+    header = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<f", header, 80, -2.0364)  # pixdim[1]
+    path.write_bytes(gzip.compress(bytes(header)))
+    with pytest.raises(PetsegError, match=r"p\.nii\.gz: voxel spacing -2\.0364 2\.0364 3 in the "
+                                          r"header is not positive"):
+        read_image(path)
+
+
+def test_truncated_empty_and_corrupt_files_say_so(tmp_path) -> None:
     flat = tmp_path / "flat.mha"
     sitk.WriteImage(sitk.Image(8, 8, sitk.sitkFloat32), str(flat))
     with pytest.raises(PetsegError, match=r"flat\.mha: is 2D, a 3D volume is needed"):
         read_image(flat)
-    broken = tmp_path / "broken.mha"
-    broken.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT"
-                       b"\nElementDataFile = LOCAL\n" + b"\x00" * 10)
-    with pytest.raises(PetsegError, match=r"broken\.mha: cannot be read as an image"):
-        read_image(broken)
+    raw = _mha(tmp_path / "raw.mha")
+    raw.write_bytes(raw.read_bytes()[:-1000])
+    with pytest.raises(PetsegError, match=r"raw\.mha: is truncated: 1,880 of 2,880 bytes of voxel "
+                                          r"data; copy the file again$"):
+        read_image(raw)
+    packed = _mha(tmp_path / "packed.mha", compress=True)
+    packed.write_bytes(packed.read_bytes()[:-100])
+    size = packed.stat().st_size
+    with pytest.raises(PetsegError, match=rf"packed\.mha: is truncated or corrupt: the header "
+                                          rf"describes 720 voxels \(10 x 9 x 8\), the file holds "
+                                          rf"{size:,} bytes; copy the file again$"):
+        read_image(packed)
+    nifti = tmp_path / "p.nii.gz"
+    sitk.WriteImage(GEOMETRY.image_from_array(_body_suv()), str(nifti))
+    nifti.write_bytes(nifti.read_bytes()[:-200])
+    with pytest.raises(PetsegError, match=r"p\.nii\.gz: is truncated or corrupt"):
+        read_image(nifti)
+    with pytest.raises(PetsegError, match=r"empty\.mha: is empty \(0 bytes\); copy the file"):
+        read_image(_touch(tmp_path / "empty.mha"))
+    junk = tmp_path / "junk.nrrd"
+    junk.write_bytes(b"not an image at all" * 10)
+    with pytest.raises(PetsegError, match=r"junk\.nrrd: is not an image SimpleITK can read, or its "
+                                          r"header is corrupt \(190 bytes\); replace the file"):
+        read_image(junk)
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path) -> None:

@@ -357,3 +357,43 @@ def test_cli_writes_a_dataset_and_reports_errors_in_one_line(tmp_path, capsys) -
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"petseg phantom: error: {out}: exists and is not an empty folder; "
                    "choose a new output folder"]
+
+
+# -- determinism across CPUs -------------------------------------------------------------
+_DIGEST = """
+import hashlib, sys
+import SimpleITK as sitk
+from petseg.phantom import generate_case
+for seed in (2, 22):
+    case = generate_case(seed, size="small")
+    for image in (case.pet, case.ct, case.seg):
+        print(seed, hashlib.sha256(sitk.GetArrayViewFromImage(image).tobytes()).hexdigest())
+"""
+
+
+def _simd_targets() -> list[str]:
+    """numpy's runtime-dispatched SIMD targets this CPU has (e.g. X86_V3, X86_V4)."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    return [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+
+
+@pytest.mark.skipif(not _simd_targets(), reason="numpy dispatches no SIMD target on this CPU")
+def test_phantom_is_bit_identical_with_and_without_simd_kernels() -> None:
+    # numpy's float32 exp/power kernels differ in the last bit between SSE, AVX2 and
+    # AVX-512; disabling the dispatched targets replays another CPU on this one.
+    import os
+    import subprocess
+    import sys
+
+    def digests(disabled: list[str]) -> str:
+        env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(disabled)}
+        result = subprocess.run([sys.executable, "-c", _DIGEST], env=env, capture_output=True,
+                                text=True, timeout=300, check=True)
+        return result.stdout
+
+    targets = _simd_targets()
+    full = digests([])
+    assert len(full.splitlines()) == 6
+    for keep in range(len(targets)):  # every narrower vector width down to the baseline
+        assert digests(targets[keep:]) == full, f"differs without {targets[keep:]}"

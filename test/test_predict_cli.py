@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,17 @@ def _expect_failure(capsys, code: int, message: str, out: Path) -> None:
     assert code == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1] == f"petseg predict: error: {message}"
-    assert not out.exists() or _all_files(out) == []
+    _expect_only_failed_results(out, message)
+
+
+def _expect_only_failed_results(out: Path, message: str) -> None:
+    """No mask in `out`; a results.json, if any, gives every case `message`."""
+    files = _all_files(out) if out.exists() else []
+    assert files in ([], ["results.json"])
+    if files:
+        entries = json.loads((out / "results.json").read_text())
+        assert entries and all(e["error_messages"] == [message] and e["outputs"] == []
+                               for e in entries)
 
 
 def test_missing_ct(tmp_path, weights, config, case, capsys) -> None:
@@ -173,9 +184,10 @@ def test_a_corrupt_file(tmp_path, weights, config, case, capsys) -> None:
     code = _predict(inp, out, weights, config)
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"petseg predict: error: {corrupt}: cannot be read as an image (")
-    assert err.endswith("); replace the corrupt file")
-    assert not out.exists() or _all_files(out) == []
+    assert err == (f"petseg predict: error: {corrupt}: is truncated: 352 of 5,437 bytes of "
+                   "voxel data; copy the file again") or err.startswith(
+        f"petseg predict: error: {corrupt}: is truncated or corrupt: the header describes")
+    _expect_only_failed_results(out, err.split("error: ", 1)[1])
 
 
 def test_missing_fold_and_allow_missing(tmp_path, config, case, capsys, caplog) -> None:
@@ -221,7 +233,8 @@ def test_folder_mode_reports_a_bad_case_and_runs_the_others(tmp_path, weights, c
     assert good["name"] == "patient_a" and good["error_messages"] == []
     assert bad["name"] == "patient_b" and bad["outputs"] == []
     [message] = bad["error_messages"]
-    assert message.startswith(f"{broken}: cannot be read as an image")
+    assert message == (f"{broken}: is not an image SimpleITK can read, or its header is corrupt "
+                       "(12 bytes); replace the file")
 
 
 def test_autopet_layout_and_small_image_padded(tmp_path, weights, config) -> None:
@@ -268,3 +281,183 @@ def test_help_lists_predict(capsys) -> None:
     for option in ("--input", "--output", "--weights", "--device", "--ensemble",
                    "--allow-missing-folds", "--config", "--min-lesion-ml", "--threshold"):
         assert option in text
+
+
+# ---- outputs tell the truth; the environment of any uid -----------------------------------
+
+def test_an_output_that_is_not_a_folder_fails_before_any_computation(tmp_path, case, config,
+                                                                      capsys) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    # no weights at all: a check after loading them would report those instead
+    code = _predict(inp, blocker / "out", tmp_path / "no-weights", config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err == [f"petseg predict: error: {blocker / 'out'}: not writable by uid "
+                   f"{os.getuid()} (Not a directory); make it writable for this user "
+                   "(chown/chmod), or run the container as its owner with --user "
+                   "$(id -u):$(id -g)"]
+
+
+def test_an_output_without_write_permission_fails_first(tmp_path, case, config, capsys,
+                                                        monkeypatch) -> None:
+    # tests run as root, who may write anywhere: the denial comes from the probe file
+    import tempfile
+
+    inp = _challenge_input(tmp_path / "input", *case)
+    out = tmp_path / "output"
+    out.mkdir(mode=0o755)
+
+    def denied(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(Path(dir) / ".petseg-write-check"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    code = _predict(inp, out, tmp_path / "no-weights", config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err == [f"petseg predict: error: {out}: not writable by uid {os.getuid()} "
+                   f"(Permission denied, owned by uid {os.getuid()} with mode 755); make it "
+                   "writable for this user (chown/chmod), or run the container as its owner "
+                   "with --user $(id -u):$(id -g)"]
+
+
+def test_a_failed_rerun_removes_the_earlier_mask_and_records_its_error(tmp_path, weights,
+                                                                       config, case,
+                                                                       capsys) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    out = tmp_path / "output"
+    assert _predict(inp, out, weights, config, "--save-probability") == 0
+    assert len(_all_files(out)) == 3
+    ct = inp / "images/ct/e03d2a61-ct.mha"
+    ct.write_bytes(b"")
+    assert _predict(inp, out, weights, config, "--save-probability") == 1
+    message = f"{ct}: is empty (0 bytes); copy the file again"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"petseg predict: error: {message}"
+    assert _all_files(out) == ["results.json"]
+    [entry] = json.loads((out / "results.json").read_text())
+    assert (entry["name"], entry["error_messages"], entry["outputs"]) == (
+        "1b7c5f4e-pet", [message], [])
+
+
+def test_unreadable_weights_are_one_line_and_recorded(tmp_path, weights, config, case,
+                                                      capsys, monkeypatch) -> None:
+    import shutil
+
+    copy = tmp_path / "weights"
+    shutil.copytree(weights, copy)
+    manifest = copy / "manifest.json"
+    real = Path.read_text
+
+    def read_text(self, *args, **kwargs):  # root reads a 0600 file; a container user cannot
+        if self == manifest:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    inp = _challenge_input(tmp_path / "input", *case)
+    out = tmp_path / "output"
+    message = (f"{manifest}: permission denied for uid {os.getuid()}; make it readable "
+               "(chmod a+r, or a+rX for a folder) or run as its owner")
+    code = _predict(inp, out, copy, config)
+    _expect_failure(capsys, code, message, out)
+    assert (out / "results.json").is_file()
+
+
+def test_an_interrupted_folder_run_lists_what_completed(tmp_path, weights, config, case,
+                                                        monkeypatch, capsys) -> None:
+    from petseg.pipeline import INTERRUPTED, Predictor
+
+    inp = tmp_path / "input"
+    for name in ("patient_a", "patient_b", "patient_c"):
+        _challenge_input(inp / name, *case)
+    out = tmp_path / "output"
+    stale = out / MASKS / "patient_b.mha"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's mask")
+    real = Predictor.predict
+    calls = []
+
+    def predict(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    assert _predict(inp, out, weights, config) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "petseg predict: interrupted"
+    assert _all_files(out) == [str(MASKS / "patient_a.mha"), "results.json"]
+    entries = json.loads((out / "results.json").read_text())
+    assert [(e["name"], e["error_messages"]) for e in entries] == [
+        ("patient_a", []), ("patient_b", [INTERRUPTED]), ("patient_c", [INTERRUPTED])]
+
+
+def test_progress_is_logged_per_stage_and_window_batch(tmp_path, weights, config, case,
+                                                       caplog) -> None:
+    inp = _challenge_input(tmp_path / "input", *case)
+    with caplog.at_level(logging.INFO):
+        assert _predict(inp, tmp_path / "output", weights, config) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "petseg.progress"]
+    assert lines[0].startswith("case 1b7c5f4e-pet: reading ")
+    assert "case 1b7c5f4e-pet: preprocessing" in lines
+    windows = [line for line in lines if line.endswith("%)") and " windows (" in line]
+    assert windows[-1].endswith("windows (100%)") and len(windows) >= 2
+    done, total = windows[-1].split(": ")[1].split(" windows")[0].split(" of ")
+    assert done == total and int(total) > 1
+    assert lines[-1] == "case 1b7c5f4e-pet: writing the mask"
+
+
+def test_progress_is_a_bar_on_a_terminal() -> None:
+    import io
+
+    from petseg.progress import CaseProgress, window_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    progress = CaseProgress("a", stream=stream)
+    with progress.listening():
+        report = window_progress.get()
+        for done in (2, 4, 6):
+            report(done, 6)
+        assert progress._bar.n == 6 and progress._bar.total == 6
+    assert window_progress.get() is None
+    assert "case a:" in stream.getvalue() and "6/6" in stream.getvalue()
+
+
+def test_any_uid_gets_a_user_name_and_home(tmp_path, monkeypatch) -> None:
+    import getpass
+    import pwd
+
+    from petseg.cli import prepare_environment
+
+    def unknown(uid: int):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", unknown)
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "missing"))
+    with pytest.raises(KeyError):  # what MONAI's import hits under `docker run --user`
+        getpass.getuser()
+    prepare_environment()
+    assert getpass.getuser() == f"uid{os.getuid()}"
+    assert Path(os.environ["HOME"]).is_dir() and os.access(os.environ["HOME"], os.W_OK)
+
+
+def test_no_writable_temporary_directory_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    import tempfile
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(tempfile, "_candidate_tempdir_list", lambda: [str(not_a_folder)])
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(not_a_folder))
+    assert main(["predict", "--input", str(tmp_path), "--output", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"petseg predict: error: no writable temporary directory (TMPDIR='{not_a_folder}', "
+        "/tmp, /var/tmp, /usr/tmp and the working directory are read-only); mount one "
+        "(docker run --tmpfs /tmp) or set TMPDIR to a writable folder"]

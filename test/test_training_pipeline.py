@@ -75,7 +75,7 @@ def test_cache_prepares_skips_and_reports_a_corrupt_study(tmp_path) -> None:
     assert summary.written == ("PETCT_0/01-01-2001-NA-x", "PETCT_1/01-01-2001-NA-x",
                                "PETCT_2/01-01-2001-NA-x")
     assert [key for key, _ in summary.failed] == ["PETCT_9/02-02-2002-NA-x"] == failures
-    assert "SEG.nii.gz: cannot be read as an image" in summary.failed[0][1]
+    assert "SEG.nii.gz: is not an image SimpleITK can read" in summary.failed[0][1]
     assert cached_keys(tmp_path / "cache") == list(summary.written)
     assert not (tmp_path / "cache" / ".partial").exists()
 

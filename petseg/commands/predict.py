@@ -68,12 +68,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "OUTPUT/probabilities/")
 
 
+def _interrupt_on_sigterm() -> None:
+    """Turn SIGTERM (`docker stop`, a platform's timeout) into KeyboardInterrupt, so an
+    interrupted run still writes results.json."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
     from petseg.config import InferenceConfig, load_json
+    from petseg.engine import check_settings
     from petseg.errors import PetsegError
-    from petseg.io import find_cases
-    from petseg.pipeline import MASK_FOLDER, Predictor, find_weights_dir, predict_cases
+    from petseg.io import check_writable, find_cases
+    from petseg.pipeline import (
+        MASK_FOLDER,
+        PROBABILITY_FOLDER,
+        Predictor,
+        find_weights_dir,
+        predict_cases,
+        record_failure,
+    )
 
     if args.extras is not None:
         mask_dir = args.output.joinpath(*MASK_FOLDER).resolve()
@@ -82,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                               "which must hold only masks; choose another folder")
     if args.weight_kg is not None and not args.weight_kg > 0:
         raise PetsegError(f"--weight-kg {args.weight_kg}: must be a positive weight in kg")
-    cases = find_cases(args.input, weight_kg=args.weight_kg)
+    # settings first: a usage error touches no output
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
     if args.ensemble:
@@ -93,11 +114,32 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, threshold=args.threshold)
     if args.time_budget is not None:
         config = dataclasses.replace(config, time_budget_s=args.time_budget)
-    weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
-                                                REPOSITORY / "weights"])
-    predictor = Predictor(weights, config, device=args.device,
-                          allow_missing=args.allow_missing_folds,
-                          min_component_ml=args.min_lesion_ml)
+    check_settings(config)
+    # every folder this run writes, before any computation
+    check_writable(args.output)
+    check_writable(args.output.joinpath(*MASK_FOLDER))
+    if args.save_probability:
+        check_writable(args.output.joinpath(*PROBABILITY_FOLDER))
+    if args.extras is not None:
+        check_writable(args.extras)
+    cases = find_cases(args.input, weight_kg=args.weight_kg)
+    if args.dicom_seg and any(files.dicom is not None for files in cases.cases):
+        from petseg.dicom_seg import SEG_FOLDER
+
+        check_writable(args.output.joinpath(*SEG_FOLDER))
+    _interrupt_on_sigterm()
+    try:
+        weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
+                                                    REPOSITORY / "weights"])
+        predictor = Predictor(weights, config, device=args.device,
+                              allow_missing=args.allow_missing_folds,
+                              min_component_ml=args.min_lesion_ml)
+    except (PetsegError, OSError) as exc:
+        from petseg.errors import describe_os_error
+
+        message = str(exc) if isinstance(exc, PetsegError) else describe_os_error(exc)
+        record_failure(cases, args.output, message)
+        raise PetsegError(message) from None
     results = predict_cases(cases, args.output, predictor, save_probability=args.save_probability,
                             extras_dir=args.extras, dicom_seg=args.dicom_seg,
                             seg_uid_seed=args.seg_uid_seed)

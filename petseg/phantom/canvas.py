@@ -247,6 +247,22 @@ def paint_tube(canvas: Canvas, points: Sequence[Sequence[float]], radii: Sequenc
             canvas.paint(box, dist <= radius - wall, inner_label, only=[label])
 
 
+def exp32(x: np.ndarray | float) -> np.ndarray:
+    """`exp(x)` as float32, the same on every CPU.
+
+    numpy picks float32 `exp`/`power` kernels by the CPU's SIMD width (SSE, AVX2,
+    AVX-512), and they differ in the last bit; computed in float64 and rounded to
+    float32, the kernels' sub-ulp differences vanish (a float64 ulp flips the float32
+    rounding with probability about 2**-29 per value).
+    """
+    return np.exp(np.asarray(x, np.float64)).astype(np.float32)
+
+
+def power32(x: np.ndarray, exponent: float) -> np.ndarray:
+    """`x ** exponent` as float32, the same on every CPU (see `exp32`)."""
+    return np.power(np.asarray(x, np.float64), exponent).astype(np.float32)
+
+
 def _bspline_matrix(n_out: int, n_coarse: int) -> np.ndarray:
     """Cubic B-spline weights `[n_out, n_coarse]` sampling a lattice's interior evenly."""
     t = np.linspace(1.0, n_coarse - 2.0, n_out)

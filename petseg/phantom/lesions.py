@@ -24,7 +24,15 @@ import scipy.ndimage as ndi
 
 from petseg.metadata import COHORTS
 from petseg.phantom.anatomy import BODY_SOFT, Anatomy, Tissue
-from petseg.phantom.canvas import Box, Canvas, label_in, rotation, smooth_noise
+from petseg.phantom.canvas import (
+    Box,
+    Canvas,
+    exp32,
+    label_in,
+    power32,
+    rotation,
+    smooth_noise,
+)
 
 T = Tissue
 
@@ -340,7 +348,7 @@ def _lesion_field(rng: np.random.Generator, canvas: Canvas, box: Box,
     for offset, scale in balls:
         sigma = 0.6 * radius * scale
         r2 = sum((local[a] - offset[a]) ** 2 for a in range(3))
-        field += (scale * np.exp(-0.5 * r2 / sigma**2)).astype(np.float32)
+        field += (scale * exp32(-0.5 * r2 / sigma**2)).astype(np.float32)
     amp = {"sphere": 0.03, "ellipsoid": 0.05, "lobulated": 0.08, "irregular": 0.22}[shape]
     corr = max(radius * (0.45 if shape == "irregular" else 0.8), 2.0)
     shape_vox = field.shape
@@ -411,7 +419,7 @@ def render_lesion(plan: LesionPlan, index: int, centre: Sequence[float], anatomy
     u[mask] = (fv - lo) / max(hi - lo, 1e-6)
     cells = [max(radius * 0.5, 2.0) / sp for sp in canvas.spacing_zyx]
     het = smooth_noise(rng, field.shape, cells)
-    profile = (0.55 + 0.45 * np.power(u, 0.6)) * np.clip(1.0 + 0.18 * het, 0.5, 1.5)
+    profile = (0.55 + 0.45 * power32(u, 0.6)) * np.clip(1.0 + 0.18 * het, 0.5, 1.5)
     necrotic_core = np.zeros(field.shape, bool)
     if plan.necrotic:
         necrotic_core = mask & (u > rng.uniform(0.45, 0.65))

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from petseg.phantom.anatomy import Anatomy, Tissue
-from petseg.phantom.canvas import Box, label_in, segment_distance, smooth_noise
+from petseg.phantom.canvas import Box, exp32, label_in, segment_distance, smooth_noise
 
 T = Tissue
 
@@ -208,7 +208,7 @@ def _spot(anatomy: Anatomy, volume: np.ndarray, centre: tuple[float, float, floa
     region = volume[box]
     inside = dist <= radius
     if mode == "max":
-        weight = np.exp(-0.5 * (dist / max(radius * 0.6, 1e-3)) ** 2)
+        weight = exp32(-0.5 * (dist / max(radius * 0.6, 1e-3)) ** 2)
         np.maximum(region, (value * weight).astype(np.float32), out=region)
     else:
         region[inside] = value
@@ -253,7 +253,7 @@ def pet_activity(anatomy: Anatomy, phys: Physiology, tex: np.random.Generator) -
         m = label_in(labels[box], wanted)
         region = pet[box]
         n = _noise(anatomy, tex, box, corr)[m]
-        w = 1.0 / (1.0 + np.exp(-2.5 * n))
+        w = 1.0 / (1.0 + exp32(-2.5 * n))
         region[m] *= lo + (hi - lo) * w
     # Brown fat (deep cervical, supraclavicular, axillary, paravertebral depots) and tense
     # neck and shoulder muscles.
