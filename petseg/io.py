@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, describe_os_error
 from petseg.geometry import Geometry
 
 if TYPE_CHECKING:
@@ -668,5 +668,7 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
         raise PetsegError(f"{path}: {subject}not found; {fix}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PetsegError(f"{path}: {subject}not valid JSON ({exc}); {fix}") from None
+    except PermissionError as exc:  # the fix is the file's mode, not its content
+        raise PetsegError(describe_os_error(exc)) from None
     except OSError as exc:
         raise PetsegError(f"{path}: {subject}cannot be read ({exc.strerror}); {fix}") from None
