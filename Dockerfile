@@ -61,14 +61,20 @@ USER 10001:10001
 ENTRYPOINT ["petseg"]
 CMD ["--help"]
 
+# ---- weights: readable by every uid -----------------------------------------------------
+# WEIGHTS_DIR: another weights folder of the build context (the test uses one). Files saved
+# with private modes (0600) are opened up here, in a stage of their own, so the image runs
+# under `--user` any uid and still stores the weights once (the legacy builder has no
+# `COPY --chmod`, and a `RUN chmod` in the final stage would store them twice).
+FROM base AS weights
+ARG WEIGHTS_DIR=weights
+COPY ${WEIGHTS_DIR}/ /opt/app/weights/
+RUN chmod -R a+rX,go-w /opt/app/weights
+
 # ---- inference (default): the grand-challenge algorithm ----------------------------------
 # Weights come before the code so that code changes do not copy the weights again.
-# WEIGHTS_DIR: another weights folder of the build context (the test uses one). Owned by
-# the user, so files saved with private modes (0600) stay readable; the legacy builder has
-# no `COPY --chmod`, and a `RUN chmod` would store the weights twice.
 FROM runtime AS inference
-ARG WEIGHTS_DIR=weights
-COPY --chown=10001:10001 ${WEIGHTS_DIR}/ /opt/app/weights/
+COPY --from=weights /opt/app/weights/ /opt/app/weights/
 COPY --chown=10001:10001 resources/ /opt/app/resources/
 COPY --from=package /opt/petseg /opt/petseg
 COPY process.py /opt/app/

@@ -8,7 +8,8 @@
 # volume as /output, --gpus all only when a GPU and its container runtime are there.
 # The check (test/container_check.py): exactly one mask, on the input PET's grid, Dice
 # >= 0.99 with the expected mask, results.json naming the case.
-# Expected mask: test/expected_output when weights/ holds the bundled ensemble; when it
+# Expected mask: test/expected_output when weights/ holds the bundled ensemble (baked from
+# a copy with mode 0600, so every uid must be able to read what the image holds); when it
 # does not, a tiny random-weights ensemble is written to out/test-weights, baked into the
 # image instead, and the expected mask comes from `petseg predict` on the host.
 # A second run mounts another random ensemble at /opt/ml/model (where grand-challenge
@@ -77,8 +78,14 @@ if [[ -f weights/manifest.json ]]; then
   expected=test/expected_output
   [[ -d "$expected/images" ]] \
     || fail "$expected is missing; run scripts/make_test_fixture.sh with the bundled weights"
-  weight_flags=()
-  say "weights: the bundled ensemble in weights/; expected mask: $expected"
+  # baked from a copy with private modes (0600), as `petseg export-weights` may leave them:
+  # the runs below under uid 10001 and under another uid must both read them
+  rm -rf out/test-weights
+  mkdir -p out/test-weights
+  cp weights/*.safetensors weights/manifest.json out/test-weights/
+  chmod 600 out/test-weights/*
+  weight_flags=(--weights out/test-weights)
+  say "weights: the bundled ensemble in weights/ (baked with mode 0600); expected mask: $expected"
 else
   expected="$work/expected"
   say "weights/ has no manifest.json: testing with a tiny random-weights ensemble" \
