@@ -15,8 +15,9 @@
 # A second run mounts another random ensemble at /opt/ml/model (where grand-challenge
 # puts an uploaded model) and checks that the container uses it instead. Then as users
 # run it: `--user` a uid without an account, writing into a folder that uid owns (the
-# same check); an output folder the image user cannot write, and `--read-only` without a
-# tmpfs, each refused with exit 1 and one line.
+# same check); the fixture case as a DICOM study at /input (a mask and a DICOM SEG,
+# test/container_dicom.py); an output folder the image user cannot write, and
+# `--read-only` without a tmpfs, each refused with exit 1 and one line.
 # Environment:
 #   PETSEG_REQUIRE_DOCKER=1  fail when no Docker daemon answers (default: skip, saying so)
 #   PETSEG_TEST_BASE         auto (default): the Dockerfile's pinned CUDA PyTorch image when
@@ -163,6 +164,24 @@ docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges "
   || fail "as-user: the container exited with status $? under --user $uid:$uid"
 PYTHONPATH="$root" "$python" test/container_check.py "$own" --input test/input \
   --expected "$expected" || fail "as-user: the container's output is wrong (in $own)"
+# --- DICOM at /input: the fixture case as one scanner DICOM study -----------------------
+dicom="$work/dicom-input"
+PYTHONPATH="$root" "$python" test/container_dicom.py write test/input "$dicom" >&2
+chmod -R a+rX "$dicom"
+volume="petseg-test-output-$$-dicom"
+volumes+=("$volume")
+docker volume create "$volume" >/dev/null
+say "dicom: running $tag on a DICOM study"
+docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges "${gpus[@]}" \
+  --volume "$dicom:/input:ro" --volume "$volume:/output" "$tag" \
+  || fail "dicom: the container exited with status $? on DICOM input"
+mkdir -p "$work/dicom-output"
+docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
+  -C /output -cf - . | tar -C "$work/dicom-output" -xf -
+PYTHONPATH="$root" "$python" test/container_dicom.py check "$work/dicom-output" \
+  --dicom "$dicom" --expected "$expected" \
+  || fail "dicom: the container's output is wrong (in $work/dicom-output)"
+
 expect_refusal() {  # expect_refusal NAME MESSAGE_START [docker run arguments]: one line, exit 1
   local name="$1" message="$2" err status=0
   shift 2

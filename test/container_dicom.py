@@ -1,0 +1,123 @@
+"""The container on DICOM: write the fixture case as scanner DICOM, then check what came out.
+
+    PYTHONPATH=. python test/container_dicom.py write test/input DICOM_DIR
+    PYTHONPATH=. python test/container_dicom.py check OUTPUT --dicom DICOM_DIR \
+        --expected test/expected_output
+
+`write` turns the fixture's PET (SUV) and CT (HU) into one DICOM study (PET in Bq/ml,
+CT in stored values, nested folders, meaningless names, an unrelated series beside them).
+`check` (each failure one line; exit status 1 if any):
+- the mask folder holds exactly one `.mha` with, in patient space, a Dice of at least
+  `--min-dice` (default 0.98) with the expected mask of the `.mha` fixture: the PET passes
+  through 16-bit stored values with a per-slice rescale, which moves SUVs by up to about
+  1e-4 of a slice's maximum, so a few voxels at the threshold may flip;
+- `dicom-seg/` holds exactly one DICOM Segmentation whose frames reference instances of
+  the written PET series and whose study and patient equal the PET's;
+- `results.json` lists one case, without errors, with the SEG among its outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pydicom
+import SimpleITK as sitk
+
+from petseg.io import read_image
+from petseg.metrics import dice
+from petseg.phantom.dicom import write_dicom_study
+
+MASK_FOLDER = Path("images", "automated-petct-lesion-segmentation")
+SEG_FOLDER = Path("dicom-seg")
+
+
+def write(input_dir: Path, dicom_dir: Path) -> int:
+    """Write `input_dir`'s single PET/CT case as a DICOM study under `dicom_dir`."""
+    (pet_path,), (ct_path,) = (sorted((input_dir / "images" / kind).glob("*.mha"))
+                               for kind in ("pet", "ct"))
+    written = write_dicom_study(dicom_dir, read_image(pet_path), read_image(ct_path), seed=7)
+    count = sum(len(files) for files in written.files.values())
+    print(f"container dicom: wrote {count} files of study {written.study_uid} to {dicom_dir}")
+    return 0
+
+
+def _only(folder: Path, pattern: str, failures: list[str]) -> Path | None:
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    if len(found) != 1:
+        failures.append(f"{folder}: holds {len(found)} {pattern} files, expected exactly one")
+        return None
+    return found[0]
+
+
+def _pet_instances(dicom_dir: Path) -> dict[str, pydicom.Dataset]:
+    headers = {}
+    for path in dicom_dir.rglob("*"):
+        if path.is_file() and path.name != "DICOMDIR":
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            if getattr(ds, "Modality", None) == "PT":
+                headers[str(ds.SOPInstanceUID)] = ds
+    return headers
+
+
+def check(output: Path, dicom_dir: Path, expected_dir: Path, min_dice: float) -> list[str]:
+    """One line per violated rule of the module docstring; empty when all hold."""
+    failures: list[str] = []
+    mask_path = _only(output / MASK_FOLDER, "*.mha", failures)
+    expected_path = _only(expected_dir / MASK_FOLDER, "*.mha", failures)
+    seg_path = _only(output / SEG_FOLDER, "*.dcm", failures)
+    if mask_path and expected_path:
+        mask, expected = read_image(mask_path), read_image(expected_path)
+        # the DICOM PET's grid may order the slices the other way: compare in patient space
+        on_expected = sitk.Resample(mask, expected, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        score = dice(sitk.GetArrayFromImage(expected) > 0, sitk.GetArrayFromImage(on_expected) > 0)
+        if not score >= min_dice:
+            failures.append(f"{mask_path}: Dice {score:.4f} with {expected_path} < {min_dice}")
+    pets = _pet_instances(dicom_dir)
+    if seg_path:
+        seg = pydicom.dcmread(seg_path)
+        referenced = {item.DerivationImageSequence[0].SourceImageSequence[0]
+                      .ReferencedSOPInstanceUID for item in seg.PerFrameFunctionalGroupsSequence}
+        if seg.Modality != "SEG" or not referenced or not referenced <= set(pets):
+            failures.append(f"{seg_path}: not a SEG whose frames reference the PET instances")
+        some_pet = next(iter(pets.values()), None)
+        for tag in ("StudyInstanceUID", "PatientID"):
+            if some_pet is None or getattr(seg, tag) != getattr(some_pet, tag):
+                failures.append(f"{seg_path}: {tag} differs from the PET's")
+    results_path = output / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else []
+    kinds = [o.get("type") for e in results for o in e.get("outputs", [])]
+    if len(results) != 1 or results[0].get("error_messages") or "dicom_seg" not in kinds:
+        failures.append(f"{results_path}: expected one case without errors and with a dicom_seg"
+                        f" output, found {json.dumps(results)[:300]}")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: `write` or `check`, see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("write")
+    make.add_argument("input", type=Path)
+    make.add_argument("dicom", type=Path)
+    inspect = commands.add_parser("check")
+    inspect.add_argument("output", type=Path)
+    inspect.add_argument("--dicom", type=Path, required=True)
+    inspect.add_argument("--expected", type=Path, required=True)
+    inspect.add_argument("--min-dice", type=float, default=0.98)
+    args = parser.parse_args(argv)
+    if args.command == "write":
+        return write(args.input, args.dicom)
+    failures = check(args.output, args.dicom, args.expected, args.min_dice)
+    for failure in failures:
+        print(f"container dicom: FAIL {failure}", file=sys.stderr)
+    if not failures:
+        print("container dicom: ok: one mask on the PET grid, one SEG referencing the PET, "
+              "results.json lists the case")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
