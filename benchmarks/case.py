@@ -38,9 +38,9 @@ from common import (
 )
 
 from petseg import pipeline, preprocessing
+from petseg.cases import find_cases
 from petseg.config import InferenceConfig, ModelConfig, NetworkConfig
 from petseg.geometry import Geometry, resample
-from petseg.io import find_cases
 from petseg.phantom import generate_case, write_challenge_case
 
 RAM_TARGET_GB = 8.0

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.cases import find_cases, read_case
 from petseg.checkpoint import calibrated_threshold, dsc_weights, load_ensemble, write_thresholds
 from petseg.config import InferenceConfig, load_json
 from petseg.errors import PetsegError
 from petseg.evaluation import evaluate_pairs, pair_cases
 from petseg.geometry import Geometry
-from petseg.io import find_cases, read_case, read_image, read_json, write_image, write_json
+from petseg.io import read_image, read_json, write_image, write_json
 from petseg.metadata import Metadata, read_metadata
 from petseg.metrics import match_components, voxel_volume_ml
 from petseg.scoring import summarize

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from petseg.cases import find_cases
 from petseg.config import InferenceConfig
-from petseg.io import find_cases, read_image
+from petseg.io import read_image
 from petseg.metrics import CaseMetrics, case_metrics
 from petseg.phantom import generate_case, preview_png, write_challenge_case
 from petseg.pipeline import MASK_FOLDER, Predictor, predict_cases

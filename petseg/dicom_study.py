@@ -33,9 +33,9 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from petseg.cases import Case, CaseFiles, check_overlap, check_units, clean_non_finite
 from petseg.dicom import ct_series_hu, dicom_headers, pet_series_suv
 from petseg.errors import PetsegError
-from petseg.io import Case, CaseFiles, check_overlap, check_units, clean_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ def _has_weight(ds: Dataset) -> bool:
 def read_dicom_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     """Read a DICOM study's chosen PET (SUV body weight) and CT (HU) as a `Case`.
 
-    The same checks as `petseg.io.read_case` (non-finite voxels, overlap, SUV range).
+    The same checks as `petseg.cases.read_case` (non-finite voxels, overlap, SUV range).
     `study.weight_kg` stands in for PatientWeight only where the PET lacks it.
 
     Raises:

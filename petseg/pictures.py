@@ -169,6 +169,45 @@ def _draw_view(values: np.ndarray, mask: np.ndarray | None, overlay: np.ndarray 
     return rgb
 
 
+def _lay_out(views: list[np.ndarray], height: int) -> tuple[np.ndarray, list[int]]:
+    """Paste `views` (RGB `[h, w, 3]`, coronal/sagittal pairs, one pair per panel) on a
+    white canvas `[height, width, 3]` uint8 below `HEADER_PX` rows, `VIEW_GAP_PX` within
+    a panel and `PANEL_GAP_PX` between panels; returns the canvas and each view's left x."""
+    widths = [v.shape[1] for v in views]
+    n_panels = len(views) // 2
+    width = sum(widths) + n_panels * VIEW_GAP_PX + (n_panels - 1) * PANEL_GAP_PX
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    positions: list[int] = []
+    x = 0
+    for index, view in enumerate(views):
+        positions.append(x)
+        canvas[HEADER_PX:HEADER_PX + view.shape[0], x:x + view.shape[1]] = view
+        x += view.shape[1] + (VIEW_GAP_PX if index % 2 == 0 else PANEL_GAP_PX)
+    return canvas, positions
+
+
+def _label_panels(canvas: np.ndarray, positions: list[int], captions: list[tuple[str, str]],
+                  size_c: tuple[int, int], size_s: tuple[int, int]) -> Image.Image:
+    """`canvas` as a picture with orientation letters (R/L over the coronal view, A/P over
+    the sagittal) and each panel's caption below it: the long one (`captions[p][0]`) when
+    it fits the panel's width, else the short one; `size_c`, `size_s` are the views'
+    (width, height) in pixels."""
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    for p in range(len(positions) // 2):
+        x_cor, x_sag = positions[2 * p], positions[2 * p + 1]
+        draw.text((x_cor + 2, 2), "R", fill=TEXT_RGB, font=font)
+        draw.text((x_cor + size_c[0] - 8, 2), "L", fill=TEXT_RGB, font=font)
+        draw.text((x_sag + 2, 2), "A", fill=TEXT_RGB, font=font)
+        draw.text((x_sag + size_s[0] - 8, 2), "P", fill=TEXT_RGB, font=font)
+        long, short = captions[p]
+        panel_width = size_c[0] + VIEW_GAP_PX + size_s[0] - 2
+        caption = long if draw.textlength(long, font=font) <= panel_width else short
+        draw.text((x_cor + 2, HEADER_PX + size_c[1] + 1), caption, fill=TEXT_RGB, font=font)
+    return picture
+
+
 def mip_png(pet: sitk.Image, mask: sitk.Image | None, path: str | Path,
             uncertainty: sitk.Image | None = None,
             suv_window: tuple[float, float] = (0.0, 10.0),
@@ -220,31 +259,8 @@ def mip_png(pet: sitk.Image, mask: sitk.Image | None, path: str | Path,
         captions.append(("ensemble disagreement (SD {:g}-{:g})".format(*uncertainty_range),
                          "SD"))
 
-    height = HEADER_PX + size_c[1] + FOOTER_PX
-    widths = [v.shape[1] for v in views]
-    n_panels = len(views) // 2
-    width = sum(widths) + n_panels * VIEW_GAP_PX + (n_panels - 1) * PANEL_GAP_PX
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    draw_positions: list[int] = []
-    x = 0
-    for index, view in enumerate(views):
-        draw_positions.append(x)
-        canvas[HEADER_PX:HEADER_PX + view.shape[0], x:x + view.shape[1]] = view
-        x += view.shape[1] + (VIEW_GAP_PX if index % 2 == 0 else PANEL_GAP_PX)
-
-    picture = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default()
-    for p in range(n_panels):
-        x_cor, x_sag = draw_positions[2 * p], draw_positions[2 * p + 1]
-        draw.text((x_cor + 2, 2), "R", fill=TEXT_RGB, font=font)
-        draw.text((x_cor + size_c[0] - 8, 2), "L", fill=TEXT_RGB, font=font)
-        draw.text((x_sag + 2, 2), "A", fill=TEXT_RGB, font=font)
-        draw.text((x_sag + size_s[0] - 8, 2), "P", fill=TEXT_RGB, font=font)
-        long, short = captions[p]
-        panel_width = size_c[0] + VIEW_GAP_PX + size_s[0] - 2
-        caption = long if draw.textlength(long, font=font) <= panel_width else short
-        draw.text((x_cor + 2, HEADER_PX + size_c[1] + 1), caption, fill=TEXT_RGB, font=font)
+    canvas, positions = _lay_out(views, HEADER_PX + size_c[1] + FOOTER_PX)
+    picture = _label_panels(canvas, positions, captions, size_c, size_s)
     path = Path(path)
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")

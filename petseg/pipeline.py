@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from petseg.cases import Case, CaseFiles, CaseList, read_case
 from petseg.checkpoint import MANIFEST_NAME, calibrated_threshold, dsc_weights, load_ensemble
 from petseg.config import InferenceConfig, ModelConfig
 from petseg.engine import body_mask_for_windows, check_settings
@@ -35,7 +36,7 @@ from petseg.inference import (
     sliding_window_probability,
     weighted_mean,
 )
-from petseg.io import Case, CaseFiles, CaseList, read_case, write_image, write_json
+from petseg.io import write_image, write_json
 from petseg.model import build_network, size_divisor
 from petseg.postprocessing import probability_on_pet_grid, probability_to_mask
 from petseg.preprocessing import PreparedCase, preprocess_case

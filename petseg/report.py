@@ -234,6 +234,59 @@ def _in_minor_component(body_slice: np.ndarray, y: float, x: float) -> bool:
 
 # ----------------------------------------------------------------------------- report
 
+def _measure_lesions(labels: np.ndarray, n: int, pet: sitk.Image,
+                     unc_zyx: np.ndarray | None, voxel_ml: float) -> list[dict[str, Any]]:
+    """One dict per connected component `1..n` of `labels` `[z, y, x]` on the PET grid,
+    in label order, without its `lesion` number (see `lesion_report` for the keys)."""
+    if not n:
+        return []
+    pet_zyx = sitk.GetArrayViewFromImage(pet)
+    stats = cc3d.statistics(labels)
+    kernel = peak_kernel(pet.GetSpacing())
+    body = BodyModel.of(pet)
+    lesions: list[dict[str, Any]] = []
+    for index in range(1, n + 1):
+        box = stats["bounding_boxes"][index]
+        inside = labels[box] == index
+        pet_box = pet_zyx[box]
+        values = pet_box[inside].astype(np.float64)
+        local = np.unravel_index(np.argmax(np.where(inside, pet_box, -np.inf)), inside.shape)
+        hottest = tuple(int(s.start + i) for s, i in zip(box, local, strict=True))
+        centroid = pet.TransformContinuousIndexToPhysicalPoint(
+            [float(c) for c in stats["centroids"][index][::-1]])
+        lesion: dict[str, Any] = {
+            "n_voxels": int(values.size),
+            "volume_ml": values.size * voxel_ml,
+            "suv_max": float(values.max()),
+            "suv_mean": float(values.mean()),
+            "suv_peak": suv_peak_at(pet_zyx, hottest, kernel),
+            "tlg": float(values.mean()) * values.size * voxel_ml,
+            "centroid_mm": [float(c) for c in centroid],
+            "suv_max_position_mm": [float(c) for c in
+                                    pet.TransformIndexToPhysicalPoint(hottest[::-1])],
+            "region": body.region(centroid),
+        }
+        if unc_zyx is not None:
+            lesion["uncertainty_mean"] = float(unc_zyx[box][inside].mean())
+        lesions.append(lesion)
+    return lesions
+
+
+def _numbered_largest_first(lesions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`lesions` sorted by size (then SUVmax), each led by its `lesion` number 1..n."""
+    ordered = sorted(lesions, key=lambda item: (-item["n_voxels"], -item["suv_max"]))
+    return [{"lesion": number, **item} for number, item in enumerate(ordered, start=1)]
+
+
+def _region_counts(lesions: list[dict[str, Any]]) -> dict[str, int]:
+    """Lesions per body region (`REGIONS` order), with `unknown` only when there are any."""
+    regions = {name: sum(item["region"] == name for item in lesions)
+               for name in (*REGIONS, "unknown")}
+    if not regions["unknown"]:
+        del regions["unknown"]
+    return regions
+
+
 def lesion_report(mask: sitk.Image, pet: sitk.Image,
                   uncertainty: sitk.Image | None = None) -> dict[str, Any]:
     """Per-lesion and whole-body statistics of a lesion mask on its PET.
@@ -257,54 +310,17 @@ def lesion_report(mask: sitk.Image, pet: sitk.Image,
     check_same_grid(mask, pet, "mask", "the PET")
     if uncertainty is not None:
         check_same_grid(uncertainty, pet, "uncertainty map", "the PET")
-    pet_zyx = sitk.GetArrayViewFromImage(pet)
     unc_zyx = sitk.GetArrayViewFromImage(uncertainty) if uncertainty is not None else None
     labels, n = cc3d.connected_components(
         sitk.GetArrayViewFromImage(mask) > 0, connectivity=CONNECTIVITY, return_N=True)
     voxel_ml = float(np.prod(pet.GetSpacing())) / 1000.0
-    lesions: list[dict[str, Any]] = []
-    if n:
-        stats = cc3d.statistics(labels)
-        kernel = peak_kernel(pet.GetSpacing())
-        body = BodyModel.of(pet)
-        for index in range(1, n + 1):
-            box = stats["bounding_boxes"][index]
-            inside = labels[box] == index
-            pet_box = pet_zyx[box]
-            values = pet_box[inside].astype(np.float64)
-            local = np.unravel_index(np.argmax(np.where(inside, pet_box, -np.inf)), inside.shape)
-            hottest = tuple(int(s.start + i) for s, i in zip(box, local, strict=True))
-            centroid = pet.TransformContinuousIndexToPhysicalPoint(
-                [float(c) for c in stats["centroids"][index][::-1]])
-            lesion: dict[str, Any] = {
-                "n_voxels": int(values.size),
-                "volume_ml": values.size * voxel_ml,
-                "suv_max": float(values.max()),
-                "suv_mean": float(values.mean()),
-                "suv_peak": suv_peak_at(pet_zyx, hottest, kernel),
-                "tlg": float(values.mean()) * values.size * voxel_ml,
-                "centroid_mm": [float(c) for c in centroid],
-                "suv_max_position_mm": [float(c) for c in
-                                        pet.TransformIndexToPhysicalPoint(hottest[::-1])],
-                "region": body.region(centroid),
-            }
-            if unc_zyx is not None:
-                lesion["uncertainty_mean"] = float(unc_zyx[box][inside].mean())
-            lesions.append(lesion)
-    lesions.sort(key=lambda item: (-item["n_voxels"], -item["suv_max"]))
-    for number, lesion in enumerate(lesions, start=1):
-        lesion["lesion"] = number
-    lesions = [{"lesion": item.pop("lesion"), **item} for item in lesions]
-    regions = {name: sum(item["region"] == name for item in lesions)
-               for name in (*REGIONS, "unknown")}
-    if not regions["unknown"]:
-        del regions["unknown"]
+    lesions = _numbered_largest_first(_measure_lesions(labels, n, pet, unc_zyx, voxel_ml))
     return {
         "n_lesions": n,
         "tmtv_ml": sum(item["volume_ml"] for item in lesions),
         "tlg": sum(item["tlg"] for item in lesions),
         "suv_max": max((item["suv_max"] for item in lesions), default=None),
-        "regions": regions,
+        "regions": _region_counts(lesions),
         "voxel_volume_ml": voxel_ml,
         "connectivity": CONNECTIVITY,
         "units": {"volume": "ml", "suv": "g/ml (body weight)", "tlg": "SUV x ml",

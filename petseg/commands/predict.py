@@ -83,10 +83,11 @@ def _interrupt_on_sigterm() -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
+    from petseg.cases import find_cases
     from petseg.config import InferenceConfig, load_json
     from petseg.engine import check_settings
     from petseg.errors import PetsegError
-    from petseg.io import check_writable, find_cases
+    from petseg.io import check_writable
     from petseg.pipeline import (
         MASK_FOLDER,
         PROBABILITY_FOLDER,
