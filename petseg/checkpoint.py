@@ -166,9 +166,12 @@ def load_training_state(path: str | Path, device: torch.device | str = "cpu") ->
         data = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise PetsegError(f"{path}: not found; {fix}") from None
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else \
-            type(exc).__name__
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never here
+        raise PetsegError(f"{path}: not a readable training state (not plain tensors and "
+                          f"containers); {fix}") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0][:100] if text else type(exc).__name__
         raise PetsegError(f"{path}: not a readable training state ({reason}); {fix}") from None
     required = ("epoch", "model", "optimizer", "scaler", "best_epoch", "best_score",
                 "best_metrics")
