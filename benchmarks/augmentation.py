@@ -28,8 +28,8 @@ from petseg.model import build_network
 from petseg.training.cache import Volume
 from petseg.training.config import AugmentationConfig, LossConfig, OptimizerConfig
 from petseg.training.loader import EpochLoader
-from petseg.training.loop import resolve_amp, train_step
 from petseg.training.loss import build_loss
+from petseg.training.step import resolve_amp, train_step
 
 BATCH = 4
 

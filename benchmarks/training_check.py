@@ -47,8 +47,8 @@ from petseg.config import to_dict
 from petseg.phantom import generate_study, write_autopet_study, write_metadata_csv
 from petseg.phantom.layouts import dataset_plan, metadata_row
 from petseg.training.config import load_training_config, training_config_from_dict
-from petseg.training.loop import COLLAPSE_FROM_DSC
 from petseg.training.splits import load_splits
+from petseg.training.validation import COLLAPSE_FROM_DSC
 
 COLUMNS = ("epochs", "steps", "loss", "val DSC", "skipped", "overflow", "grad norm mean",
            "grad norm max", "step ms", "input wait %", "loss scale")

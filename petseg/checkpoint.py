@@ -4,7 +4,8 @@ A checkpoint is one safetensors file: the network's tensors plus JSON metadata (
 `ModelConfig`, validation metrics, library versions, free-form extra). Loading never
 unpickles anything. `weights/manifest.json` lists the folds `fold_0 ... fold_4` with
 file name, sha256, config and validation metrics; `load_ensemble` checks all of them
-before a single weight is used.
+before a single weight is used. A training run's `last.pt` (`TrainingState`) is the one
+torch file: plain tensors and containers, read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pickle
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -113,6 +115,75 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingState:
+    """What a run's `last.pt` keeps to continue after an epoch (`--resume`).
+
+    Random state needs no saving (each epoch's samples derive from seed, fold and epoch)
+    and the learning rate is a function of the epoch, so there is no scheduler state.
+
+    Attributes:
+        epoch: epochs done (the next one to run is `epoch + 1`, 1-based).
+        model: the network's `state_dict` (unwrapped from DDP).
+        optimizer: the optimiser's `state_dict`; its lr is the next epoch's.
+        scaler: the fp16 loss scaler's `state_dict` (`{}` when the scaler is disabled).
+        best_epoch: epoch of `best.safetensors` (0: none yet).
+        best_score: its mean validation DSC (-inf: none yet).
+        best_metrics: its validation summary (mean_dsc, mean_fpv_ml, mean_fnv_ml, cases).
+        init: {"file", "sha256"} of the checkpoint a fine-tuning started from, else None.
+    """
+
+    epoch: int
+    model: Mapping[str, torch.Tensor]
+    optimizer: Mapping[str, Any]
+    scaler: Mapping[str, Any]
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    best_metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    init: Mapping[str, str] | None = None
+
+
+def save_training_state(path: str | Path, state: TrainingState) -> Path:
+    """Write `state` to `path` (`last.pt`) atomically as plain containers; returns `path`."""
+    path = Path(path)
+    data = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+    return path
+
+
+def load_training_state(path: str | Path, device: torch.device | str = "cpu") -> TrainingState:
+    """Read a `last.pt` with `torch.load(weights_only=True)`, tensors mapped to `device`.
+
+    Files of older versions load too: keys no longer written (e.g. "scheduler") are
+    ignored. A missing, unreadable or incomplete file raises `PetsegError` naming it.
+    """
+    path = Path(path)
+    fix = "start the run again in a new folder, without --resume"
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise PetsegError(f"{path}: not found; {fix}") from None
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never here
+        raise PetsegError(f"{path}: not a readable training state (not plain tensors and "
+                          f"containers); {fix}") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0][:100] if text else type(exc).__name__
+        raise PetsegError(f"{path}: not a readable training state ({reason}); {fix}") from None
+    required = ("epoch", "model", "optimizer", "scaler", "best_epoch", "best_score",
+                "best_metrics")
+    missing = [key for key in required if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise PetsegError(f"{path}: incomplete training state (no {', '.join(missing)}); {fix}")
+    return TrainingState(
+        epoch=int(data["epoch"]), model=data["model"], optimizer=data["optimizer"],
+        scaler=data["scaler"] or {}, best_epoch=int(data["best_epoch"]),
+        best_score=float(data["best_score"]),
+        best_metrics={k: float(v) for k, v in data["best_metrics"].items()},
+        init=data.get("init"))
 
 
 def sha256_of(data: bytes) -> str:

@@ -6,18 +6,22 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 
 import pytest
 import torch
 
 from petseg.checkpoint import (
     DSC_KEY,
+    TrainingState,
     calibrated_threshold,
     dsc_weights,
     load_checkpoint,
     load_ensemble,
+    load_training_state,
     read_manifest,
     save_checkpoint,
+    save_training_state,
     write_manifest,
     write_thresholds,
 )
@@ -229,3 +233,57 @@ def test_a_threshold_outside_zero_one_is_refused_when_written_and_when_read(tmp_
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PetsegError, match=r"manifest\.json: thresholds\.weighted 'high': must be"):
         calibrated_threshold(folder, "weighted")
+
+
+def test_training_state_round_trip_as_plain_containers(tmp_path) -> None:
+    """last.pt loads with weights_only=True; the best score -inf (no validation yet) and
+    an fp16 scaler's state survive."""
+    network = build_network(TINY.network)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    state = TrainingState(epoch=3, model=network.state_dict(), optimizer=optimizer.state_dict(),
+                          scaler=scaler.state_dict(), init={"file": "fold_0.safetensors",
+                                                            "sha256": "ab" * 32})
+    path = save_training_state(tmp_path / "last.pt", state)
+    raw = torch.load(path, weights_only=True)
+    assert sorted(raw) == ["best_epoch", "best_metrics", "best_score", "epoch", "init", "model",
+                           "optimizer", "scaler"]
+    loaded = load_training_state(path)
+    assert (loaded.epoch, loaded.best_epoch, loaded.best_score) == (3, 0, float("-inf"))
+    assert loaded.scaler["scale"] == 1024.0 and loaded.init == state.init
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(loaded.model[name], tensor)
+
+
+def test_an_older_training_state_with_a_scheduler_loads(tmp_path) -> None:
+    """Files written before the closed-form cosine carry a "scheduler" entry: ignored."""
+    old = {"epoch": 2, "model": {"w": torch.ones(2)}, "optimizer": {"state": {},
+           "param_groups": []}, "scheduler": {"last_epoch": 2, "_last_lr": [5e-4]},
+           "scaler": {}, "best_epoch": 2, "best_score": 0.25, "best_metrics": {DSC_KEY: 0.25}}
+    torch.save(old, tmp_path / "last.pt")
+    loaded = load_training_state(tmp_path / "last.pt")
+    assert (loaded.epoch, loaded.best_epoch, loaded.best_metrics) == (2, 2, {DSC_KEY: 0.25})
+    assert loaded.scaler == {} and loaded.init is None
+
+
+def test_a_damaged_training_state_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / "last.pt"
+    fix = "start the run again in a new folder, without --resume"
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(PetsegError) as error:
+        load_training_state(path)
+    assert str(error.value) == (f"{path}: not a readable training state (not plain tensors "
+                                f"and containers); {fix}")
+    torch.save({"epoch": 1}, path)
+    path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
+    with pytest.raises(PetsegError, match=rf"^{re.escape(str(path))}: not a readable training "
+                                          rf"state \(PytorchStreamReader failed .+\); {fix}$"):
+        load_training_state(path)
+    torch.save({"epoch": 1, "model": {}}, path)
+    with pytest.raises(PetsegError) as error:
+        load_training_state(path)
+    assert str(error.value) == (f"{path}: incomplete training state (no optimizer, scaler, "
+                                f"best_epoch, best_score, best_metrics); {fix}")
+    absent = re.escape(str(tmp_path / "absent.pt"))
+    with pytest.raises(PetsegError, match=rf"^{absent}: not found; {fix}$"):
+        load_training_state(tmp_path / "absent.pt")

@@ -74,8 +74,8 @@ def _ddp_guard(rank: int, world_size: int, port: int, out: str) -> None:
     from petseg.model import build_network
     from petseg.training.config import LossConfig
     from petseg.training.distributed import init_distributed, shutdown, wrap_model
-    from petseg.training.loop import train_step
     from petseg.training.loss import build_loss
+    from petseg.training.step import train_step
 
     context = init_distributed("cpu")
     torch.manual_seed(rank)

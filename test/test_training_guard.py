@@ -18,10 +18,12 @@ from petseg.cli import main
 from petseg.config import save_json
 from petseg.errors import PetsegError
 from petseg.model import build_network
-from petseg.training import loop
+from petseg.training import loop, parts
 from petseg.training.config import OptimizerConfig, TrainingConfig
-from petseg.training.loop import collapse_warning, resolve_amp, train, train_step
+from petseg.training.loop import train
 from petseg.training.loss import build_loss
+from petseg.training.step import resolve_amp, train_step
+from petseg.training.validation import collapse_warning
 
 torch.set_num_threads(2)
 
@@ -167,7 +169,7 @@ def _history(run) -> list[dict[str, str]]:
 def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monkeypatch) -> None:
     """1 non-finite step of 20 (5 %, not more) is skipped and counted; the run goes on."""
     cache, splits = synthetic_cache(tmp_path, n=30)  # 20 training studies
-    original = loop.build_loss
+    original = parts.build_loss
 
     def loss_nan_once(config):
         loss_fn, calls = original(config), []
@@ -177,7 +179,7 @@ def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monke
             return loss_fn(logits, label) * (math.nan if len(calls) == 7 else 1.0)
         return loss
 
-    monkeypatch.setattr(loop, "build_loss", loss_nan_once)
+    monkeypatch.setattr(parts, "build_loss", loss_nan_once)
     config = tiny_config(epochs=1, amp="auto")
     config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
                                                                        batch_size=1))

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from training_fixtures import TINY_MODEL, synthetic_cache, tiny_config, write_study
+from training_fixtures import (
+    TINY_MODEL,
+    synthetic_cache,
+    tiny_config,
+    train_epochs,
+    write_study,
+)
 
 from petseg.checkpoint import DSC_KEY, load_checkpoint, load_ensemble
 from petseg.cli import main
@@ -150,7 +156,7 @@ def test_training_resume_and_export(tmp_path, monkeypatch) -> None:
     assert float(rows[1]["lr"]) == pytest.approx(3e-3 * (1 + np.cos(np.pi / 3)) / 2)
 
     interrupted = tmp_path / "interrupted"
-    _train_epochs(config, cache, splits, interrupted, stop_after=1)
+    train_epochs(config, cache, splits, interrupted, stop_after=1)
     first = torch.load(interrupted / "last.pt", weights_only=True)
     assert first["epoch"] == 1 and "scheduler" not in first  # the lr follows the epoch
     assert first["optimizer"]["param_groups"][0]["lr"] == pytest.approx(float(rows[1]["lr"]))
@@ -190,31 +196,6 @@ def test_training_resume_and_export(tmp_path, monkeypatch) -> None:
     assert loaded[0].meta["dtype"] == "float16"
     with pytest.raises(PetsegError, match="all are fold 0; pass one run per fold"):
         export_weights([tmp_path / "full", interrupted], tmp_path / "w2")
-
-
-def _train_epochs(config: TrainingConfig, cache, splits, run_dir, stop_after: int,
-                  **options) -> None:
-    """Run `config` (`train` keyword `options` added) but stop after `stop_after` epochs, as
-    an interrupted run would."""
-    import petseg.training.loop as loop
-
-    original = loop.EpochLoader
-
-    class InterruptError(Exception):
-        pass
-
-    class Stopping(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            if self.epoch >= stop_after:
-                raise InterruptError
-
-    loop.EpochLoader = Stopping
-    try:
-        with pytest.raises(InterruptError):
-            train(config, cache, splits, 0, run_dir, device="cpu", progress=False, **options)
-    finally:
-        loop.EpochLoader = original
 
 
 def test_config_defaults_and_overrides() -> None:
@@ -282,7 +263,7 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path) -> None:
     # an interrupted fine-tuning, resumed, still records where it started
     two_epochs = dataclasses.replace(frozen, optimizer=dataclasses.replace(frozen.optimizer,
                                                                            epochs=2))
-    _train_epochs(two_epochs, cache, splits, tmp_path / "paused", stop_after=1, init=start)
+    train_epochs(two_epochs, cache, splits, tmp_path / "paused", stop_after=1, init=start)
     train(two_epochs, cache, splits, 0, tmp_path / "paused", resume=True, device="cpu",
           progress=False)
     last = torch.load(tmp_path / "paused" / "last.pt", weights_only=True)

@@ -87,3 +87,31 @@ def write_study(folder: Path, rng: np.random.Generator, size=(36, 32, 20)) -> No
         image.SetOrigin((400.0, -200.0, -900.0))
         image.SetDirection(LAS_DIRECTION)
         sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+
+
+def train_epochs(config: TrainingConfig, cache: Path, splits: Path, run_dir: Path,
+                 stop_after: int, **options) -> None:
+    """Run fold 0 of `config` (`train` keyword `options` added) but stop after `stop_after`
+    epochs, as an interrupted run would; `run_dir/last.pt` keeps epoch `stop_after`."""
+    import pytest
+
+    import petseg.training.loop as loop
+
+    original = loop.EpochLoader
+
+    class InterruptError(Exception):
+        pass
+
+    class Stopping(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            if self.epoch >= stop_after:
+                raise InterruptError
+
+    loop.EpochLoader = Stopping
+    try:
+        with pytest.raises(InterruptError):
+            loop.train(config, cache, splits, 0, run_dir, device="cpu", progress=False,
+                       **options)
+    finally:
+        loop.EpochLoader = original

@@ -18,11 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="RUN",
                         help="run folder (checkpoints, logs)")
     parser.add_argument("--config", type=Path, metavar="JSON",
-                        help="training config (default: the paper's, resources/train_config.json)")
+                        help="training config (default: the paper's, resources/train_config.json; "
+                             "with --resume: RUN/config.json)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field, e.g. optimizer.epochs=2 (VALUE is JSON; "
                              "repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from RUN/last.pt; --set may change optimizer.lr and the "
+                             "other fields of docs/training.md's resume rules")
     parser.add_argument("--init", type=Path, metavar="CHECKPOINT",
                         help="start from these weights (a .safetensors of the same network, "
                              "e.g. weights/fold_0.safetensors) to fine-tune")
@@ -62,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from petseg.training.config import load_training_config, training_config_from_dict
     from petseg.training.loop import train
 
-    config = load_training_config(args.config)
+    base = args.config
+    if base is None and args.resume and (args.out / "config.json").is_file():
+        base = args.out / "config.json"  # the run's own config; --set changes fields of it
+    config = load_training_config(base)
     if args.set:
         config = training_config_from_dict(apply_overrides(to_dict(config), args.set))
     result = train(config, args.cache, args.splits, args.fold, args.out, resume=args.resume,
