@@ -140,6 +140,20 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     return entry
 
 
+def _record_interruption(cases: CaseList, results: list[dict[str, Any]],
+                         output_dir: Path) -> None:
+    """After an interruption: the cases not in `results` get `INTERRUPTED` (and lose any
+    earlier output); `results.json` is written."""
+    done = {entry["name"] for entry in results}
+    for files in cases.cases:
+        if files.name not in done:
+            remove_outputs(output_dir, files.name)
+            results.append(_entry(files, None, INTERRUPTED, 0.0, None))
+    write_json(results, output_dir / RESULTS_NAME)
+    log.error("interrupted after %d of %d case(s); %s lists them", len(done),
+              len(cases.cases), output_dir / RESULTS_NAME)
+
+
 def predict_cases(
     cases: CaseList,
     output_dir: str | Path,
@@ -200,14 +214,7 @@ def predict_cases(
             for pending in reads:
                 if pending is not None:
                     pending.cancel()
-            done = {entry["name"] for entry in results}
-            for files in cases.cases:
-                if files.name not in done:
-                    remove_outputs(output_dir, files.name)
-                    results.append(_entry(files, None, INTERRUPTED, 0.0, None))
-            write_json(results, output_dir / RESULTS_NAME)
-            log.error("interrupted after %d of %d case(s); %s lists them", len(done),
-                      len(cases.cases), output_dir / RESULTS_NAME)
+            _record_interruption(cases, results, output_dir)
             raise
     write_json(results, output_dir / RESULTS_NAME)
     return results

@@ -319,17 +319,11 @@ def _run_with_fallbacks(run: _Run, image: torch.Tensor, config: InferenceConfig,
 
 
 def run_ensemble(
-    networks: Sequence[Network],
-    image: np.ndarray | torch.Tensor,
-    config: InferenceConfig | None = None,
-    *,
-    weights: Sequence[float] | None = None,
-    body_mask: np.ndarray | torch.Tensor | None = None,
-    device: torch.device | str = "auto",
-    size_divisor: int | None = None,
-    channels_last: bool = True,
-    bytes_per_voxel: float | None = None,
-    per_network: bool = False,
+    networks: Sequence[Network], image: np.ndarray | torch.Tensor,
+    config: InferenceConfig | None = None, *, weights: Sequence[float] | None = None,
+    body_mask: np.ndarray | torch.Tensor | None = None, device: torch.device | str = "auto",
+    size_divisor: int | None = None, channels_last: bool = True,
+    bytes_per_voxel: float | None = None, per_network: bool = False,
 ) -> EngineResult:
     """Ensemble lesion probability of one preprocessed image.
 

@@ -272,23 +272,11 @@ def _symmetric_pad(shape: Sequence[int], target: Sequence[int]) -> tuple[tuple[i
 
 
 def make_plan(
-    shape: Sequence[int],
-    *,
-    mode: Mode,
-    roi_size: Sequence[int],
-    overlap: float,
-    blend: Blend,
-    windows_per_batch: int | Literal["auto"],
-    precision: Literal["fp32", "fp16"],
-    stitch: Stitch,
-    budget_bytes: float,
-    bytes_per_voxel: float,
-    in_channels: int,
-    out_channels: int = 2,
-    size_divisor: int = 1,
-    fast_overlap: int = 32,
-    body_mask: np.ndarray | torch.Tensor | None = None,
-    device_type: str = "cuda",
+    shape: Sequence[int], *, mode: Mode, roi_size: Sequence[int], overlap: float, blend: Blend,
+    windows_per_batch: int | Literal["auto"], precision: Literal["fp32", "fp16"],
+    stitch: Stitch, budget_bytes: float, bytes_per_voxel: float, in_channels: int,
+    out_channels: int = 2, size_divisor: int = 1, fast_overlap: int = 32,
+    body_mask: np.ndarray | torch.Tensor | None = None, device_type: str = "cuda",
     maps: int = 1,
 ) -> Plan:
     """Choose windows, batch size and buffer placement for a `[C, *shape]` image.
@@ -331,8 +319,7 @@ def make_plan(
                                        fast_overlap)
         blend_used = "ramp"
         ramp = min(fast_overlap, min(window) // 2)
-    total = len(starts)
-    skipped = 0
+    total, skipped = len(starts), 0
     if body_mask is not None:
         starts, skipped = _drop_empty_windows(starts, window, body_mask, shape, pad)
     fixed = sizes.buffers(not (len(starts) == 1 and tuple(window) == padded))
