@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 
 def arguments(extra: list[str]) -> list[str]:
     """The `petseg predict` command line for the challenge's fixed folders."""
-    from petseg.pipeline import find_weights_dir  # imports torch: after prepare_environment
+    from petseg.checkpoint import find_weights_dir  # the manifest only: no torch, no MONAI
 
     try:
         weights = find_weights_dir([Path("/opt/ml/model"), HERE / "weights"])

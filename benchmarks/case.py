@@ -39,8 +39,9 @@ from common import (
 
 from petseg import pipeline, preprocessing
 from petseg.cases import find_cases
-from petseg.config import InferenceConfig, ModelConfig, NetworkConfig
+from petseg.config import InferenceConfig, ModelConfig, NetworkConfig, resolve_inference_config
 from petseg.geometry import Geometry, resample
+from petseg.inference import predictor as predictor_module
 from petseg.phantom import generate_case, write_challenge_case
 
 RAM_TARGET_GB = 8.0
@@ -123,16 +124,16 @@ STAGES: list[tuple[Any, str, str, str | None]] = [
     (preprocessing, "ct_on_pet_grid", "resample CT onto the PET grid", None),
     (preprocessing, "body_box", "body mask + crop box", None),
     (preprocessing, "resample", "resample crop to 2 mm", "preprocessing, rest"),
-    (pipeline, "preprocess_case", "preprocessing, rest", None),
-    (pipeline, "body_mask_for_windows", "body mask for window skipping", None),
-    (pipeline, "sliding_window_probability", "infer (ensemble)", None),
-    (pipeline, "probability_on_pet_grid", "probability back to the PET grid", None),
-    (pipeline, "probability_to_mask", "threshold + mask image", None),
+    (predictor_module, "preprocess_case", "preprocessing, rest", None),
+    (predictor_module, "body_mask_for_windows", "body mask for window skipping", None),
+    (predictor_module, "run_ensemble", "infer (ensemble)", None),
+    (predictor_module, "probability_on_pet_grid", "probability back to the PET grid", None),
+    (predictor_module, "probability_to_mask", "threshold + mask image", None),
     (pipeline, "write_image", "write mask (atomic)", None),
 ]
 
 
-def run_case(input_dir: Path, output_dir: Path, predictor: pipeline.Predictor,
+def run_case(input_dir: Path, output_dir: Path, predictor: predictor_module.Predictor,
              device: torch.device) -> tuple[float, list[list[object]], int]:
     """Predict the case(s) under `input_dir`; returns (wall s, table rows, peak RSS)."""
     clock = StageClock()
@@ -197,8 +198,9 @@ def main() -> None:
     mode = args.mode or ("reference" if cuda else "fast")
     model = ModelConfig(network=NetworkConfig(channels=channels,
                                               strides=(2,) * (len(channels) - 1)))
-    predictor = pipeline.Predictor.from_networks(
-        random_networks(args.folds, channels), model, InferenceConfig(mode=mode), device=device)
+    predictor = predictor_module.Predictor(
+        random_networks(args.folds, channels), model,
+        resolve_inference_config(InferenceConfig(mode=mode)), device=device)
     print(f"# case benchmark: {describe_machine(device)}")
     print(f"{args.folds} folds, channels {channels}, mode {mode}; RSS before the cases "
           f"{gib(rss_bytes())} GiB")

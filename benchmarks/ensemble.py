@@ -2,7 +2,7 @@
 
 Stock: `monai.inferers.sliding_window_inference` per fold in fp32 (192^3 windows, overlap
 0.5, Gaussian blending, softmax probability), folds one after another, then the average.
-Engine: `petseg.engine.run_ensemble` in each mode. Printed per method: wall time (best
+Engine: `petseg.inference.engine.run_ensemble` in each mode. Printed per method: wall time (best
 of `--repeat`, after a warm-up), the ratio stock / method, peak memory (CUDA: peak
 allocated; CPU: peak resident memory above the start), and the agreement with stock:
 Dice of the masks (probability > 0.5) and the largest probability difference.
@@ -39,7 +39,8 @@ from common import (
 )
 
 from petseg.config import InferenceConfig, PreprocessingConfig
-from petseg.engine import body_mask_for_windows, run_ensemble
+from petseg.inference.engine import run_ensemble
+from petseg.preprocessing import body_mask_for_windows
 
 FACTS_SHAPE = (496, 208, 304)
 """The cropped whole body at 2 mm of the H100 measurements, `[D, H, W]`."""

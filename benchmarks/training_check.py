@@ -42,8 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from petseg.commands.train import apply_overrides
-from petseg.config import to_dict
+from petseg.config import apply_overrides, to_dict
 from petseg.phantom import generate_study, write_autopet_study, write_metadata_csv
 from petseg.phantom.layouts import dataset_plan, metadata_row
 from petseg.training.config import load_training_config, training_config_from_dict

@@ -33,7 +33,7 @@ import SimpleITK as sitk
 
 from petseg.cases import find_cases, read_case
 from petseg.checkpoint import calibrated_threshold, dsc_weights, load_ensemble, write_thresholds
-from petseg.config import InferenceConfig, load_json
+from petseg.config import InferenceConfig, load_json, resolve_inference_config
 from petseg.errors import PetsegError
 from petseg.evaluation import evaluate_pairs, pair_cases
 from petseg.geometry import Geometry
@@ -119,27 +119,31 @@ def thresholds_per_ensemble(requested: list[float] | None, weights: Path,
     """Ensemble -> thresholds to score: `requested` for both, else each ensemble's own
     default (the config's threshold, else the one calibrated for it, else 0.5)."""
     return {name: list(requested) if requested else
-            [config.mask_threshold(calibrated_threshold(weights, name))] for name in ENSEMBLES}
+            [resolve_inference_config(config, calibrated_threshold(weights, name)).threshold]
+            for name in ENSEMBLES}
 
 
 def predict_both(heldout: Path, out: Path, weights: Path, config: InferenceConfig,
                  device: str, thresholds: dict[str, list[float]]) -> dict[tuple[str, float], Path]:
-    """Masks of both ensembles at each one's thresholds from one pass over the folds.
+    """Masks of both ensembles at each one's thresholds from one engine pass over the folds.
 
-    Averaging the folds' PET-grid probabilities equals resampling the averaged
+    The ensemble is loaded once; the `Predictor` keeps each fold's map from its fused
+    pass. Averaging the folds' PET-grid probabilities equals resampling the averaged
     probability (linear interpolation is linear), so both ensembles come from the same
     fold maps. `thresholds`: ensemble ("mean", "weighted") -> its thresholds. Returns the
     prediction folder of each (ensemble, threshold): `pred_<ensemble>` where an ensemble
     has a single threshold, `pred_<ensemble>_t<threshold>` where it has several.
     """
-    from petseg.inference import normalized_weights
-    from petseg.pipeline import MASK_FOLDER, Predictor
-    from petseg.postprocessing import probability_to_mask
+    from petseg.inference.engine import normalized_weights
+    from petseg.inference.postprocessing import probability_to_mask
+    from petseg.inference.predictor import Predictor
+    from petseg.pipeline import MASK_FOLDER
 
-    predictor = Predictor(weights, config, device=device)
-    dsc = normalized_weights(len(predictor.networks),
-                             dsc_weights(load_ensemble(weights)))
-    plain = normalized_weights(len(predictor.networks))
+    checkpoints = load_ensemble(weights)
+    predictor = Predictor.from_checkpoints(checkpoints, resolve_inference_config(config),
+                                           device=device)
+    dsc = normalized_weights(len(checkpoints), dsc_weights(checkpoints))
+    plain = normalized_weights(len(checkpoints))
     folders = {(name, t): out / (f"pred_{name}" if len(values) == 1 else f"pred_{name}_t{t:.2f}")
                for name, values in thresholds.items() for t in values}
     for files in find_cases(heldout).cases:

@@ -18,14 +18,15 @@ import pickle
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from petseg import __version__
 from petseg.config import ModelConfig, from_dict, to_dict
 from petseg.errors import PetsegError
 from petseg.io import atomic_path, read_json, write_json
+
+if TYPE_CHECKING:  # torch loads with the first checkpoint, not with the manifest
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def library_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint (for reproducing a result)."""
     import monai
     import safetensors
+    import torch
 
     return {
         "petseg": __version__,
@@ -331,6 +333,23 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
             "with petseg.checkpoint.write_manifest"
         )
     return manifest
+
+
+def find_weights_dir(candidates: Sequence[str | Path]) -> Path:
+    """First candidate folder holding `manifest.json` (itself or one subfolder level down).
+
+    Grand-challenge unpacks an uploaded model tarball into `/opt/ml/model`, possibly inside
+    one folder; the image's own `weights/` is the usual fallback.
+    """
+    for candidate in map(Path, candidates):
+        if (candidate / MANIFEST_NAME).is_file():
+            return candidate
+        if candidate.is_dir():
+            nested = sorted(p.parent for p in candidate.glob(f"*/{MANIFEST_NAME}"))
+            if len(nested) == 1:
+                return nested[0]
+    looked = ", ".join(str(c) for c in candidates)
+    raise PetsegError(f"no {MANIFEST_NAME} found in {looked}; pass --weights DIR")
 
 
 def write_thresholds(weights_dir: str | Path, thresholds: Mapping[str, float],

@@ -70,6 +70,9 @@ class ModelConfig:
 DEFAULT_THRESHOLD = 0.5
 """Lesion probability threshold when neither the config nor the weights name one."""
 
+MAX_FLIP_PASSES = 8
+"""Test-time augmentation averages at most this many flipped passes (all flips of 3 axes)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
@@ -112,11 +115,35 @@ class InferenceConfig:
     time_budget_s: float | None = None
     skip_empty_windows: bool = True
 
+    def __post_init__(self) -> None:
+        batch = self.windows_per_batch
+        if batch != "auto" and not (isinstance(batch, int) and batch >= 1):
+            raise PetsegError(
+                f"windows_per_batch {batch!r}: must be a positive integer or \"auto\";"
+                " fix the inference config"
+            )
+        if not 1 <= int(self.tta) <= MAX_FLIP_PASSES:
+            raise PetsegError(f"tta {self.tta}: must be 1 to {MAX_FLIP_PASSES} flip passes")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise PetsegError(f"threshold {self.threshold}: must be between 0 and 1 (exclusive)"
+                              " or null for the weights' calibrated one")
+        if not 0 <= self.overlap < 1:
+            raise PetsegError(f"overlap {self.overlap}: must be >= 0 and < 1")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise PetsegError(f"time budget {self.time_budget_s} s: must be positive")
+
     def mask_threshold(self, calibrated: float | None = None) -> float:
         """The probability threshold in use: `threshold`, else `calibrated`, else 0.5."""
         if self.threshold is not None:
             return float(self.threshold)
         return DEFAULT_THRESHOLD if calibrated is None else float(calibrated)
+
+
+def resolve_inference_config(config: InferenceConfig,
+                             calibrated: float | None = None) -> InferenceConfig:
+    """`config` with its threshold settled: the config's own (command line or file), else
+    `calibrated` (the weights' manifest), else 0.5. What every later stage receives."""
+    return dataclasses.replace(config, threshold=config.mask_threshold(calibrated))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -152,6 +179,39 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         raise PetsegError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str],
+                    reference: str = "resources/train_config.json",
+                    example: str = "optimizer.epochs=2") -> dict[str, Any]:
+    """Set dotted `FIELD=VALUE` overrides (`--set`; JSON values, bare words are strings) in
+    the plain dict `data` of a config; `reference` is the file an unknown field points to,
+    `example` the override a malformed one is shown."""
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise PetsegError(f"--set {item}: use FIELD=VALUE, e.g. {example}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = data
+        parts = name.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                raise PetsegError(f"--set {item}: {part!r} is not a config section")
+            target = target[part]
+        if parts[-1] not in target:
+            raise PetsegError(f"--set {item}: unknown field {name!r}; see {reference}")
+        target[parts[-1]] = value
+    return data
+
+
+def with_overrides(config: T, overrides: list[str], reference: str, example: str) -> T:
+    """A copy of the dataclass `config` with `--set` overrides (`apply_overrides`) applied,
+    validated like a config file."""
+    data = apply_overrides(to_dict(config), overrides, reference, example)
+    return from_dict(type(config), data, where="--set")
 
 
 def load_json(cls: type[T], path: str | Path) -> T:

@@ -14,10 +14,11 @@ import SimpleITK as sitk
 
 from petseg.cases import find_cases
 from petseg.config import InferenceConfig
+from petseg.inference.predictor import Predictor
 from petseg.io import read_image
 from petseg.metrics import CaseMetrics, case_metrics
 from petseg.phantom import generate_case, preview_png, write_challenge_case
-from petseg.pipeline import MASK_FOLDER, Predictor, predict_cases
+from petseg.pipeline import MASK_FOLDER, predict_cases
 
 CASE_NAME = "case"
 
@@ -51,7 +52,7 @@ def run_demo(out_dir: str | Path, weights_dir: str | Path, seed: int, size: str 
     out_dir = Path(out_dir)
     case = generate_case(seed, size=size, cohort=cohort)
     paths = write_challenge_case(case, out_dir / "input", CASE_NAME)
-    predictor = Predictor(weights_dir, config, device=device)
+    predictor = Predictor.from_weights_dir(weights_dir, config, device=device)
     prediction_dir = out_dir / "prediction"
     extras_dir = out_dir / "extras"
     predict_cases(find_cases(paths["pet"].parents[2]), prediction_dir, predictor,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-from monai.networks.nets import UNet
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from petseg.config import NetworkConfig
+
+if TYPE_CHECKING:  # torch and MONAI load with the first network, not with the divisor
+    import torch
+    from monai.networks.nets import UNet
 
 
 def build_network(config: NetworkConfig) -> UNet:
@@ -14,6 +19,8 @@ def build_network(config: NetworkConfig) -> UNet:
     Input `[B, in_channels, D, H, W]`, output logits `[B, out_channels, D, H, W]`; every
     spatial size must be divisible by the product of `strides` (16 for the paper's).
     """
+    from monai.networks.nets import UNet
+
     return UNet(
         spatial_dims=3,
         in_channels=config.in_channels,
@@ -30,9 +37,11 @@ def count_parameters(network: torch.nn.Module) -> int:
     return sum(p.numel() for p in network.parameters() if p.requires_grad)
 
 
-def size_divisor(config: NetworkConfig) -> int:
-    """Spatial sizes fed to the network must be multiples of this."""
+def size_divisor(source: NetworkConfig | Any) -> int:
+    """Spatial sizes fed to the network must be multiples of this: the product of the
+    `strides` of a `NetworkConfig` or of a network that has them (MONAI's UNet; a stride
+    per axis counts with its largest), 1 for anything without strides."""
     divisor = 1
-    for stride in config.strides:
-        divisor *= stride
+    for stride in getattr(source, "strides", None) or ():
+        divisor *= int(np.max(stride))
     return divisor

@@ -1,7 +1,7 @@
-"""One case end to end, and a folder of cases: wires the stages, holds no logic of its own.
+"""A folder of cases: the case loop, reading one case ahead, the outputs and results.json.
 
-    read_case -> preprocess_case -> sliding_window_probability (ensemble)
-      -> probability_on_pet_grid -> probability_to_mask -> write_image (atomic)
+    read_case (prefetched) -> Predictor.predict (`petseg.inference.predictor`)
+      -> write_image (atomic) [-> DICOM SEG, extras]
 
 Outputs (grand-challenge contract, evalutils-compatible `results.json`):
     OUTPUT/images/automated-petct-lesion-segmentation/<name>.mha   uint8 0/1, PET grid
@@ -11,35 +11,19 @@ Outputs (grand-challenge contract, evalutils-compatible `results.json`):
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from petseg.cases import Case, CaseFiles, CaseList, read_case
-from petseg.checkpoint import MANIFEST_NAME, calibrated_threshold, dsc_weights, load_ensemble
-from petseg.config import InferenceConfig, ModelConfig
-from petseg.engine import body_mask_for_windows, check_settings
 from petseg.errors import PetsegError
-from petseg.inference import (
-    Network,
-    network_probabilities,
-    normalized_weights,
-    resolve_device,
-    sliding_window_probability,
-    weighted_mean,
-)
+from petseg.inference.predictor import Prediction, Predictor
 from petseg.io import write_image, write_json
-from petseg.model import build_network, size_divisor
-from petseg.postprocessing import probability_on_pet_grid, probability_to_mask
-from petseg.preprocessing import PreparedCase, preprocess_case
 from petseg.progress import CaseProgress
 
 log = logging.getLogger(__name__)
@@ -47,164 +31,6 @@ log = logging.getLogger(__name__)
 MASK_FOLDER = ("images", "automated-petct-lesion-segmentation")
 PROBABILITY_FOLDER = ("probabilities",)
 RESULTS_NAME = "results.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """A case's result on the PET grid.
-
-    Attributes:
-        mask: uint8 0/1, exactly the PET's size/spacing/origin/direction.
-        probability: float32 ensemble lesion probability on the PET grid, if requested.
-        fold_probabilities: float32 per-network probabilities on the PET grid, if requested.
-    """
-
-    mask: sitk.Image
-    probability: sitk.Image | None = None
-    fold_probabilities: list[sitk.Image] | None = None
-
-
-class Predictor:
-    """The fold ensemble, loaded once, predicting many cases.
-
-    Args:
-        weights_dir: folder with fold checkpoints and `manifest.json`.
-        config: sliding-window/ensemble settings (default: the paper's).
-        device: "auto", "cpu" or "cuda".
-        allow_missing: run on the folds present when some are missing (with a warning).
-        min_component_ml: remove predicted components smaller than this (0 = off).
-    """
-
-    def __init__(
-        self,
-        weights_dir: str | Path,
-        config: InferenceConfig | None = None,
-        device: str | torch.device = "auto",
-        allow_missing: bool = False,
-        min_component_ml: float = 0.0,
-    ) -> None:
-        config = config or InferenceConfig()
-        checkpoints = load_ensemble(weights_dir, allow_missing=allow_missing)
-        if config.threshold is None:
-            calibrated = calibrated_threshold(weights_dir, config.ensemble)
-            config = dataclasses.replace(config, threshold=config.mask_threshold(calibrated))
-        model_config = checkpoints[0].model_config
-        networks = []
-        for checkpoint in checkpoints:
-            network = build_network(model_config.network)
-            network.load_state_dict(checkpoint.state_dict, strict=True)
-            networks.append(network)
-        weights = dsc_weights(checkpoints) if config.ensemble == "weighted" else None
-        self._setup(networks, model_config, config, weights, device, min_component_ml)
-        self.folds = [str(c.meta["fold"]) for c in checkpoints]
-        log.info("ensemble of %d fold(s) %s from %s on %s (%s average, threshold %.2f)",
-                 len(networks), ", ".join(self.folds), weights_dir, self.device,
-                 config.ensemble, self.config.threshold)
-
-    @classmethod
-    def from_networks(
-        cls,
-        networks: Sequence[Network],
-        model_config: ModelConfig,
-        config: InferenceConfig | None = None,
-        weights: Sequence[float] | None = None,
-        device: str | torch.device = "auto",
-        min_component_ml: float = 0.0,
-    ) -> Predictor:
-        """A predictor over given networks (`weights` None = plain mean)."""
-        predictor = cls.__new__(cls)
-        predictor._setup(list(networks), model_config, config or InferenceConfig(), weights,
-                         device, min_component_ml)
-        predictor.folds = [f"network_{i}" for i in range(len(networks))]
-        return predictor
-
-    def _setup(self, networks: list[Network], model_config: ModelConfig,
-               config: InferenceConfig, weights: Sequence[float] | None,
-               device: str | torch.device, min_component_ml: float) -> None:
-        check_settings(config)
-        config = dataclasses.replace(config, threshold=config.mask_threshold())
-        divisor = size_divisor(model_config.network)
-        if any(int(s) % divisor for s in config.roi_size):
-            raise PetsegError(
-                f"roi_size {tuple(config.roi_size)}: must be multiples of {divisor} for this "
-                "network; fix the inference config"
-            )
-        self.device = resolve_device(device)
-        self.networks = [n.to(self.device).eval() if isinstance(n, torch.nn.Module) else n
-                         for n in networks]
-        self.model_config = model_config
-        self.config = config
-        self.weights = normalized_weights(len(networks), weights)
-        self.min_component_ml = float(min_component_ml)
-
-    def predict(self, pet: sitk.Image, ct: sitk.Image, probability: bool = False,
-                fold_probabilities: bool = False,
-                progress: CaseProgress | None = None) -> Prediction:
-        """Mask (and on request probabilities) on the PET grid for one PET (SUV) + CT (HU);
-        stages and window batches are reported to `progress`."""
-        started = time.perf_counter()
-        progress = progress or CaseProgress("-")
-        progress.stage("preprocessing")
-        case = preprocess_case(pet, ct, self.model_config.preprocessing)
-        config = self.config
-        if config.time_budget_s is not None:  # what preprocessing left of the case's budget
-            left = max(config.time_budget_s - (time.perf_counter() - started), 1e-3)
-            config = dataclasses.replace(config, time_budget_s=left)
-        body = (body_mask_for_windows(case.image, self.model_config.preprocessing)
-                if config.skip_empty_windows else None)
-        folds = None
-        progress.stage(f"{len(self.networks)} network(s) on {tuple(case.image.shape[1:])} voxels")
-        with progress.listening():
-            ensemble, folds = self._probabilities(case, config, body, fold_probabilities)
-        progress.stage("probability to the PET grid, mask")
-        on_pet = probability_on_pet_grid(ensemble.numpy(), case.grid, case.crop_box,
-                                         case.pet_geometry)
-        mask = probability_to_mask(on_pet, case.pet_geometry, self.config.threshold,
-                                   self.min_component_ml)
-        as_image = case.pet_geometry.image_from_array
-        return Prediction(
-            mask=mask,
-            probability=as_image(on_pet) if probability else None,
-            fold_probabilities=[as_image(f) for f in folds] if folds is not None else None,
-        )
-
-    def _probabilities(self, case: PreparedCase, config: InferenceConfig,
-                       body: torch.Tensor | None, per_fold: bool
-                       ) -> tuple[torch.Tensor, list[np.ndarray] | None]:
-        """Ensemble probability `[D, H, W]` on the model grid and, with `per_fold`, each
-        network's on the PET grid."""
-        folds = None
-        if per_fold:
-            maps = [p.cpu() for p in network_probabilities(self.networks, case.image,
-                                                           config, self.device, body)]
-            ensemble = weighted_mean(maps, self.weights)
-            folds = [probability_on_pet_grid(p.numpy(), case.grid, case.crop_box,
-                                             case.pet_geometry) for p in maps]
-        else:
-            ensemble = sliding_window_probability(self.networks, case.image, config,
-                                                  self.weights, self.device, body)
-        return ensemble, folds
-
-    def predict_case(self, pet: sitk.Image, ct: sitk.Image) -> sitk.Image:
-        """uint8 0/1 lesion mask with exactly the PET's geometry."""
-        return self.predict(pet, ct).mask
-
-
-def find_weights_dir(candidates: Sequence[str | Path]) -> Path:
-    """First candidate folder holding `manifest.json` (itself or one subfolder level down).
-
-    Grand-challenge unpacks an uploaded model tarball into `/opt/ml/model`, possibly inside
-    one folder; the image's own `weights/` is the usual fallback.
-    """
-    for candidate in map(Path, candidates):
-        if (candidate / MANIFEST_NAME).is_file():
-            return candidate
-        if candidate.is_dir():
-            nested = sorted(p.parent for p in candidate.glob(f"*/{MANIFEST_NAME}"))
-            if len(nested) == 1:
-                return nested[0]
-    looked = ", ".join(str(c) for c in candidates)
-    raise PetsegError(f"no {MANIFEST_NAME} found in {looked}; pass --weights DIR")
 
 
 def _entry(files: CaseFiles, output: Path | None, error: str | None,
@@ -292,7 +118,7 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
 
         seg = build_dicom_seg(files.dicom, prediction.mask, seg_uid_seed, {
             "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
-            "threshold": f"{predictor.config.threshold:g}"})
+            "threshold": f"{predictor.threshold:g}"})
     progress.stage("writing the mask")
     target = write_image(prediction.mask, output_dir.joinpath(*MASK_FOLDER, f"{files.name}.mha"))
     outputs = []
@@ -313,6 +139,20 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     if extras_dir is not None:
         entry.update(_extras(files, case.pet, prediction, Path(extras_dir)))
     return entry
+
+
+def _record_interruption(cases: CaseList, results: list[dict[str, Any]],
+                         output_dir: Path) -> None:
+    """After an interruption: the cases not in `results` get `INTERRUPTED` (and lose any
+    earlier output); `results.json` is written."""
+    done = {entry["name"] for entry in results}
+    for files in cases.cases:
+        if files.name not in done:
+            remove_outputs(output_dir, files.name)
+            results.append(_entry(files, None, INTERRUPTED, 0.0, None))
+    write_json(results, output_dir / RESULTS_NAME)
+    log.error("interrupted after %d of %d case(s); %s lists them", len(done),
+              len(cases.cases), output_dir / RESULTS_NAME)
 
 
 def predict_cases(
@@ -375,14 +215,7 @@ def predict_cases(
             for pending in reads:
                 if pending is not None:
                     pending.cancel()
-            done = {entry["name"] for entry in results}
-            for files in cases.cases:
-                if files.name not in done:
-                    remove_outputs(output_dir, files.name)
-                    results.append(_entry(files, None, INTERRUPTED, 0.0, None))
-            write_json(results, output_dir / RESULTS_NAME)
-            log.error("interrupted after %d of %d case(s); %s lists them", len(done),
-                      len(cases.cases), output_dir / RESULTS_NAME)
+            _record_interruption(cases, results, output_dir)
             raise
     write_json(results, output_dir / RESULTS_NAME)
     return results

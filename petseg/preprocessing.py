@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from typing import Any
 
 import cc3d
 import numpy as np
@@ -195,3 +196,23 @@ def preprocess_case(
         label = (sitk.GetArrayViewFromImage(seg_grid) > 0).astype(np.uint8)
     return PreparedCase(image=image, label=label, pet_geometry=pet_geometry, crop_box=box,
                         grid=grid)
+
+
+SKIP_THRESHOLD_HU = -900.0
+"""CT above this counts as body for window skipping: everything denser than air, lung
+parenchyma included, so a window inside a lung is never skipped."""
+
+
+def body_mask_for_windows(image: np.ndarray | Any,
+                          preprocessing: PreprocessingConfig) -> np.ndarray | None:
+    """`[D, H, W]` bool: voxels of the CT channel denser than air (`SKIP_THRESHOLD_HU`).
+
+    `image` is the network input `[C, D, H, W]` (numpy or torch) with the CT clipped and
+    scaled as `preprocessing` says; None when the channels hold no CT.
+    """
+    if "ct" not in preprocessing.channel_order:
+        return None
+    channel = preprocessing.channel_order.index("ct")
+    threshold = float(scale_ct(np.array([SKIP_THRESHOLD_HU]), preprocessing.ct_clip_hu)[0])
+    mask = image[channel] > threshold
+    return mask.cpu().numpy() if hasattr(mask, "cpu") else np.asarray(mask)

@@ -20,8 +20,8 @@ from petseg.checkpoint import calibrated_threshold, load_ensemble, read_manifest
 from petseg.cli import main
 from petseg.config import InferenceConfig, load_json
 from petseg.geometry import Geometry
+from petseg.inference.predictor import Predictor
 from petseg.phantom import generate_case
-from petseg.pipeline import Predictor
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 WEIGHTS = REPOSITORY / "weights"
@@ -47,7 +47,8 @@ def _fast_prediction(seed: int, cohort: str) -> tuple[np.ndarray, np.ndarray, fl
     """(truth, mask, ml per voxel) of a held-out full-size phantom, bundled ensemble."""
     case = generate_case(seed, "full", cohort)
     config = dataclasses.replace(_shipped_config(), mode="fast")
-    mask = Predictor(WEIGHTS, config, device="cpu").predict_case(case.pet, case.ctres)
+    predictor = Predictor.from_weights_dir(WEIGHTS, config, device="cpu")
+    mask = predictor.predict_case(case.pet, case.ctres)
     assert Geometry.of(mask) == Geometry.of(case.pet)
     ml = float(np.prod(case.pet.GetSpacing())) / 1000.0
     return sitk.GetArrayFromImage(case.seg) > 0, sitk.GetArrayFromImage(mask) > 0, ml
@@ -69,7 +70,8 @@ def test_bundled_weights_carry_the_threshold_inference_uses() -> None:
         threshold = calibrated_threshold(WEIGHTS, ensemble)
         assert threshold in calibration["candidates"]
         config = dataclasses.replace(_shipped_config(), ensemble=ensemble)
-        assert Predictor(WEIGHTS, config, device="cpu").config.threshold == threshold
+        predictor = Predictor.from_weights_dir(WEIGHTS, config, device="cpu")
+        assert predictor.config.threshold == threshold
 
 
 @pytest.mark.slow

@@ -17,11 +17,20 @@ from monai.inferers import sliding_window_inference
 from test_checkpoint import _ensemble
 from test_inference import SuvThreshold
 
-from petseg import engine, pipeline
+from petseg import pipeline, preprocessing
 from petseg.cli import main
-from petseg.config import InferenceConfig, ModelConfig, NetworkConfig, PreprocessingConfig
-from petseg.engine import FLIP_AXES, Plan, make_plan, run_ensemble
+from petseg.config import (
+    InferenceConfig,
+    ModelConfig,
+    NetworkConfig,
+    PreprocessingConfig,
+    resolve_inference_config,
+)
 from petseg.errors import PetsegError
+from petseg.inference import engine, memory, plan
+from petseg.inference.engine import run_ensemble
+from petseg.inference.plan import FLIP_AXES, Plan, make_plan
+from petseg.inference.predictor import Predictor
 from petseg.model import build_network
 
 TINY = NetworkConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
@@ -230,11 +239,11 @@ def test_trivial_predictor_is_stitched_exactly(
 
 
 def test_fast_tiles_cover_the_volume_with_the_requested_overlap() -> None:
-    window, counts = engine.fast_window((64, 80, 200), 64 * 80 * 80, 16, 16, (32, 32, 32))
+    window, counts = plan.fast_window((64, 80, 200), 64 * 80 * 80, 16, 16, (32, 32, 32))
     assert math.prod(window) <= 64 * 80 * 80
     assert all(w % 16 == 0 for w in window)
     for length, w, n in zip((64, 80, 200), window, counts, strict=True):
-        starts = engine.tile_starts(length, w, n)
+        starts = plan.tile_starts(length, w, n)
         assert starts[0] == 0
         assert starts[-1] + w == length
         assert all(b - a <= w - 16 for a, b in itertools.pairwise(starts))
@@ -396,15 +405,15 @@ def _plan(**changes: object) -> Plan:
 def test_fallback_order_ends_with_cpu_stitching_on_cuda() -> None:
     cuda = torch.device("cuda", 0)
     roi = (192, 192, 192)
-    assert engine._fallback(_plan(windows_per_batch=8), "reference", roi, cuda) == (
+    assert plan.fallback(_plan(windows_per_batch=8), "reference", roi, cuda) == (
         "windows_per_batch",
         4,
     )
     big = _plan(shape=(300, 200, 480), window=(304, 208, 480))
-    step = engine._fallback(big, "fast", roi, cuda)
+    step = plan.fallback(big, "fast", roi, cuda)
     assert step == ("budget_gb", 2.0)  # buffers 1 GB + half of the 2 GB window
-    assert engine._fallback(_plan(), "reference", roi, cuda) == ("stitch", "cpu")
-    assert engine._fallback(_plan(stitch="cpu"), "reference", roi, cuda) is None
+    assert plan.fallback(_plan(), "reference", roi, cuda) == ("stitch", "cpu")
+    assert plan.fallback(_plan(stitch="cpu"), "reference", roi, cuda) is None
 
 
 # --- memory planning --------------------------------------------------------------------------
@@ -474,13 +483,13 @@ def test_activation_cost_counts_the_tensors_alive_at_the_peak() -> None:
     network = torch.nn.Sequential(
         torch.nn.Conv3d(2, 6, 3, padding=1), torch.nn.Conv3d(6, 2, 3, padding=1)
     ).eval()
-    cost = engine.activation_bytes_per_voxel(network, 2, "cpu", size_divisor=1)
+    cost = memory.activation_bytes_per_voxel(network, 2, "cpu", size_divisor=1)
     # float32 input (2 channels) + hidden map (6) + output (2) are alive together
     assert cost == pytest.approx((2 + 6 + 2) * 4)
 
 
 def test_activation_cost_of_a_unet_exceeds_its_input_and_output() -> None:
-    cost = engine.activation_bytes_per_voxel(build_network(TINY).eval(), 2, "cpu", size_divisor=4)
+    cost = memory.activation_bytes_per_voxel(build_network(TINY).eval(), 2, "cpu", size_divisor=4)
     assert cost > (2 + 2) * 4
 
 
@@ -559,11 +568,11 @@ def test_body_mask_for_windows_counts_everything_denser_than_air() -> None:
     hu = np.array([-1024.0, -1000.0, -950.0, -850.0, -800.0, 40.0, 1500.0])
     scaled = (np.clip(hu, -1024, 1024) + 1024) / 2048
     image = np.stack([np.zeros_like(scaled), scaled]).reshape(2, 1, 1, -1).astype(np.float32)
-    mask = engine.body_mask_for_windows(image, PreprocessingConfig())
+    mask = preprocessing.body_mask_for_windows(image, PreprocessingConfig())
     assert mask is not None
     assert mask.ravel().tolist() == [False, False, False, True, True, True, True]
     pet_only = PreprocessingConfig(channel_order=("pet",))
-    assert engine.body_mask_for_windows(image[:1], pet_only) is None
+    assert preprocessing.body_mask_for_windows(image[:1], pet_only) is None
 
 
 def test_predictor_in_fast_mode_gives_the_reference_mask() -> None:
@@ -571,9 +580,8 @@ def test_predictor_in_fast_mode_gives_the_reference_mask() -> None:
     model = ModelConfig(network=TINY)
     masks = {}
     for mode in ("reference", "fast"):
-        predictor = pipeline.Predictor.from_networks(
-            [SuvThreshold()], model, cfg(roi_size=(32,) * 3, mode=mode), device="cpu"
-        )
+        config = resolve_inference_config(cfg(roi_size=(32,) * 3, mode=mode))
+        predictor = Predictor([SuvThreshold()], model, config, device="cpu")
         masks[mode] = sitk.GetArrayFromImage(predictor.predict_case(pet, ct))
     np.testing.assert_array_equal(masks["fast"], masks["reference"])
     assert dice(torch.from_numpy(masks["fast"] > 0), torch.from_numpy(
@@ -601,9 +609,8 @@ def test_folder_mode_reads_the_next_case_while_predicting(tmp_path: Path,
         return read_case(files, fill_hu)
 
     monkeypatch.setattr(pipeline, "read_case", recording_read)
-    predictor = pipeline.Predictor.from_networks(
-        [SuvThreshold()], ModelConfig(network=TINY), cfg(roi_size=(32,) * 3), device="cpu"
-    )
+    config = resolve_inference_config(cfg(roi_size=(32,) * 3))
+    predictor = Predictor([SuvThreshold()], ModelConfig(network=TINY), config, device="cpu")
     predict = predictor.predict
     order = iter(["case_b", "case_c", None])
 

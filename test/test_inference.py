@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from petseg.config import InferenceConfig, NetworkConfig
+from petseg.device import resolve_device
 from petseg.errors import PetsegError
 from petseg.inference import (
     network_probabilities,
     normalized_weights,
-    resolve_device,
     sliding_window_probability,
 )
 from petseg.model import build_network

@@ -16,19 +16,21 @@ from inference_synthetic import (
 from test_checkpoint import DSCS, TINY, _ensemble
 from test_inference import Constant, SuvThreshold
 
-from petseg.config import InferenceConfig
+from petseg.checkpoint import find_weights_dir
+from petseg.config import InferenceConfig, resolve_inference_config
 from petseg.errors import PetsegError
 from petseg.geometry import LAS_DIRECTION, CropBox, Geometry
-from petseg.pipeline import Predictor, find_weights_dir
-from petseg.postprocessing import (
+from petseg.inference.postprocessing import (
     probability_on_pet_grid,
     probability_to_mask,
     remove_small_components,
 )
+from petseg.inference.predictor import Predictor
 
 RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 DIRECTIONS = {"LAS": LAS_DIRECTION, "RAS": RAS_DIRECTION, "oblique": oblique_direction()}
 SMALL = InferenceConfig(roi_size=(32, 32, 32), overlap=0.25)
+SETTLED = resolve_inference_config(SMALL)  # threshold 0.5: no manifest
 
 
 def _assert_same_geometry(image: sitk.Image, reference: sitk.Image) -> None:
@@ -44,7 +46,7 @@ def test_trivial_predictor_round_trip_has_exact_geometry_and_high_dice(name, ct_
     pet, ct, seg, _ = make_case(direction=DIRECTIONS[name])
     if ct_grid == "finer":
         ct = make_case(direction=DIRECTIONS[name], ct_geometry=finer_ct_geometry(pet))[1]
-    predictor = Predictor.from_networks([SuvThreshold()], TINY, SMALL, device="cpu")
+    predictor = Predictor([SuvThreshold()], TINY, SETTLED, device="cpu")
     mask = predictor.predict_case(pet, ct)
     _assert_same_geometry(mask, pet)
     assert mask.GetPixelID() == sitk.sitkUInt8
@@ -58,7 +60,7 @@ def test_trivial_predictor_round_trip_has_exact_geometry_and_high_dice(name, ct_
 def test_ensemble_probability_is_the_weighted_mean_of_the_folds(tmp_path) -> None:
     _ensemble(tmp_path / "weights", dtype=torch.float16)
     pet, ct, _, _ = make_case(size=(30, 30, 24))
-    weighted = Predictor(tmp_path / "weights", SMALL, device="cpu")
+    weighted = Predictor.from_weights_dir(tmp_path / "weights", SMALL, device="cpu")
     assert weighted.folds == [f"fold_{i}" for i in range(5)]
     assert weighted.weights == pytest.approx([d / sum(DSCS) for d in DSCS])
     result = weighted.predict(pet, ct, probability=True, fold_probabilities=True)
@@ -74,8 +76,8 @@ def test_ensemble_probability_is_the_weighted_mean_of_the_folds(tmp_path) -> Non
     plain_path = weighted.predict(pet, ct, probability=True)
     np.testing.assert_allclose(sitk.GetArrayFromImage(plain_path.probability), ensemble,
                                atol=1e-6)
-    mean = Predictor(tmp_path / "weights", InferenceConfig(roi_size=(32, 32, 32), overlap=0.25,
-                                                           ensemble="mean"), device="cpu")
+    mean = Predictor.from_weights_dir(tmp_path / "weights", InferenceConfig(
+        roi_size=(32, 32, 32), overlap=0.25, ensemble="mean"), device="cpu")
     assert mean.weights == [0.2] * 5
     mean_probability = sitk.GetArrayFromImage(mean.predict(pet, ct, probability=True).probability)
     np.testing.assert_allclose(mean_probability, folds.mean(0), atol=1e-5)
@@ -84,8 +86,8 @@ def test_ensemble_probability_is_the_weighted_mean_of_the_folds(tmp_path) -> Non
 def test_constant_predictors_weighted_and_plain_on_the_pet_grid() -> None:
     pet, ct, _, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
     nets = [Constant(0.3), Constant(0.9)]
-    plain = Predictor.from_networks(nets, TINY, SMALL, device="cpu").predict(pet, ct, True)
-    weighted = Predictor.from_networks(nets, TINY, SMALL, weights=[3.0, 1.0],
+    plain = Predictor(nets, TINY, SETTLED, device="cpu").predict(pet, ct, True)
+    weighted = Predictor(nets, TINY, SETTLED, weights=[3.0, 1.0],
                                        device="cpu").predict(pet, ct, True)
     case_box = sitk.GetArrayFromImage(plain.probability) > 0
     assert case_box.any() and not case_box.all()  # zeros outside the body box
@@ -99,7 +101,7 @@ def test_constant_predictors_weighted_and_plain_on_the_pet_grid() -> None:
 
 def test_an_image_smaller_than_a_window_works() -> None:
     pet, ct, _, _ = make_case(size=(12, 10, 9), spacing=(4.0, 4.0, 5.0))
-    predictor = Predictor.from_networks([SuvThreshold()], TINY, SMALL, device="cpu")
+    predictor = Predictor([SuvThreshold()], TINY, SETTLED, device="cpu")
     mask = predictor.predict_case(pet, ct)
     _assert_same_geometry(mask, pet)
     truth = lesion_truth(sitk.GetArrayFromImage(pet))
@@ -109,7 +111,7 @@ def test_an_image_smaller_than_a_window_works() -> None:
 
 def test_roi_must_suit_the_network() -> None:
     with pytest.raises(PetsegError, match=r"roi_size \(30, 32, 32\): must be multiples of 4"):
-        Predictor.from_networks([SuvThreshold()], TINY, InferenceConfig(roi_size=(30, 32, 32)))
+        Predictor([SuvThreshold()], TINY, InferenceConfig(roi_size=(30, 32, 32)))
 
 
 def test_probability_goes_back_with_zeros_outside_the_box() -> None:
@@ -160,19 +162,22 @@ def test_a_null_threshold_takes_the_one_calibrated_for_the_weights(tmp_path) -> 
     weights = tmp_path / "weights"
     _ensemble(weights)
     pet, ct, _, _ = make_case(size=(30, 30, 24))
-    uncalibrated = Predictor(weights, SMALL, device="cpu")
+    uncalibrated = Predictor.from_weights_dir(weights, SMALL, device="cpu")
     assert SMALL.threshold is None and uncalibrated.config.threshold == 0.5
     probability = sitk.GetArrayFromImage(uncalibrated.predict(pet, ct, True).probability)
     calibrated = round(float(np.median(probability[probability > 0])), 4)
     write_thresholds(weights, {"weighted": calibrated, "mean": 0.99}, {"seed": 1})
-    predictor = Predictor(weights, SMALL, device="cpu")
+    predictor = Predictor.from_weights_dir(weights, SMALL, device="cpu")
     assert predictor.config.threshold == calibrated
     mask = sitk.GetArrayFromImage(predictor.predict_case(pet, ct))
     np.testing.assert_array_equal(mask, probability > calibrated)
     assert 0 < mask.sum() < (probability > 0).sum()
-    mean = Predictor(weights, dataclasses.replace(SMALL, ensemble="mean"), device="cpu")
+    mean = Predictor.from_weights_dir(weights, dataclasses.replace(SMALL, ensemble="mean"),
+                                      device="cpu")
     assert mean.config.threshold == 0.99
-    explicit = Predictor(weights, dataclasses.replace(SMALL, threshold=0.3), device="cpu")
+    explicit = Predictor.from_weights_dir(weights, dataclasses.replace(SMALL, threshold=0.3),
+                                      device="cpu")
     assert explicit.config.threshold == 0.3
     with pytest.raises(PetsegError, match=r"threshold 1\.5: must be between 0 and 1"):
-        Predictor(weights, dataclasses.replace(SMALL, threshold=1.5), device="cpu")
+        Predictor.from_weights_dir(weights, dataclasses.replace(SMALL, threshold=1.5),
+                                      device="cpu")

@@ -366,7 +366,8 @@ def test_unreadable_weights_are_one_line_and_recorded(tmp_path, weights, config,
 
 def test_an_interrupted_folder_run_lists_what_completed(tmp_path, weights, config, case,
                                                         monkeypatch, capsys) -> None:
-    from petseg.pipeline import INTERRUPTED, Predictor
+    from petseg.inference.predictor import Predictor
+    from petseg.pipeline import INTERRUPTED
 
     inp = tmp_path / "input"
     for name in ("patient_a", "patient_b", "patient_c"):

@@ -20,8 +20,7 @@ from training_fixtures import (
 
 from petseg.checkpoint import DSC_KEY, load_checkpoint, load_ensemble
 from petseg.cli import main
-from petseg.commands.train import apply_overrides
-from petseg.config import PreprocessingConfig, to_dict
+from petseg.config import PreprocessingConfig, apply_overrides, to_dict
 from petseg.errors import PetsegError
 from petseg.preprocessing import preprocess_case
 from petseg.training.cache import build_cache, cached_keys, check_cache_config, load_volume

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from petseg.config import InferenceConfig
 
 HELP = ("segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout, "
         "or DICOM studies)")
@@ -63,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-kg", type=float, default=None,
                         help="DICOM input: patient weight in kg for PET series without "
                              "PatientWeight (series with it keep theirs)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an inference setting, e.g. tta=2 or roi_size=[96,96,96] "
+                             "(VALUE is JSON; repeatable; --ensemble, --threshold, --mode and "
+                             "--time-budget are shorthands)")
     parser.add_argument("--save-probability", action="store_true",
                         help="also write the ensemble probability (float32, PET grid) under "
                              "OUTPUT/probabilities/")
@@ -81,21 +89,31 @@ def _interrupt_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, interrupt)
 
 
+def settings(args: argparse.Namespace) -> InferenceConfig:
+    """The inference settings of the command line: --config (else resources/inference.json,
+    else built-in defaults), then --set, then the named shorthands. The threshold may still
+    be null: `Predictor.from_weights_dir` settles it with the weights' manifest."""
+    from petseg.config import InferenceConfig, load_json, with_overrides
+
+    config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
+    shorthands = {"ensemble": args.ensemble, "mode": args.mode, "threshold": args.threshold,
+                  "time_budget_s": args.time_budget}
+    overrides = [*args.set, *(f"{name}={json.dumps(value)}" for name, value in
+                              shorthands.items() if value is not None)]
+    if not overrides:
+        return config
+    return with_overrides(config, overrides, "resources/inference.json", "tta=2")
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
     from petseg.cases import find_cases
-    from petseg.config import InferenceConfig, load_json
-    from petseg.engine import check_settings
+    from petseg.checkpoint import find_weights_dir
     from petseg.errors import PetsegError
+    from petseg.inference.predictor import Predictor
     from petseg.io import check_writable
-    from petseg.pipeline import (
-        MASK_FOLDER,
-        PROBABILITY_FOLDER,
-        Predictor,
-        find_weights_dir,
-        predict_cases,
-        record_failure,
-    )
+    from petseg.pipeline import MASK_FOLDER, PROBABILITY_FOLDER, predict_cases, record_failure
 
     if args.extras is not None:
         mask_dir = args.output.joinpath(*MASK_FOLDER).resolve()
@@ -104,18 +122,7 @@ def run(args: argparse.Namespace) -> int:
                               "which must hold only masks; choose another folder")
     if args.weight_kg is not None and not args.weight_kg > 0:
         raise PetsegError(f"--weight-kg {args.weight_kg}: must be a positive weight in kg")
-    # settings first: a usage error touches no output
-    config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-    config = load_json(InferenceConfig, config_path) if config_path else InferenceConfig()
-    if args.ensemble:
-        config = dataclasses.replace(config, ensemble=args.ensemble)
-    if args.mode:
-        config = dataclasses.replace(config, mode=args.mode)
-    if args.threshold is not None:
-        config = dataclasses.replace(config, threshold=args.threshold)
-    if args.time_budget is not None:
-        config = dataclasses.replace(config, time_budget_s=args.time_budget)
-    check_settings(config)
+    config = settings(args)  # settings first: a usage error touches no output
     # every folder this run writes, before any computation
     check_writable(args.output)
     check_writable(args.output.joinpath(*MASK_FOLDER))
@@ -132,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
                                                     REPOSITORY / "weights"])
-        predictor = Predictor(weights, config, device=args.device,
-                              allow_missing=args.allow_missing_folds,
-                              min_component_ml=args.min_lesion_ml)
+        predictor = Predictor.from_weights_dir(weights, config, device=args.device,
+                                               allow_missing=args.allow_missing_folds,
+                                               min_component_ml=args.min_lesion_ml)
     except (PetsegError, OSError) as exc:
         from petseg.errors import describe_os_error
 

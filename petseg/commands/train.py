@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -34,34 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set dotted `FIELD=VALUE` overrides (JSON values; bare words are strings) in `data`."""
-    from petseg.errors import PetsegError
-
-    for item in overrides:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise PetsegError(f"--set {item}: use FIELD=VALUE, e.g. optimizer.epochs=2")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        target = data
-        parts = name.split(".")
-        for part in parts[:-1]:
-            if not isinstance(target.get(part), dict):
-                raise PetsegError(f"--set {item}: {part!r} is not a config section")
-            target = target[part]
-        if parts[-1] not in target:
-            raise PetsegError(f"--set {item}: unknown field {name!r}; see "
-                              "resources/train_config.json")
-        target[parts[-1]] = value
-    return data
-
-
 def run(args: argparse.Namespace) -> int:
     """Build the config, train, print where the best checkpoint is."""
-    from petseg.config import to_dict
+    from petseg.config import apply_overrides, to_dict
     from petseg.training.config import load_training_config, training_config_from_dict
     from petseg.training.loop import train
 

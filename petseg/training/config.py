@@ -15,6 +15,7 @@ from typing import Literal
 
 from petseg.config import InferenceConfig, ModelConfig, from_dict, load_json, to_dict
 from petseg.errors import PetsegError
+from petseg.model import size_divisor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +175,7 @@ class TrainingConfig:
 def check_training_config(config: TrainingConfig) -> None:
     """Raise `PetsegError` for settings that cannot work, naming the field."""
     aug, opt = config.augmentation, config.optimizer
-    divisor = 1
-    for stride in config.model.network.strides:
-        divisor *= stride
+    divisor = size_divisor(config.model.network)
     if len(aug.patch_size) != 3 or any(p % divisor for p in aug.patch_size):
         raise PetsegError(
             f"augmentation.patch_size {tuple(aug.patch_size)}: needs 3 sizes, each a multiple "

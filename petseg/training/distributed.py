@@ -37,7 +37,7 @@ class DistributedContext:
 
 def process_device(requested: str | None, local_rank: int = 0) -> torch.device:
     """This process's device: `requested` (None: "auto"), CUDA pinned to `local_rank`."""
-    from petseg.inference import resolve_device
+    from petseg.device import resolve_device
 
     device = resolve_device(requested or "auto")
     if device.type == "cuda" and device.index is None:

@@ -1,0 +1,242 @@
+"""The code's floor plan: no import cycle, process.py finds weights without torch, the
+inference package's Predictor runs one fused pass, settings settled once at the edge."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from inference_synthetic import make_case
+
+from petseg.config import (
+    InferenceConfig,
+    ModelConfig,
+    NetworkConfig,
+    from_dict,
+    resolve_inference_config,
+)
+from petseg.errors import PetsegError
+from petseg.inference import engine, predictor
+from petseg.inference.engine import run_ensemble, sliding_window_probability
+from petseg.inference.postprocessing import threshold_mask
+from petseg.inference.predictor import Predictor
+from petseg.model import build_network, size_divisor
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+PACKAGE = REPOSITORY / "petseg"
+TINY = ModelConfig(network=NetworkConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=1))
+KNOWN_CYCLES = {frozenset({"petseg.io", "petseg.dicom_study"})}
+"""io reads DICOM studies through dicom_study, which builds on io's `Case` (inside functions)."""
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPOSITORY).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside `if TYPE_CHECKING:` blocks (never run)."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            inside.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    return inside
+
+
+def import_graph() -> dict[str, set[str]]:
+    """petseg module -> the petseg modules it imports anywhere (module level or inside
+    functions), `TYPE_CHECKING` blocks left out."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        tree = ast.parse(path.read_text())
+        skip = _type_checking_nodes(tree)
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths
+                               else node.module for a in node.names)
+        graph[name] = {t for t in targets if t in paths and t != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_every_module_imports_and_none_imports_in_a_circle() -> None:
+    graph = import_graph()
+    assert "petseg.inference.engine" in graph and "petseg.engine" not in graph
+    for name in sorted(graph):
+        if not name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(name)
+    assert [c for c in cycles(graph) if frozenset(c) not in KNOWN_CYCLES] == []
+    # the check itself sees a cycle
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+def test_process_finds_weights_without_torch_or_monai(tmp_path: Path) -> None:
+    (tmp_path / "model" / "inner").mkdir(parents=True)
+    (tmp_path / "model" / "inner" / "manifest.json").write_text("{}")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import process; "
+            "from petseg.checkpoint import find_weights_dir; "
+            "print(find_weights_dir([sys.argv[2]]), process.arguments([])[6], "
+            "'torch' in sys.modules, 'monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(REPOSITORY), str(tmp_path / "model")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(tmp_path / "model" / "inner"), str(REPOSITORY / "weights"), "False",
+                   "False"]
+
+
+class Counting(torch.nn.Module):
+    """A small random convolution to 2-channel logits that counts its forwards."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Conv3d(2, 2, 3, padding=1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_fold_maps_come_from_the_same_fused_pass() -> None:
+    networks = [Counting(seed) for seed in (1, 2, 3)]
+    image = torch.rand(2, 20, 24, 28)
+    config = InferenceConfig(roi_size=(16, 16, 16), overlap=0.5)
+    plain = run_ensemble(networks, image, config, weights=[0.5, 0.3, 0.2], device="cpu",
+                         bytes_per_voxel=100)
+    calls = [n.calls for n in networks]
+    fused = run_ensemble(networks, image, config, weights=[0.5, 0.3, 0.2], device="cpu",
+                         bytes_per_voxel=100, per_network=True)
+    assert [n.calls - c for n, c in zip(networks, calls, strict=True)] == calls  # one pass
+    assert plain.fold_probabilities is None and fused.fold_probabilities is not None
+    assert torch.equal(fused.probability, plain.probability)
+    alone = [run_ensemble([n], image, config, device="cpu", bytes_per_voxel=100).probability
+             for n in networks]
+    for fold, expected in zip(fused.fold_probabilities, alone, strict=True):
+        assert torch.allclose(fold, expected, atol=1e-6, rtol=0)
+    mean = sum(w * f for w, f in zip([0.5, 0.3, 0.2], fused.fold_probabilities, strict=True))
+    assert torch.allclose(fused.probability, mean, atol=1e-6, rtol=0)
+
+
+def test_a_case_with_fold_maps_runs_the_engine_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = []
+    monkeypatch.setattr(predictor, "run_ensemble",
+                        lambda *a, **k: runs.append(k["per_network"]) or run_ensemble(*a, **k))
+    pet, ct, _, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
+    networks = [Counting(seed) for seed in (1, 2)]
+    config = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32)))
+    result = Predictor(networks, TINY, config, device="cpu").predict(
+        pet, ct, fold_probabilities=True)
+    assert runs == [True]
+    assert result.fold_probabilities is not None and len(result.fold_probabilities) == 2
+
+
+def test_predictor_segments_a_prepared_volume_as_validation_needs() -> None:
+    network = Counting(4)
+    image = torch.rand(2, 20, 24, 28)
+    config = resolve_inference_config(InferenceConfig(roi_size=(16, 16, 16), threshold=0.47))
+    mask, probability = Predictor([network], TINY, config, device="cpu").segment_volume(image)
+    expected = sliding_window_probability([network], image, config, None, "cpu")
+    assert torch.allclose(probability, expected, atol=1e-6, rtol=0)
+    assert mask.dtype == np.uint8 and mask.shape == (20, 24, 28)
+    np.testing.assert_array_equal(mask, threshold_mask(expected.numpy(), 0.47))
+    np.testing.assert_array_equal(mask, (expected > 0.47).numpy())
+
+
+def test_the_predictor_takes_only_a_settled_threshold() -> None:
+    with pytest.raises(ValueError, match=r"config\.threshold is None"):
+        Predictor([Counting(1)], TINY, InferenceConfig(roi_size=(16, 16, 16)), device="cpu")
+    assert resolve_inference_config(InferenceConfig()).threshold == 0.5
+    assert resolve_inference_config(InferenceConfig(), 0.7).threshold == 0.7
+    assert resolve_inference_config(InferenceConfig(threshold=0.3), 0.7).threshold == 0.3
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"windows_per_batch": 0}, "windows_per_batch 0: must be a positive integer or \"auto\"; "
+                               "fix the inference config"),
+    ({"tta": 9}, "tta 9: must be 1 to 8 flip passes"),
+    ({"overlap": 1.0}, "overlap 1.0: must be >= 0 and < 1"),
+    ({"time_budget_s": -1.0}, "time budget -1.0 s: must be positive"),
+])
+def test_inference_settings_check_themselves_when_built(changes, message) -> None:
+    with pytest.raises(PetsegError, match=f"^{message}$".replace("(", r"\(")):
+        InferenceConfig(**changes)
+    with pytest.raises(PetsegError, match=f"^{message}$".replace("(", r"\(")):
+        from_dict(InferenceConfig, changes)
+
+
+def _predict_args(*extra: str) -> argparse.Namespace:
+    from petseg.commands.predict import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--input", "in", "--output", "out", *extra])
+
+
+def test_predict_overrides_settings_like_train(tmp_path: Path) -> None:
+    from petseg.commands.predict import settings
+
+    file = tmp_path / "inference.json"
+    file.write_text('{"roi_size": [64, 64, 64], "overlap": 0.25}')
+    config = settings(_predict_args("--config", str(file), "--set", "roi_size=[32,48,64]",
+                                    "--set", "tta=2", "--set", "mode=reference",
+                                    "--mode", "fast", "--threshold", "0.4"))
+    assert config == InferenceConfig(roi_size=(32, 48, 64), overlap=0.25, tta=2, mode="fast",
+                                     threshold=0.4)
+    with pytest.raises(PetsegError, match=r"^--set roi=1: unknown field 'roi'; see "
+                                          r"resources/inference.json$"):
+        settings(_predict_args("--set", "roi=1"))
+    with pytest.raises(PetsegError, match=r"^--set tta: use FIELD=VALUE, e.g. tta=2$"):
+        settings(_predict_args("--set", "tta"))
+    with pytest.raises(PetsegError, match=r"^tta 0: must be 1 to 8 flip passes$"):
+        settings(_predict_args("--set", "tta=0"))
+
+
+def test_one_size_divisor_for_configs_and_networks() -> None:
+    assert size_divisor(TINY.network) == size_divisor(build_network(TINY.network)) == 4
+    assert size_divisor(NetworkConfig()) == 16
+    assert size_divisor(lambda x: x) == 1
+    assert engine.network_size_divisor is size_divisor
