@@ -137,6 +137,25 @@ def _autopet_cases(root: Path) -> list[CaseFiles]:
     return cases
 
 
+def _dicom_cases(root: Path, weight_kg: float | None) -> list[CaseFiles]:
+    """One `CaseFiles` per DICOM study under `root` (`files.dicom` set); [] without DICOM.
+
+    The choices of a usable study are logged, by case name and series only (an unusable
+    study's error is logged when its case fails).
+    """
+    from petseg.dicom_study import find_dicom_studies, holds_dicom, study_error, study_name
+
+    if not holds_dicom(root):
+        return []
+    cases = []
+    for study in find_dicom_studies(root, weight_kg):
+        name, error = study_name(study.study_uid), study_error(study)
+        if error is None:
+            log.info("%s: %s", name, "; ".join(study.choices))
+        cases.append(CaseFiles(name, None, None, error, dicom=study))
+    return cases
+
+
 def find_cases(input_dir: str | Path, weight_kg: float | None = None) -> CaseList:
     """Find the cases under `input_dir` (see `LAYOUTS_HELP`).
 
@@ -172,9 +191,7 @@ def find_cases(input_dir: str | Path, weight_kg: float | None = None) -> CaseLis
     cases = _autopet_cases(root)
     if cases:
         return CaseList(cases, single=False)
-    from petseg.dicom_study import find_dicom_cases
-
-    cases = find_dicom_cases(root, weight_kg)
+    cases = _dicom_cases(root, weight_kg)
     if cases:
         return CaseList(cases, single=False)
     raise PetsegError(f"{root}: no cases found; {LAYOUTS_HELP}")
@@ -328,24 +345,26 @@ def check_units(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path,
 
 
 def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
-    """Read and check one case: both 3D and readable with plausible headers, NaNs cleaned,
-    the PET plausibly in SUV and the CT in HU (`check_units`), the CT covering the PET
-    (`check_overlap`).
+    """Read and check one case: both 3D and readable with plausible headers (or a DICOM
+    study's chosen series converted, `petseg.dicom_study`), NaNs cleaned, the PET plausibly
+    in SUV and the CT in HU (`check_units`), the CT covering the PET (`check_overlap`).
 
     The PET comes back as float32 SUV with non-finite voxels set to 0; the CT keeps its
     pixel type, non-finite voxels set to `ct_fill_hu`.
     """
-    if files.dicom is not None:
-        from petseg.dicom_study import read_dicom_case
-
-        return read_dicom_case(files, ct_fill_hu)
     if files.error:
         raise PetsegError(files.error)
-    if files.pet is None or files.ct is None:
+    if files.dicom is not None:
+        from petseg.dicom_study import read_study_images
+
+        pet_raw, ct_raw, pet_path, ct_path = read_study_images(files.dicom)
+    elif files.pet is None or files.ct is None:
         raise PetsegError(f"case {files.name}: PET or CT file missing; {LAYOUTS_HELP}")
-    pet_raw = read_image(files.pet)
-    pet = clean_non_finite(sitk.Cast(pet_raw, sitk.sitkFloat32), files.pet, 0.0)
-    ct = clean_non_finite(read_image(files.ct), files.ct, ct_fill_hu)
-    check_units(pet, ct, files.pet, files.ct, pet_raw.GetPixelIDTypeAsString())
-    check_overlap(pet, ct, files.pet, files.ct)
+    else:
+        pet_path, ct_path = files.pet, files.ct
+        pet_raw, ct_raw = read_image(pet_path), read_image(ct_path)
+    pet = clean_non_finite(sitk.Cast(pet_raw, sitk.sitkFloat32), pet_path, 0.0)
+    ct = clean_non_finite(ct_raw, ct_path, ct_fill_hu)
+    check_units(pet, ct, pet_path, ct_path, pet_raw.GetPixelIDTypeAsString())
+    check_overlap(pet, ct, pet_path, ct_path)
     return Case(files=files, pet=pet, ct=ct)

@@ -33,7 +33,6 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from petseg.cases import Case, CaseFiles, check_overlap, check_units, clean_non_finite
 from petseg.dicom import ct_series_hu, dicom_headers, pet_series_suv
 from petseg.errors import PetsegError
 
@@ -294,24 +293,6 @@ def study_error(study: DicomStudy) -> str | None:
     return study.choices[0].removeprefix("error: ")
 
 
-def find_dicom_cases(root: str | Path, weight_kg: float | None = None) -> list[CaseFiles]:
-    """One `CaseFiles` per study under `root` (`files.dicom` set); [] without DICOM files.
-
-    The choices of a usable study are logged, by case name and series only (an unusable
-    study's error is logged when its case fails).
-    """
-    root = Path(root)
-    if not holds_dicom(root):
-        return []
-    cases = []
-    for study in find_dicom_studies(root, weight_kg):
-        name, error = study_name(study.study_uid), study_error(study)
-        if error is None:
-            log.info("%s: %s", name, "; ".join(study.choices))
-        cases.append(CaseFiles(name, None, None, error, dicom=study))
-    return cases
-
-
 def _has_weight(ds: Dataset) -> bool:
     try:
         return float(ds.get("PatientWeight") or 0) > 0
@@ -319,27 +300,22 @@ def _has_weight(ds: Dataset) -> bool:
         return False
 
 
-def read_dicom_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
-    """Read a DICOM study's chosen PET (SUV body weight) and CT (HU) as a `Case`.
+def read_study_images(study: DicomStudy) -> tuple[sitk.Image, sitk.Image, Path, Path]:
+    """A usable study's chosen PET in SUV body weight (float32) and CT in HU, with the
+    first file of each series (for messages); `petseg.cases.read_case` checks them.
 
-    The same checks as `petseg.cases.read_case` (non-finite voxels, overlap, SUV range).
     `study.weight_kg` stands in for PatientWeight only where the PET lacks it.
 
     Raises:
         PetsegError: the study is unusable, or its PET/CT cannot be converted.
     """
-    study = files.dicom
-    if files.error or study is None or study.pet is None or study.ct is None:
-        raise PetsegError(files.error or f"case {files.name}: not a DICOM study")
+    if study.pet is None or study.ct is None:
+        raise PetsegError(study_error(study) or "not a usable DICOM study")
     pet_series, ct_series = study.pet, study.ct
     weight = None if _has_weight(pet_series.headers[0]) else study.weight_kg
     pet, parameters, _ = pet_series_suv(pet_series.paths, pet_series.headers, weight)
     ct = ct_series_hu(ct_series.paths, ct_series.headers, ct_series.paths[0].parent)
-    pet_path, ct_path = pet_series.paths[0], ct_series.paths[0]
-    pet = clean_non_finite(sitk.Cast(pet, sitk.sitkFloat32), pet_path, 0.0)
-    ct = clean_non_finite(ct, ct_path, ct_fill_hu)
-    check_overlap(pet, ct, pet_path, ct_path)
-    check_units(pet, ct, pet_path, ct_path)
-    log.info("%s: PET %d x %d x %d in SUV (%s), CT %d x %d x %d in HU", files.name,
-             *pet.GetSize(), parameters.decay_correction or parameters.units, *ct.GetSize())
-    return Case(files=files, pet=pet, ct=ct)
+    log.info("%s: PET %d x %d x %d in SUV (%s), CT %d x %d x %d in HU",
+             study_name(study.study_uid), *pet.GetSize(),
+             parameters.decay_correction or parameters.units, *ct.GetSize())
+    return sitk.Cast(pet, sitk.sitkFloat32), ct, pet_series.paths[0], ct_series.paths[0]
