@@ -149,6 +149,8 @@ class TrainingState:
 
 def save_training_state(path: str | Path, state: TrainingState) -> Path:
     """Write `state` to `path` (`last.pt`) atomically as plain containers; returns `path`."""
+    import torch
+
     path = Path(path)
     data = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
     with atomic_path(path) as tmp:
@@ -162,6 +164,8 @@ def load_training_state(path: str | Path, device: torch.device | str = "cpu") ->
     Files of older versions load too: keys no longer written (e.g. "scheduler") are
     ignored. A missing, unreadable or incomplete file raises `PetsegError` naming it.
     """
+    import torch
+
     path = Path(path)
     fix = "start the run again in a new folder, without --resume"
     try:

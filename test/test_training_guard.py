@@ -263,12 +263,18 @@ def _assert_stops_unsaved(config, cache, splits, run, message: str) -> None:
 
 
 def test_a_non_finite_validation_probability_stops_the_run(tmp_path, monkeypatch) -> None:
-    import petseg.inference
+    import dataclasses
+
+    from petseg.inference import predictor
 
     cache, splits = synthetic_cache(tmp_path, n=6)
-    original = petseg.inference.sliding_window_probability
-    monkeypatch.setattr(petseg.inference, "sliding_window_probability",
-                        lambda *a, **k: original(*a, **k) * math.nan)
+    original = predictor.run_ensemble
+
+    def poisoned(*args, **kwargs):
+        result = original(*args, **kwargs)
+        return dataclasses.replace(result, probability=result.probability * math.nan)
+
+    monkeypatch.setattr(predictor, "run_ensemble", poisoned)
     _assert_stops_unsaved(tiny_config(epochs=1), cache, splits, tmp_path / "run",
                           r"^epoch 1: the validation probability is not finite in 2 of 2 "
                           r"studies \(PETCT_00/01-01-2001-NA-x first\); the run stopped, no "

@@ -1,7 +1,7 @@
 """Validation of one fold's network on whole held-out volumes, and its summary.
 
-The probability comes from the inference engine (the same windows, overlap and blending as
-`petseg predict`); the metrics from `petseg.metrics.case_metrics`.
+Masks come from the inference package's `Predictor` (the same windows, overlap, blending and
+threshold as `petseg predict`); the metrics from `petseg.metrics.case_metrics`.
 """
 
 from __future__ import annotations
@@ -45,27 +45,28 @@ def summarise_validation(cases: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: TrainingConfig,
              device: torch.device) -> list[dict[str, Any]]:
-    """Per-case metrics of `network` on whole volumes, with the inference engine.
+    """Per-case metrics of `network` on whole volumes, as `petseg predict` would segment them.
 
-    The lesion probability comes from `petseg.inference.sliding_window_probability`
-    (the same windows, overlap and blending as `petseg predict`), thresholded at
-    `validation.inference.threshold` (0.5 when null); metrics from
-    `petseg.metrics.case_metrics` on the 2 mm grid. Each case's `probability_finite`
-    says whether every voxel's probability was finite.
+    A one-network `petseg.inference.predictor.Predictor` with `validation.inference` (the
+    same windows, overlap, blending and thresholding as `petseg predict`; a null threshold
+    is 0.5, as without a calibrated manifest) gives each mask on the 2 mm grid; metrics
+    come from `petseg.metrics.case_metrics`. Each case's `probability_finite` says whether
+    every voxel's probability was finite.
     """
-    from petseg.inference import sliding_window_probability
+    from petseg.config import resolve_inference_config
+    from petseg.inference.predictor import Predictor
     from petseg.metrics import case_metrics
 
-    inference = config.validation.inference
-    results = []
     was_training = network.training
-    network.eval()
+    predictor = Predictor([network], config.model,
+                          resolve_inference_config(config.validation.inference), device=device)
+    results = []
     try:
         for volume in volumes:
             image = torch.from_numpy(np.asarray(volume.image, dtype=np.float32))
-            probability = sliding_window_probability([network], image, inference, None, device)
-            prediction = (probability > inference.mask_threshold()).numpy()  # as postprocessing
-            metrics = case_metrics(np.asarray(volume.label), prediction, volume.spacing_mm)
+            mask, probability = predictor.segment_volume(image)
+            metrics = case_metrics(np.asarray(volume.label), mask.astype(bool),
+                                   volume.spacing_mm)
             results.append({"key": volume.key, **metrics.as_dict(),
                             "probability_finite": bool(torch.isfinite(probability).all())})
     finally:
