@@ -155,6 +155,18 @@ def _record_interruption(cases: CaseList, results: list[dict[str, Any]],
               len(cases.cases), output_dir / RESULTS_NAME)
 
 
+def _failure(files: CaseFiles, exc: Exception, output_dir: Path, start: float,
+             log_it: bool) -> dict[str, Any]:
+    """The results.json entry of a case that failed with `exc`; its outputs left by an
+    earlier run are removed (and the failure logged when `log_it`)."""
+    message = str(exc) if isinstance(exc, PetsegError) else f"{type(exc).__name__}: {exc}"
+    remove_outputs(output_dir, files.name)
+    if log_it:
+        log.error("case %s failed: %s", files.name, message,
+                  exc_info=not isinstance(exc, PetsegError))
+    return _entry(files, None, message, time.perf_counter() - start, None)
+
+
 def predict_cases(
     cases: CaseList,
     output_dir: str | Path,
@@ -198,16 +210,10 @@ def predict_cases(
                                          output_dir, predictor, save_probability, extras_dir,
                                          dicom_seg, seg_uid_seed)
                 except Exception as exc:
-                    message = (str(exc) if isinstance(exc, PetsegError)
-                               else f"{type(exc).__name__}: {exc}")
-                    remove_outputs(output_dir, files.name)
-                    results.append(_entry(files, None, message, time.perf_counter() - start,
-                                          None))
+                    results.append(_failure(files, exc, output_dir, start, not cases.single))
                     if cases.single:
                         write_json(results, output_dir / RESULTS_NAME)
                         raise
-                    log.error("case %s failed: %s", files.name, message,
-                              exc_info=not isinstance(exc, PetsegError))
                     continue
                 entry["seconds"] = round(time.perf_counter() - start, 3)
                 results.append(entry)

@@ -1,5 +1,6 @@
-"""The code's floor plan: no import cycle, process.py finds weights without torch, the
-inference package's Predictor runs one fused pass, settings settled once at the edge."""
+"""The code's floor plan: no import cycle, no module or function beyond its stage, process.py
+finds weights without torch, the inference package's Predictor runs one fused pass,
+settings settled once at the edge."""
 
 from __future__ import annotations
 
@@ -238,3 +239,41 @@ def test_one_size_divisor_for_configs_and_networks() -> None:
     assert size_divisor(NetworkConfig()) == 16
     assert size_divisor(lambda x: x) == 1
     assert engine.network_size_divisor is size_divisor
+
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+"""Outside `petseg/phantom/` (the anatomy tables of a generator, not a pipeline stage), a
+module longer than this, or a function, is a stage that wants splitting."""
+
+
+def oversized(root: Path = PACKAGE) -> list[str]:
+    """'path: N lines' for each module, 'path:function: N lines' for each function, of
+    `root` over the limits, `phantom/` left out."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if "phantom" in path.relative_to(root).parts:
+            continue
+        text = path.read_text()
+        relative = path.relative_to(root.parent)
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{relative}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{relative}:{node.name}: {length} lines")
+    return found
+
+
+def test_no_module_or_function_outgrows_its_stage(tmp_path: Path) -> None:
+    assert oversized() == []
+    # the check itself sees both kinds
+    package = tmp_path / "petseg"
+    (package / "phantom").mkdir(parents=True)
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (package / "long.py").write_text(f"def stage():\n{body}")
+    (package / "phantom" / "anatomy.py").write_text(f"def table():\n{body}")
+    (package / "big.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    assert oversized(package) == ["petseg/big.py: 501 lines",
+                                  f"petseg/long.py:stage: {MAX_FUNCTION_LINES + 1} lines"]
