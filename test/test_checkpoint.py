@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+from tiny_models import DSCS, TINY, tiny_ensemble
 
 from petseg.checkpoint import (
     DSC_KEY,
@@ -30,23 +31,6 @@ from petseg.errors import PetsegError
 from petseg.model import build_network
 
 torch.set_num_threads(1)  # the test machines' two cores are shared: more threads only contend
-
-TINY = ModelConfig(network=NetworkConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=1))
-DSCS = (0.61, 0.64, 0.58, 0.66, 0.60)
-
-
-def _ensemble(folder, config: ModelConfig = TINY, folds: int = 5, dtype=None):
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for fold in range(folds):
-        torch.manual_seed(fold)
-        net = build_network(config.network)
-        files.append(save_checkpoint(folder / f"fold_{fold}.safetensors", net.state_dict(),
-                                     config, {DSC_KEY: DSCS[fold], "loss": 0.3},
-                                     extra={"epoch": 10 + fold}, dtype=dtype))
-    write_manifest(folder, files)
-    return files
-
 
 def test_round_trip_is_exact_and_rebuilds_the_same_network(tmp_path) -> None:
     net = build_network(TINY.network).eval()
@@ -111,7 +95,7 @@ def test_garbage_and_foreign_files_are_clear_errors(tmp_path) -> None:
 
 
 def test_manifest_lists_folds_with_sha256_config_and_metrics(tmp_path) -> None:
-    files = _ensemble(tmp_path / "weights")
+    files = tiny_ensemble(tmp_path / "weights")
     manifest = read_manifest(tmp_path / "weights")
     assert sorted(manifest["folds"]) == [f"fold_{i}" for i in range(5)]
     for i, file in enumerate(files):
@@ -124,7 +108,7 @@ def test_manifest_lists_folds_with_sha256_config_and_metrics(tmp_path) -> None:
 
 
 def test_load_ensemble_returns_the_folds_in_order_with_their_dsc(tmp_path) -> None:
-    _ensemble(tmp_path / "weights", dtype=torch.float16)
+    tiny_ensemble(tmp_path / "weights", dtype=torch.float16)
     checkpoints = load_ensemble(tmp_path / "weights")
     assert [c.meta["fold"] for c in checkpoints] == [f"fold_{i}" for i in range(5)]
     assert dsc_weights(checkpoints) == list(DSCS)
@@ -132,7 +116,7 @@ def test_load_ensemble_returns_the_folds_in_order_with_their_dsc(tmp_path) -> No
 
 
 def test_missing_fold_is_an_error_unless_allowed(tmp_path, caplog) -> None:
-    files = _ensemble(tmp_path / "weights")
+    files = tiny_ensemble(tmp_path / "weights")
     files[3].unlink()
     with pytest.raises(PetsegError) as info:
         load_ensemble(tmp_path / "weights")
@@ -163,7 +147,7 @@ def test_manifest_missing_or_invalid_is_a_clear_error(tmp_path) -> None:
 
 
 def test_checksum_mismatch_is_an_error_even_when_folds_may_be_missing(tmp_path) -> None:
-    files = _ensemble(tmp_path / "weights")
+    files = tiny_ensemble(tmp_path / "weights")
     data = bytearray(files[2].read_bytes())
     data[-1] ^= 0xFF  # flip bits in the last weight
     files[2].write_bytes(bytes(data))
@@ -175,7 +159,7 @@ def test_checksum_mismatch_is_an_error_even_when_folds_may_be_missing(tmp_path) 
 
 def test_folds_with_different_configs_are_refused(tmp_path) -> None:
     folder = tmp_path / "weights"
-    _ensemble(folder)
+    tiny_ensemble(folder)
     other = ModelConfig(network=NetworkConfig(channels=(4, 8, 32), strides=(2, 2),
                                               num_res_units=1))
     save_checkpoint(folder / "fold_2.safetensors", build_network(other.network).state_dict(),
@@ -189,7 +173,7 @@ def test_folds_with_different_configs_are_refused(tmp_path) -> None:
 
 def test_manifest_and_file_config_must_agree(tmp_path) -> None:
     folder = tmp_path / "weights"
-    _ensemble(folder)
+    tiny_ensemble(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["folds"]["fold_1"]["config"]["preprocessing"]["target_spacing_mm"] = 3.0
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -208,7 +192,7 @@ def test_manifest_needs_the_validation_dice(tmp_path) -> None:
 
 def test_calibrated_thresholds_are_stored_per_ensemble_beside_the_folds(tmp_path) -> None:
     folder = tmp_path / "w"
-    _ensemble(folder)
+    tiny_ensemble(folder)
     folds_before = read_manifest(folder)["folds"]
     assert calibrated_threshold(folder, "weighted") is None
     write_thresholds(folder, {"weighted": 0.75, "mean": 0.8}, {"seed": 555000, "cases": 10})
@@ -223,7 +207,7 @@ def test_calibrated_thresholds_are_stored_per_ensemble_beside_the_folds(tmp_path
 
 def test_a_threshold_outside_zero_one_is_refused_when_written_and_when_read(tmp_path) -> None:
     folder = tmp_path / "w"
-    _ensemble(folder)
+    tiny_ensemble(folder)
     before = (folder / "manifest.json").read_text()
     with pytest.raises(PetsegError, match=r"threshold for 'mean' 1\.2: must be a number between"):
         write_thresholds(folder, {"mean": 1.2}, {})

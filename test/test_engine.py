@@ -14,8 +14,7 @@ import SimpleITK as sitk
 import torch
 from inference_synthetic import make_case
 from monai.inferers import sliding_window_inference
-from test_checkpoint import _ensemble
-from test_inference import SuvThreshold
+from tiny_models import SuvThreshold, tiny_ensemble
 
 from petseg import pipeline, preprocessing
 from petseg.cli import main
@@ -632,7 +631,7 @@ def test_folder_mode_reads_the_next_case_while_predicting(tmp_path: Path,
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("model") / "weights"
-    _ensemble(folder)
+    tiny_ensemble(folder)
     return folder
 
 

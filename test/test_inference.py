@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from tiny_models import Constant, SuvThreshold
 
 from petseg.config import InferenceConfig, NetworkConfig
 from petseg.device import resolve_device
@@ -19,24 +18,6 @@ from petseg.inference import (
 from petseg.model import build_network
 
 torch.set_num_threads(1)  # the test machines' two cores are shared: more threads only contend
-
-
-class SuvThreshold(torch.nn.Module):
-    """Logits (0, x0 - 2.5): lesion probability sigmoid(SUV - 2.5), voxel by voxel."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1] - 2.5], dim=1)
-
-
-class Constant(torch.nn.Module):
-    """Lesion probability `p` everywhere."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.logit = math.log(p / (1 - p))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(x[:, :1]), torch.full_like(x[:, :1], self.logit)], 1)
 
 
 def _image(shape: tuple[int, int, int]) -> np.ndarray:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 from inference_synthetic import make_case
+from tiny_models import TINY
 
 from petseg.config import (
     InferenceConfig,
-    ModelConfig,
     NetworkConfig,
     from_dict,
     resolve_inference_config,
@@ -32,7 +32,6 @@ from petseg.model import build_network, size_divisor
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PACKAGE = REPOSITORY / "petseg"
-TINY = ModelConfig(network=NetworkConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=1))
 
 
 def _module_name(path: Path) -> str:

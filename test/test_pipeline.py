@@ -13,8 +13,7 @@ from inference_synthetic import (
     make_case,
     oblique_direction,
 )
-from test_checkpoint import DSCS, TINY, _ensemble
-from test_inference import Constant, SuvThreshold
+from tiny_models import DSCS, TINY, Constant, SuvThreshold, tiny_ensemble
 
 from petseg.checkpoint import find_weights_dir
 from petseg.config import InferenceConfig, resolve_inference_config
@@ -58,7 +57,7 @@ def test_trivial_predictor_round_trip_has_exact_geometry_and_high_dice(name, ct_
 
 
 def test_ensemble_probability_is_the_weighted_mean_of_the_folds(tmp_path) -> None:
-    _ensemble(tmp_path / "weights", dtype=torch.float16)
+    tiny_ensemble(tmp_path / "weights", dtype=torch.float16)
     pet, ct, _, _ = make_case(size=(30, 30, 24))
     weighted = Predictor.from_weights_dir(tmp_path / "weights", SMALL, device="cpu")
     assert weighted.folds == [f"fold_{i}" for i in range(5)]
@@ -160,7 +159,7 @@ def test_a_null_threshold_takes_the_one_calibrated_for_the_weights(tmp_path) -> 
     from petseg.checkpoint import write_thresholds
 
     weights = tmp_path / "weights"
-    _ensemble(weights)
+    tiny_ensemble(weights)
     pet, ct, _, _ = make_case(size=(30, 30, 24))
     uncalibrated = Predictor.from_weights_dir(weights, SMALL, device="cpu")
     assert SMALL.threshold is None and uncalibrated.config.threshold == 0.5

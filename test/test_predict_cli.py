@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from inference_synthetic import finer_ct_geometry, make_case
-from test_checkpoint import _ensemble
+from tiny_models import tiny_ensemble
 
 from petseg.cli import main
 from petseg.config import InferenceConfig, load_json, save_json
@@ -25,7 +25,7 @@ MASKS = Path("images/automated-petct-lesion-segmentation")
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("model") / "weights"
-    _ensemble(folder)
+    tiny_ensemble(folder)
     return folder
 
 
@@ -104,7 +104,7 @@ def test_threshold_option_overrides_the_calibrated_one(tmp_path, config, case,
 
     pet, ct = case
     weights = tmp_path / "weights"
-    _ensemble(weights)
+    tiny_ensemble(weights)
     write_thresholds(weights, {"mean": 0.2, "weighted": 0.2}, {"seed": 1})
     inp = _challenge_input(tmp_path / "input", pet, ct)
     masks = {}
@@ -192,7 +192,7 @@ def test_a_corrupt_file(tmp_path, weights, config, case, capsys) -> None:
 
 def test_missing_fold_and_allow_missing(tmp_path, config, case, capsys, caplog) -> None:
     folder = tmp_path / "weights"
-    _ensemble(folder)
+    tiny_ensemble(folder)
     (folder / "fold_4.safetensors").unlink()
     inp = _challenge_input(tmp_path / "input", *case)
     out = tmp_path / "output"
