@@ -355,11 +355,11 @@ def test_report_command_refuses_a_mask_on_another_grid(tmp_path, capsys) -> None
 def test_predict_extras_writes_report_picture_and_uncertainty(tmp_path) -> None:
     import cc3d
     from inference_synthetic import make_case
-    from test_checkpoint import _ensemble
+    from tiny_models import tiny_ensemble
 
     from petseg.config import InferenceConfig, save_json
 
-    _ensemble(tmp_path / "weights", folds=3)
+    tiny_ensemble(tmp_path / "weights", folds=3)
     save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25), tmp_path / "inf.json")
     pet, ct, _, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
     for kind, image in (("pet", pet), ("ct", ct)):
