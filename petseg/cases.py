@@ -165,7 +165,31 @@ def find_cases(input_dir: str | Path, weight_kg: float | None = None) -> CaseLis
     gives one case per study (`petseg.dicom_study`); `weight_kg` stands in for a missing
     PatientWeight there.
     """
-    root = Path(input_dir)
+    cases = _find_cases(Path(input_dir), weight_kg)
+    _check_unique_names(cases.cases)
+    return cases
+
+
+def _check_unique_names(cases: list[CaseFiles]) -> None:
+    """Two cases writing the same output name (`case 1` and `case_1` both give `case_1`)
+    would overwrite each other's mask: refuse them, naming both inputs."""
+    first: dict[str, CaseFiles] = {}
+    for files in cases:
+        other = first.setdefault(files.name, files)
+        if other is not files:
+            raise PetsegError(
+                f"{_input_of(other)} and {_input_of(files)}: both would write the output "
+                f"{files.name!r}; rename one of them")
+
+
+def _input_of(files: CaseFiles) -> str:
+    """The input a case was found at, for messages."""
+    if files.pet is not None:
+        return str(files.pet)
+    return str(files.dicom.folder) if files.dicom is not None else f"case {files.name}"
+
+
+def _find_cases(root: Path, weight_kg: float | None) -> CaseList:
     if not root.is_dir():
         raise PetsegError(f"{root}: input folder not found; check --input")
     if _challenge_layout(root):

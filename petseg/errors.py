@@ -9,16 +9,20 @@ class PetsegError(Exception):
     """
 
 
-def describe_os_error(exc: OSError) -> str:
-    """One line for an operating-system error on a file: the file, why, and the fix."""
+def describe_os_error(exc: OSError, reading: bool = False) -> str:
+    """One line for an operating-system error on a file: the file, why, and the fix.
+
+    `reading`: the file was being read, so a permission fix only needs read access;
+    otherwise (a write, or not known) the fix covers both."""
     import errno
     import os
 
     where = exc.filename or "a file"
     why = exc.strerror or str(exc)
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return (f"{where}: {why.lower()} for uid {os.getuid()}; make it readable (chmod a+r, "
-                "or a+rX for a folder) or run as its owner")
+        access = ("make it readable (chmod a+r, or a+rX for a folder)" if reading else
+                  "give this user access (chmod a+r to read, u+w to write, a+rX for a folder)")
+        return f"{where}: {why.lower()} for uid {os.getuid()}; {access} or run as its owner"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"{where}: {why.lower()}; free space there or write elsewhere"
     if exc.errno == errno.EROFS:

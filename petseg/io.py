@@ -335,6 +335,6 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PetsegError(f"{path}: {subject}not valid JSON ({exc}); {fix}") from None
     except PermissionError as exc:  # the fix is the file's mode, not its content
-        raise PetsegError(describe_os_error(exc)) from None
+        raise PetsegError(describe_os_error(exc, reading=True)) from None
     except OSError as exc:
         raise PetsegError(f"{path}: {subject}cannot be read ({exc.strerror}); {fix}") from None

@@ -106,7 +106,8 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     """Predict one case and write its outputs; returns its results.json entry."""
     start = time.perf_counter()
     progress = CaseProgress(files.name)
-    progress.stage(f"reading {files.pet} and {files.ct}")
+    progress.stage("reading the DICOM study's PET and CT series" if files.dicom is not None
+                   else f"reading {files.pet} and {files.ct}")
     case = reading.result()
     prediction = predictor.predict(
         case.pet, case.ct, probability=save_probability,

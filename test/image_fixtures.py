@@ -3,6 +3,7 @@ and its CT, written to `.mha`."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,11 @@ def body_ct() -> np.ndarray:
     ct[1:7, 2:8, 2:9] = 40
     ct[3:5, 4:6, 4:6] = 700  # bone
     return ct
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """Relative path -> sha256 of each file's bytes and mode under `root`: two trees are
+    byte-identical when these are equal, and a tree is untouched when they do not change."""
+    return {path.relative_to(root).as_posix():
+            hashlib.sha256(path.read_bytes() + f":{path.stat().st_mode}".encode()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}

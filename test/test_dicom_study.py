@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -13,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from image_fixtures import file_digests
 from inference_synthetic import finer_ct_geometry, make_case
 from random_weights import make_random_weights
 
@@ -28,15 +28,6 @@ from petseg.phantom import generate_case
 from petseg.phantom.dicom import StudyTags, write_dicom_study, write_phantom_dicom
 
 MASKS = Path("images/automated-petct-lesion-segmentation")
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over every file's relative path, bytes and mode under `root`."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root)}:{path.stat().st_mode}".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def pet_uids_in_slice_order(paths: list[Path]) -> list[str]:
@@ -136,10 +127,10 @@ def dicom_run(tmp_path_factory, phantom, weights, config):
     root = tmp_path_factory.mktemp("dicom_run")
     pet, ct = section(phantom)
     written = write_phantom_dicom(phantom, root / "dicom", nac_pet=True, pet_suv=pet, ct_hu=ct)
-    before = tree_digest(root / "dicom")
+    before = file_digests(root / "dicom")
     code = _predict(root / "dicom", root / "out", weights, config, "--extras",
                     str(root / "extras"))
-    after = tree_digest(root / "dicom")
+    after = file_digests(root / "dicom")
     for role in ("pet", "ct"):  # one folder per series for `petseg suv`
         (root / role).mkdir()
         for path in written.files[role]:
@@ -274,6 +265,8 @@ def test_bad_studies_are_reported_and_the_rest_run(tmp_path, weights, config, ca
         assert entries[names[kind]]["outputs"] == []
     assert sorted(p.name for p in (tmp_path / "out" / MASKS).iterdir()) == [
         f"{names['good']}.mha"]
+    assert (f"case {names['good']}: reading the DICOM study's PET and CT series"
+            in caplog.text)
     # nothing about the patients on stderr (names and ids stay in the output folder)
     logged = caplog.text + capsys.readouterr().err
     assert "DOE^" not in logged and "ID-" not in logged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,18 @@ def test_read_json_names_the_file_and_the_fix(tmp_path) -> None:
         read_json(tmp_path, "", "restore it")
     missing.write_text('{"folds": 5, "seed": [1, 2.5]}')
     assert read_json(missing, "split file", fix) == {"folds": 5, "seed": [1, 2.5]}
+
+
+def test_a_permission_error_gets_the_fix_for_what_was_being_done() -> None:
+    import errno
+
+    from petseg.errors import describe_os_error
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/out/fold_0.safetensors")
+    uid = os.getuid()
+    assert describe_os_error(denied, reading=True) == (
+        f"/out/fold_0.safetensors: permission denied for uid {uid}; make it readable "
+        "(chmod a+r, or a+rX for a folder) or run as its owner")
+    assert describe_os_error(denied) == (  # a write, or not known: both ways in
+        f"/out/fold_0.safetensors: permission denied for uid {uid}; give this user access "
+        "(chmod a+r to read, u+w to write, a+rX for a folder) or run as its owner")

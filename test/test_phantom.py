@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import SimpleITK as sitk
+from image_fixtures import file_digests
 
 from petseg.cli import main
 from petseg.errors import PetsegError
@@ -59,19 +59,14 @@ def autopet_dir(tmp_path_factory) -> Path:
     return out
 
 
-def _tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 # -- determinism -----------------------------------------------------------------------
 def test_same_seed_gives_identical_bytes_different_seed_another_patient(tmp_path) -> None:
     a = write_dataset(tmp_path / "a", cases=1, seed=4, layout="challenge", size="small",
                       preview=True)
     write_dataset(tmp_path / "b", cases=1, seed=4, layout="challenge", size="small",
                   preview=True)
-    digest_a = _tree_digest(tmp_path / "a")
-    assert digest_a == _tree_digest(tmp_path / "b")
+    digest_a = file_digests(tmp_path / "a")
+    assert digest_a == file_digests(tmp_path / "b")
     assert len(digest_a) == 5  # pet, ct, truth, lesions.json, preview
     c = write_dataset(tmp_path / "c", cases=1, seed=5, layout="challenge", size="small")
     rec_a = json.loads((a[0] / "truth" / "lesions.json").read_text())
@@ -88,11 +83,11 @@ def test_autopet_writer_gives_identical_bytes(tmp_path, positive) -> None:
     first = write_autopet_study(positive, tmp_path / "a")
     second = write_autopet_study(positive, tmp_path / "b")
     assert first.relative_to(tmp_path / "a") == second.relative_to(tmp_path / "b")
-    digest = _tree_digest(tmp_path / "a")
+    digest = file_digests(tmp_path / "a")
     assert sorted(digest) == sorted(
         f"{first.relative_to(tmp_path / 'a').as_posix()}/{n}.nii.gz"
         for n in ("CT", "CTres", "SEG", "SUV"))
-    assert digest == _tree_digest(tmp_path / "b")
+    assert digest == file_digests(tmp_path / "b")
 
 
 # -- lesions ---------------------------------------------------------------------------

@@ -394,6 +394,78 @@ def test_an_interrupted_folder_run_lists_what_completed(tmp_path, weights, confi
         ("patient_a", []), ("patient_b", [INTERRUPTED]), ("patient_c", [INTERRUPTED])]
 
 
+def test_sigterm_interrupts_like_ctrl_c_and_the_old_handler_comes_back(
+        tmp_path, weights, config, case, monkeypatch, capsys) -> None:
+    import signal
+
+    from petseg.inference.predictor import Predictor
+    from petseg.pipeline import INTERRUPTED
+
+    inp = tmp_path / "input"
+    for name in ("patient_a", "patient_b"):
+        _challenge_input(inp / name, *case)
+    out = tmp_path / "output"
+    reached: list[int] = []
+
+    def ours(signum, frame) -> None:  # what SIGTERM would reach without predict's handler
+        reached.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    real = Predictor.predict
+
+    def predict(self, *args, **kwargs):
+        if kwargs.get("progress") is not None and "patient_b" in kwargs["progress"].name:
+            os.kill(os.getpid(), signal.SIGTERM)  # `docker stop` during the second case
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    try:
+        code = _predict(inp, out, weights, config)
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (code, reached, after) == (130, [], ours)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "petseg predict: interrupted"
+    entries = json.loads((out / "results.json").read_text())
+    assert [(e["name"], e["error_messages"]) for e in entries] == [
+        ("patient_a", []), ("patient_b", [INTERRUPTED])]
+
+
+def test_an_interruption_while_the_weights_load_is_recorded(tmp_path, weights, config, case,
+                                                            monkeypatch, capsys) -> None:
+    from petseg.inference.predictor import Predictor
+    from petseg.pipeline import INTERRUPTED
+
+    inp = _challenge_input(tmp_path / "input", *case)
+    out = tmp_path / "output"
+    stale = out / MASKS / "1b7c5f4e-pet.mha"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's mask")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Predictor, "from_weights_dir", interrupted)
+    assert _predict(inp, out, weights, config) == 130
+    assert _all_files(out) == ["results.json"]
+    entries = json.loads((out / "results.json").read_text())
+    assert [(e["name"], e["error_messages"]) for e in entries] == [
+        ("1b7c5f4e-pet", [INTERRUPTED])]
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, weights, config, case,
+                                                     capsys) -> None:
+    inp = tmp_path / "input"
+    _challenge_input(inp / "case 1", *case)
+    _challenge_input(inp / "case_1", *case)
+    out = tmp_path / "output"
+    message = (f"{inp / 'case 1/images/pet/1b7c5f4e-pet.mha'} and "
+               f"{inp / 'case_1/images/pet/1b7c5f4e-pet.mha'}: both would write the output "
+               "'case_1'; rename one of them")
+    _expect_failure(capsys, _predict(inp, out, weights, config), message, out)
+    assert not (out / MASKS).exists() or not any((out / MASKS).iterdir())
+
+
 def test_progress_is_logged_per_stage_and_window_batch(tmp_path, weights, config, case,
                                                        caplog) -> None:
     inp = _challenge_input(tmp_path / "input", *case)

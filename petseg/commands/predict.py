@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from petseg.errors import PetsegError
+
 if TYPE_CHECKING:
+    from petseg.cases import CaseList
     from petseg.config import InferenceConfig
+    from petseg.inference.predictor import Predictor
 
 HELP = ("segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout, "
         "or DICOM studies)")
@@ -76,17 +82,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "OUTPUT/probabilities/")
 
 
-def _interrupt_on_sigterm() -> None:
-    """Turn SIGTERM (`docker stop`, a platform's timeout) into KeyboardInterrupt, so an
-    interrupted run still writes results.json."""
+@contextlib.contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM (`docker stop`, a platform's timeout) raises
+    KeyboardInterrupt, so an interrupted run still writes results.json; the previous
+    handler comes back afterwards."""
     import signal
     import threading
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def settings(args: argparse.Namespace) -> InferenceConfig:
@@ -106,14 +120,36 @@ def settings(args: argparse.Namespace) -> InferenceConfig:
     return with_overrides(config, overrides, "resources/inference.json", "tta=2")
 
 
+def _load_predictor(args: argparse.Namespace, config: InferenceConfig,
+                    cases: CaseList) -> Predictor:
+    """The ensemble of --weights (or the default folders). When it cannot be loaded, or
+    the run is interrupted meanwhile, every case is recorded as failed in results.json."""
+    from petseg.checkpoint import find_weights_dir
+    from petseg.errors import describe_os_error
+    from petseg.inference.predictor import Predictor
+    from petseg.pipeline import INTERRUPTED, record_failure
+
+    try:
+        weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
+                                                    REPOSITORY / "weights"])
+        return Predictor.from_weights_dir(weights, config, device=args.device,
+                                          allow_missing=args.allow_missing_folds,
+                                          min_component_ml=args.min_lesion_ml)
+    except (PetsegError, OSError) as exc:
+        message = (str(exc) if isinstance(exc, PetsegError)
+                   else describe_os_error(exc, reading=True))
+        record_failure(cases, args.output, message)
+        raise PetsegError(message) from None
+    except KeyboardInterrupt:
+        record_failure(cases, args.output, INTERRUPTED)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
     from petseg.cases import find_cases
-    from petseg.checkpoint import find_weights_dir
-    from petseg.errors import PetsegError
-    from petseg.inference.predictor import Predictor
     from petseg.io import check_writable
-    from petseg.pipeline import MASK_FOLDER, PROBABILITY_FOLDER, predict_cases, record_failure
+    from petseg.pipeline import MASK_FOLDER, PROBABILITY_FOLDER, predict_cases
 
     if args.extras is not None:
         mask_dir = args.output.joinpath(*MASK_FOLDER).resolve()
@@ -130,27 +166,16 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.output.joinpath(*PROBABILITY_FOLDER))
     if args.extras is not None:
         check_writable(args.extras)
-    cases = find_cases(args.input, weight_kg=args.weight_kg)
-    if args.dicom_seg and any(files.dicom is not None for files in cases.cases):
-        from petseg.dicom_seg import SEG_FOLDER
+    with _interrupt_on_sigterm():
+        cases = find_cases(args.input, weight_kg=args.weight_kg)
+        if args.dicom_seg and any(files.dicom is not None for files in cases.cases):
+            from petseg.dicom_seg import SEG_FOLDER
 
-        check_writable(args.output.joinpath(*SEG_FOLDER))
-    _interrupt_on_sigterm()
-    try:
-        weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
-                                                    REPOSITORY / "weights"])
-        predictor = Predictor.from_weights_dir(weights, config, device=args.device,
-                                               allow_missing=args.allow_missing_folds,
-                                               min_component_ml=args.min_lesion_ml)
-    except (PetsegError, OSError) as exc:
-        from petseg.errors import describe_os_error
-
-        message = str(exc) if isinstance(exc, PetsegError) else describe_os_error(exc)
-        record_failure(cases, args.output, message)
-        raise PetsegError(message) from None
-    results = predict_cases(cases, args.output, predictor, save_probability=args.save_probability,
-                            extras_dir=args.extras, dicom_seg=args.dicom_seg,
-                            seg_uid_seed=args.seg_uid_seed)
+            check_writable(args.output.joinpath(*SEG_FOLDER))
+        predictor = _load_predictor(args, config, cases)
+        results = predict_cases(cases, args.output, predictor,
+                                save_probability=args.save_probability, extras_dir=args.extras,
+                                dicom_seg=args.dicom_seg, seg_uid_seed=args.seg_uid_seed)
     failed = [entry["name"] for entry in results if entry["error_messages"]]
     if failed:
         logging.getLogger(__name__).error("%d of %d case(s) failed: %s (see %s)", len(failed),
