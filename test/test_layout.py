@@ -126,29 +126,36 @@ def test_process_finds_weights_without_torch_or_monai(tmp_path: Path) -> None:
 
 
 class Counting(torch.nn.Module):
-    """A small random convolution to 2-channel logits that counts its forwards."""
+    """A small random convolution to 2-channel logits that counts its forwards and, when
+    given a shared `log`, appends its seed to it on each forward (the order of the calls)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, log: list[int] | None = None) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.net = torch.nn.Conv3d(2, 2, 3, padding=1)
         self.calls = 0
+        self.seed, self.log = seed, log
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        if self.log is not None:
+            self.log.append(self.seed)
         return self.net(x)
 
 
 def test_fold_maps_come_from_the_same_fused_pass() -> None:
-    networks = [Counting(seed) for seed in (1, 2, 3)]
+    order: list[int] = []
+    networks = [Counting(seed, order) for seed in (1, 2, 3)]
     image = torch.rand(2, 20, 24, 28)
     config = InferenceConfig(roi_size=(16, 16, 16), overlap=0.5)
     plain = run_ensemble(networks, image, config, weights=[0.5, 0.3, 0.2], device="cpu",
                          bytes_per_voxel=100)
     calls = [n.calls for n in networks]
+    order.clear()
     fused = run_ensemble(networks, image, config, weights=[0.5, 0.3, 0.2], device="cpu",
                          bytes_per_voxel=100, per_network=True)
     assert [n.calls - c for n, c in zip(networks, calls, strict=True)] == calls  # one pass
+    assert calls[0] > 1 and order == [1, 2, 3] * calls[0]  # every fold on each window batch
     assert plain.fold_probabilities is None and fused.fold_probabilities is not None
     assert torch.equal(fused.probability, plain.probability)
     alone = [run_ensemble([n], image, config, device="cpu", bytes_per_voxel=100).probability

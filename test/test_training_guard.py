@@ -166,24 +166,34 @@ def _history(run) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monkeypatch) -> None:
-    """1 non-finite step of 20 (5 %, not more) is skipped and counted; the run goes on."""
-    cache, splits = synthetic_cache(tmp_path, n=30)  # 20 training studies
+def _nan_loss_at_steps(monkeypatch, steps: set[int]) -> None:
+    """The training loss is NaN at the given (1-based) calls of the loss function."""
     original = parts.build_loss
 
-    def loss_nan_once(config):
+    def build(config):
         loss_fn, calls = original(config), []
 
         def loss(logits, label):
             calls.append(1)
-            return loss_fn(logits, label) * (math.nan if len(calls) == 7 else 1.0)
+            return loss_fn(logits, label) * (math.nan if len(calls) in steps else 1.0)
         return loss
 
-    monkeypatch.setattr(parts, "build_loss", loss_nan_once)
-    config = tiny_config(epochs=1, amp="auto")
-    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
-                                                                       batch_size=1))
-    result = train(config, cache, splits, 0, tmp_path / "run", device="cpu", progress=False)
+    monkeypatch.setattr(parts, "build_loss", build)
+
+
+def _one_study_batches(**changes) -> TrainingConfig:
+    """`tiny_config(epochs=1)` with batches of one study: 20 steps on 20 training studies."""
+    config = tiny_config(epochs=1, amp="auto", **changes)
+    return dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                     batch_size=1))
+
+
+def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monkeypatch) -> None:
+    """1 non-finite step of 20 (5 %, not more) is skipped and counted; the run goes on."""
+    cache, splits = synthetic_cache(tmp_path, n=30)  # 20 training studies
+    _nan_loss_at_steps(monkeypatch, {7})
+    result = train(_one_study_batches(), cache, splits, 0, tmp_path / "run", device="cpu",
+                   progress=False)
     row = _history(tmp_path / "run")[0]
     assert (row["steps"], row["skipped_steps"], row["overflow_steps"]) == ("20", "1", "0")
     assert row["loss_scale"] == ""  # auto on the CPU: fp32, no loss scaler
@@ -193,6 +203,33 @@ def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monke
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
     assert state["optimizer"]["state"][0]["step"] == 19  # one update per applied step
+
+
+def test_more_than_five_percent_non_finite_steps_stop_the_run(tmp_path, monkeypatch) -> None:
+    """2 of 20 steps (10 %) is over the 5 % the rule allows."""
+    cache, splits = synthetic_cache(tmp_path, n=30)
+    _nan_loss_at_steps(monkeypatch, {7, 8})
+    _assert_stops_unsaved(_one_study_batches(), cache, splits, tmp_path / "run",
+                          r"^epoch 1: 2 of 20 training steps had a non-finite loss or gradient "
+                          r"\(more than 5%\); the run stopped, no epoch was saved; start again")
+
+
+def test_the_loop_clips_with_the_configured_norm(tmp_path, monkeypatch) -> None:
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    norms = []
+    original = loop.train_step
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        norms.append(args[8] if len(args) > 8 else kwargs.get("grad_clip_norm"))
+        return result
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    config = tiny_config(epochs=1)
+    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer,
+                                                                       grad_clip_norm=7.5))
+    train(config, cache, splits, 0, tmp_path / "run", device="cpu", progress=False)
+    assert norms and set(norms) == {7.5}
 
 
 def test_overflowing_first_steps_raise_no_scheduler_warning(tmp_path, monkeypatch) -> None:

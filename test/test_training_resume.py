@@ -73,3 +73,29 @@ def test_config_changes_name_every_differing_field_in_order() -> None:
     assert config_changes(before, before) == {}
     assert config_changes(before, after) == {"amp": ("auto", "bf16"), "num_threads": (0, 4)}
     assert set(config_changes(before, after)) <= set(RESUMABLE_FIELDS)
+
+
+def test_a_run_saved_before_clipping_existed_resumes_without_clipping(tmp_path,
+                                                                      monkeypatch) -> None:
+    """A config.json without optimizer.grad_clip_norm was trained unclipped: resuming it
+    keeps that (not the default 12) and records no change."""
+    from petseg.training import loop
+
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    run = tmp_path / "run"
+    train_epochs(tiny_config(epochs=2), cache, splits, run, stop_after=1)
+    stored = json.loads((run / "config.json").read_text())
+    del stored["optimizer"]["grad_clip_norm"]
+    (run / "config.json").write_text(json.dumps(stored))
+    norms = []
+    original = loop.train_step
+
+    def spy(*args, **kwargs):
+        norms.append(args[8])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    assert main(["train", "--cache", str(cache), "--splits", str(splits), "--fold", "0",
+                 "--out", str(run), "--device", "cpu", "--quiet", "--resume"]) == 0
+    assert norms and set(norms) == {None}
+    assert not (run / "config_changes.json").exists()

@@ -36,13 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the config, train, print where the best checkpoint is."""
     from petseg.config import apply_overrides, to_dict
-    from petseg.training.config import load_training_config, training_config_from_dict
+    from petseg.training.config import (
+        load_run_config,
+        load_training_config,
+        training_config_from_dict,
+    )
     from petseg.training.loop import train
 
-    base = args.config
-    if base is None and args.resume and (args.out / "config.json").is_file():
-        base = args.out / "config.json"  # the run's own config; --set changes fields of it
-    config = load_training_config(base)
+    run_config = args.out / "config.json"
+    if args.config is None and args.resume and run_config.is_file():
+        config = load_run_config(run_config)  # the run's own; --set changes fields of it
+    else:
+        config = load_training_config(args.config)
     if args.set:
         config = training_config_from_dict(apply_overrides(to_dict(config), args.set))
     result = train(config, args.cache, args.splits, args.fold, args.out, resume=args.resume,

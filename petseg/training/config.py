@@ -214,6 +214,18 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
     return load_json(TrainingConfig, path)
 
 
+def load_run_config(path: str | Path) -> TrainingConfig:
+    """A run folder's `config.json`. Runs saved before `optimizer.grad_clip_norm` existed
+    trained without clipping, so a missing field reads as null there (not the default 12):
+    resuming them keeps their recipe unless `--set` changes it."""
+    from petseg.io import read_json
+
+    data = read_json(path, "run config", "restore it, or start again in a new --out")
+    if isinstance(data, dict) and isinstance(data.get("optimizer"), dict):
+        data["optimizer"].setdefault("grad_clip_norm", None)
+    return training_config_from_dict(data)
+
+
 def training_config_from_dict(data: dict) -> TrainingConfig:
     """Plain dict (as stored in a run folder) -> `TrainingConfig`."""
     return from_dict(TrainingConfig, data, where="training config")

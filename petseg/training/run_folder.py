@@ -30,7 +30,7 @@ from petseg.checkpoint import save_checkpoint
 from petseg.config import to_dict
 from petseg.errors import PetsegError
 from petseg.io import read_json, write_json
-from petseg.training.config import TrainingConfig, training_config_from_dict
+from petseg.training.config import TrainingConfig, load_run_config
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,7 @@ class RunFolder:
             return {}
         if not self.last.is_file():
             raise PetsegError(f"{self.path}: no last.pt to resume from; start without --resume")
-        stored = training_config_from_dict(read_json(
-            self.config_path, "run config", "restore it, or start again in a new --out"))
+        stored = load_run_config(self.config_path)
         changes = config_changes(stored, config)
         refused = [f"{name}: {json.dumps(new)} vs the run's {json.dumps(old)}"
                    for name, (old, new) in changes.items() if name not in RESUMABLE_FIELDS]
