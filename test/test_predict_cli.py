@@ -184,9 +184,9 @@ def test_a_corrupt_file(tmp_path, weights, config, case, capsys) -> None:
     code = _predict(inp, out, weights, config)
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"petseg predict: error: {corrupt}: is truncated: 352 of 5,437 bytes of "
-                   "voxel data; copy the file again") or err.startswith(
-        f"petseg predict: error: {corrupt}: is truncated or corrupt: the header describes")
+    assert err == (f"petseg predict: error: {corrupt}: is truncated or corrupt: the header "
+                   "describes 160,325 voxels (55 x 55 x 53), the file holds 400 bytes; copy "
+                   "the file again")
     _expect_only_failed_results(out, err.split("error: ", 1)[1])
 
 
