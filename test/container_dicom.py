@@ -12,7 +12,8 @@ CT in stored values, nested folders, meaningless names, an unrelated series besi
   through 16-bit stored values with a per-slice rescale, which moves SUVs by up to about
   1e-4 of a slice's maximum, so a few voxels at the threshold may flip;
 - `dicom-seg/` holds exactly one DICOM Segmentation whose frames reference instances of
-  the written PET series and whose study and patient equal the PET's;
+  the written PET series, placed on those slices equal the mask, and whose study and
+  patient equal the PET's;
 - `results.json` lists one case, without errors, with the SEG among its outputs.
 """
 
@@ -23,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import SimpleITK as sitk
 
@@ -62,6 +65,26 @@ def _pet_instances(dicom_dir: Path) -> dict[str, pydicom.Dataset]:
     return headers
 
 
+def pet_uids_in_slice_order(headers: list[pydicom.Dataset]) -> list[str]:
+    """SOPInstanceUIDs of PET headers sorted along their slice normal (the mask's z order)."""
+    iop = np.asarray(headers[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    ordered = sorted(headers,
+                     key=lambda ds: float(np.asarray(ds.ImagePositionPatient, float) @ normal))
+    return [str(ds.SOPInstanceUID) for ds in ordered]
+
+
+def _seg_matches_mask(seg_path: Path, mask: sitk.Image, pets: dict[str, pydicom.Dataset],
+                      failures: list[str]) -> None:
+    """The SEG's frames, placed on the PET slices by referenced instance, equal `mask`."""
+    seg = hd.seg.segread(seg_path)
+    pixels = seg.get_pixels_by_source_instance(pet_uids_in_slice_order(list(pets.values())),
+                                               segment_numbers=[1],
+                                               ignore_spatial_locations=True)[..., 0]
+    if not np.array_equal(pixels, sitk.GetArrayFromImage(mask)):
+        failures.append(f"{seg_path}: its frames placed on the PET slices differ from the mask")
+
+
 def check(output: Path, dicom_dir: Path, expected_dir: Path, min_dice: float) -> list[str]:
     """One line per violated rule of the module docstring; empty when all hold."""
     failures: list[str] = []
@@ -82,6 +105,8 @@ def check(output: Path, dicom_dir: Path, expected_dir: Path, min_dice: float) ->
                       .ReferencedSOPInstanceUID for item in seg.PerFrameFunctionalGroupsSequence}
         if seg.Modality != "SEG" or not referenced or not referenced <= set(pets):
             failures.append(f"{seg_path}: not a SEG whose frames reference the PET instances")
+        if mask_path and not failures:
+            _seg_matches_mask(seg_path, read_image(mask_path), pets, failures)
         some_pet = next(iter(pets.values()), None)
         for tag in ("StudyInstanceUID", "PatientID"):
             if some_pet is None or getattr(seg, tag) != getattr(some_pet, tag):

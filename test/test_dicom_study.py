@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from container_dicom import pet_uids_in_slice_order as uids_in_slice_order
 from image_fixtures import file_digests
 from inference_synthetic import finer_ct_geometry, make_case
 from random_weights import make_random_weights
@@ -32,11 +33,7 @@ MASKS = Path("images/automated-petct-lesion-segmentation")
 
 def pet_uids_in_slice_order(paths: list[Path]) -> list[str]:
     """SOPInstanceUIDs of PET files sorted along their slice normal (the mask's z order)."""
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
-    iop = np.asarray(headers[0].ImageOrientationPatient, float)
-    normal = np.cross(iop[:3], iop[3:])
-    headers.sort(key=lambda ds: float(np.asarray(ds.ImagePositionPatient, float) @ normal))
-    return [str(ds.SOPInstanceUID) for ds in headers]
+    return uids_in_slice_order([pydicom.dcmread(p, stop_before_pixels=True) for p in paths])
 
 
 def _predict(inp: Path, out: Path, weights: Path, config: Path, *extra: str) -> int:
