@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import csv
+import dataclasses
 import datetime
 import json
 import math
@@ -42,12 +43,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from petseg.config import apply_overrides, to_dict
+from petseg.config import save_json, with_overrides
 from petseg.phantom import generate_study, write_autopet_study, write_metadata_csv
 from petseg.phantom.layouts import dataset_plan, metadata_row
-from petseg.training.config import load_training_config, training_config_from_dict
+from petseg.training.config import load_training_config
 from petseg.training.splits import load_splits
-from petseg.training.validation import COLLAPSE_FROM_DSC
+from petseg.training.validation import collapse_warning
 
 COLUMNS = ("epochs", "steps", "loss", "val DSC", "skipped", "overflow", "grad norm mean",
            "grad norm max", "step ms", "input wait %", "loss scale")
@@ -182,16 +183,17 @@ def verdict(rows: list[dict[str, str]], max_non_finite: float, min_dsc: float) -
     if steps == 0 or skipped > max_non_finite * steps:
         failures.append(f"{skipped} of {steps} steps were non-finite "
                         f"(more than {max_non_finite:.0%})")
-    best = -math.inf
+    best, best_epoch = -math.inf, 0
     dsc = []
     for row in rows:
         if row["val_mean_dsc"]:
             value = _float(row["val_mean_dsc"])
             dsc.append(value)
-            if value == 0.0 and best > COLLAPSE_FROM_DSC:
+            if collapse_warning(int(row["epoch"]), value, best, best_epoch) is not None:
                 failures.append(f"validation DSC collapsed to 0 at epoch {row['epoch']} "
                                 f"after {best:.4f}")
-            best = max(best, value)
+            if value > best:
+                best, best_epoch = value, int(row["epoch"])
     if not dsc or not dsc[-1] >= min_dsc:
         failures.append(f"last validation DSC {dsc[-1] if dsc else math.nan:.4f} is below "
                         f"{min_dsc}")
@@ -214,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     patch = [args.patch] * 3
-    data = apply_overrides(to_dict(load_training_config(None)), [
+    config = with_overrides(load_training_config(None), [  # checked here, before any work
         f"augmentation.patch_size={json.dumps(patch)}",
         f"validation.inference.roi_size={json.dumps(patch)}",
-        f"optimizer.batch_size={args.batch}", f"validation.every={args.every}", *args.set])
-    config = training_config_from_dict(data)  # checked here, before any work
+        f"optimizer.batch_size={args.batch}", f"validation.every={args.every}", *args.set],
+        "resources/train_config.json", "optimizer.epochs=2")
     seconds = {"phantoms": make_phantoms(work / "data", args.phantoms, args.seed, args.size,
                                          args.workers)}
 
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     config_path = work / "train_config.json"
-    config_path.write_text(json.dumps(to_dict(config), indent=2) + "\n")
+    save_json(config, config_path)
     checked(petseg("preprocess", "--data", str(work / "data"), "--out", str(work / "cache"),
                    "--workers", str(args.workers), "--config", str(config_path), "--quiet"),
             "petseg preprocess")
@@ -239,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     n_train = len(load_splits(splits).training_keys(0))
     per_epoch = math.ceil(n_train / args.batch)
     epochs = max(1, round(args.steps / per_epoch))
-    data = apply_overrides(to_dict(config), [f"optimizer.epochs={epochs}"])
-    config_path.write_text(json.dumps(data, indent=2) + "\n")
+    save_json(dataclasses.replace(config, optimizer=dataclasses.replace(
+        config.optimizer, epochs=epochs)), config_path)
     run = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     print(f"fold 0: {n_train} training studies, {per_epoch} steps per epoch, {epochs} epochs "
           f"({epochs * per_epoch} steps), batch {args.batch} of {args.patch}^3, amp "

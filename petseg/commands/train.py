@@ -35,11 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the config, train, print where the best checkpoint is."""
-    from petseg.config import apply_overrides, to_dict
+    from petseg.config import with_overrides
     from petseg.training.config import (
         load_run_config,
         load_training_config,
-        training_config_from_dict,
     )
     from petseg.training.loop import train
 
@@ -49,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = load_training_config(args.config)
     if args.set:
-        config = training_config_from_dict(apply_overrides(to_dict(config), args.set))
+        config = with_overrides(config, args.set, "resources/train_config.json",
+                                "optimizer.epochs=2")
     result = train(config, args.cache, args.splits, args.fold, args.out, resume=args.resume,
                    device=args.device, progress=not args.quiet, init=args.init)
     if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
