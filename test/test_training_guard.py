@@ -95,6 +95,27 @@ def test_a_non_finite_step_changes_nothing(cause) -> None:
                           False).skipped  # the next good batch trains
 
 
+def test_a_forward_that_poisons_a_running_statistic_is_skipped() -> None:
+    """The loss stays finite (training-mode BatchNorm normalises with the batch's own
+    statistics) but a running variance became inf: the step is skipped and restored."""
+    network, loss_fn, optimizer, scaler = _parts()
+    image, label = _batch()
+    train_step(network, image, label, loss_fn, optimizer, scaler, None, False)
+    before = _snapshot(network, optimizer)
+    norm = next(m for m in network.modules()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+    def poison(module, inputs, output) -> None:
+        module.running_var[0] = math.inf
+
+    handle = norm.register_forward_hook(poison)
+    result = train_step(network, image, label, loss_fn, optimizer, scaler, None, False)
+    handle.remove()
+    assert math.isfinite(float(result.loss)) and result.skipped and result.non_finite
+    _assert_unchanged(network, optimizer, before)
+    assert torch.isfinite(norm.running_var).all()
+
+
 def test_fp16_overflow_backs_the_scale_off_and_changes_nothing() -> None:
     """Scaled gradients beyond fp16: the scaler halves its scale; nothing else changes."""
     network, loss_fn, optimizer, scaler = _parts(scaler=True, init_scale=2.0**40)

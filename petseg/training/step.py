@@ -38,9 +38,10 @@ class StepResult:
         return self.skipped and not self.overflow
 
 
-def _finite_everywhere(value: torch.Tensor) -> bool:
-    """`value` is finite in this process and, under DDP, in every other one."""
-    bad = (~torch.isfinite(value)).any().to(torch.int32).reshape(1)
+def _finite_everywhere(values: list[torch.Tensor]) -> bool:
+    """Every tensor of `values` is finite in this process and, under DDP, in every other one."""
+    bad = (~torch.stack([torch.isfinite(value).all() for value in values])).any()
+    bad = bad.to(torch.int32).reshape(1)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
     return not bool(bad.item())
@@ -57,10 +58,13 @@ def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
     `grad_clip_norm` (None: no clipping). A step whose loss or gradients are not finite
     changes nothing: no optimiser update, and the model's buffers (BatchNorm running
     statistics and batch counters, which the forward has already updated) are restored.
-    Under DDP every process takes the same decision.
+    So does a forward that left a floating-point buffer non-finite while the loss stayed
+    finite: a poisoned running statistic would break every later evaluation. Under DDP
+    every process takes the same decision.
     """
     buffers = list(model.buffers())
     before = [buffer.detach().clone() for buffer in buffers]
+    statistics = [buffer.detach() for buffer in buffers if buffer.is_floating_point()]
 
     def restore() -> None:
         with torch.no_grad():
@@ -75,7 +79,7 @@ def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
         logits = model(image)
     loss = loss_fn(logits.float(), label)
     optimizer.zero_grad(set_to_none=True)
-    if not _finite_everywhere(loss.detach()):
+    if not _finite_everywhere([loss.detach(), *statistics]):
         restore()  # the scale is not to blame: leave the scaler alone
         return StepResult(loss.detach(), math.nan, skipped=True)
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
