@@ -159,7 +159,7 @@ def test_amp_auto_resolves_per_device(monkeypatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert resolve_amp("auto", cpu) is None and resolve_amp("off", cuda) is None
     assert resolve_amp("bf16", cpu) is torch.bfloat16
-    assert resolve_amp("fp16", cpu) is torch.float16
+    assert resolve_amp("fp16", cuda) is torch.float16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))  # H100
     assert resolve_amp("auto", cuda) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))  # T4
@@ -167,6 +167,13 @@ def test_amp_auto_resolves_per_device(monkeypatch) -> None:
     assert TrainingConfig().amp == "auto" and TrainingConfig().optimizer.grad_clip_norm == 12.0
     with pytest.raises(PetsegError, match=r"grad_clip_norm = 0\.0: must be > 0, or null"):
         TrainingConfig(optimizer=OptimizerConfig(grad_clip_norm=0.0))
+
+
+def test_fp16_on_the_cpu_trains_in_fp32_and_says_so(caplog) -> None:
+    """Configs written before "auto" say fp16; on the CPU that is emulated and slow."""
+    with caplog.at_level("WARNING", logger="petseg.training.step"):
+        assert resolve_amp("fp16", torch.device("cpu")) is None
+    assert "amp 'fp16' is for CUDA GPUs; training in fp32 on the cpu" in caplog.text
 
 
 def test_bf16_steps_train_on_the_cpu() -> None:
@@ -258,6 +265,7 @@ def test_overflowing_first_steps_raise_no_scheduler_warning(tmp_path, monkeypatc
     learning rate still follows the cosine and PyTorch's scheduler-order warning (an error
     here) cannot appear."""
     cache, splits = synthetic_cache(tmp_path, n=6)
+    monkeypatch.setattr(parts, "resolve_amp", lambda setting, device: torch.float16)  # GPU-like
     monkeypatch.setattr(torch.amp, "GradScaler",
                         functools.partial(torch.amp.GradScaler, init_scale=2.0**60))
     with warnings.catch_warnings():
