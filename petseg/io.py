@@ -49,31 +49,23 @@ ORTHONORMAL_TOLERANCE = 1e-3
 decimals, so real images are orthonormal to 1e-5."""
 
 
-def _header_spacing(path: Path) -> list[float] | None:
-    """Voxel sizes as written in the header (before the reader normalizes their signs).
+def _header_spacing(image: sitk.Image, path: Path) -> list[float] | None:
+    """Voxel sizes as written in the header of `path` (before the reader normalizes their
+    signs), `image` being what SimpleITK read from it.
 
-    Read for MetaImage (`ElementSpacing`) and NIfTI (`pixdim`); None for other formats
-    or an unreadable header.
+    MetaImage `ElementSpacing` from the file, NIfTI `pixdim` from the metadata the reader
+    keeps; None for other formats or an unreadable header.
     """
-    import gzip
-    import struct
-
-    suffix = image_suffix(path)
-    try:
-        if suffix in (".mha", ".mhd"):
+    if image.HasMetaDataKey("pixdim[1]"):  # NIfTI
+        return [float(image.GetMetaData(f"pixdim[{axis}]")) for axis in (1, 2, 3)]
+    if image_suffix(path) in (".mha", ".mhd"):
+        try:
             with path.open("rb") as handle:
                 head = handle.read(65536).decode("latin-1")
             match = re.search(r"^\s*Element(?:Spacing|Size)\s*=\s*(.+)$", head, re.MULTILINE)
             return [float(v) for v in match.group(1).split()] if match else None
-        if suffix in (".nii", ".nii.gz"):
-            opener = gzip.open if suffix == ".nii.gz" else open
-            with opener(path, "rb") as handle:
-                header = handle.read(348)
-            for order in "<>":
-                if len(header) == 348 and struct.unpack(order + "i", header[:4])[0] == 348:
-                    return list(struct.unpack(order + "8f", header[76:108])[1:4])
-    except (OSError, ValueError, EOFError):
-        return None
+        except (OSError, ValueError):
+            return None
     return None
 
 
@@ -120,18 +112,14 @@ def _check_gzip_complete(path: Path, image: sitk.Image) -> None:
     the header's voxel offset plus the voxels is the whole stream decompressed to decide.
     """
     import gzip
-    import struct
     import zlib
 
     try:
-        with gzip.open(path, "rb") as handle:
-            header = handle.read(348)
-        order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
-        offset = int(struct.unpack(order + "f", header[108:112])[0])
+        offset = int(float(image.GetMetaData("vox_offset")))
         with path.open("rb") as handle:
             handle.seek(-4, os.SEEK_END)
-            trailer = struct.unpack("<I", handle.read(4))[0]
-    except (OSError, EOFError, struct.error):
+            trailer = int.from_bytes(handle.read(4), "little")
+    except (OSError, RuntimeError, ValueError):
         return  # SimpleITK read it; nothing better to say
     item = sitk.GetArrayViewFromImage(image).itemsize
     expected = offset + image.GetNumberOfPixels() * item
@@ -152,7 +140,7 @@ def _check_gzip_complete(path: Path, image: sitk.Image) -> None:
 def check_geometry(image: sitk.Image, path: Path) -> None:
     """Refuse a header no scanner writes: negative, zero or implausible voxel sizes
     (`SPACING_RANGE_MM`) or a direction matrix that is not orthonormal."""
-    written = _header_spacing(path)
+    written = _header_spacing(image, path)
     if written is not None and any(not v > 0 for v in written):
         raise PetsegError(
             f"{path}: voxel spacing {' '.join(f'{v:g}' for v in written)} in the header is "
@@ -198,6 +186,21 @@ def read_image(path: str | Path) -> sitk.Image:
     return image
 
 
+def process_umask() -> int:
+    """This process's file-creation mask, read without changing it (Linux reports it in
+    /proc/self/status; elsewhere it is set and put back, which is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`.
@@ -216,9 +219,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         # mkstemp and some writers (safetensors) leave 0600 files; results get the mode
         # a plain open() would give them, so another user (a container's) can read them
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~process_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

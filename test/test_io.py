@@ -128,6 +128,27 @@ def test_atomic_writes_give_files_the_plain_open_mode(tmp_path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux /proc only")
+def test_the_umask_is_read_without_changing_it(tmp_path, monkeypatch) -> None:
+    """Setting the umask to read it would race with threads creating files meanwhile."""
+    import stat
+
+    from petseg.io import process_umask
+
+    old_umask = os.umask(0o027)
+    try:
+        def refuse(mask):
+            raise AssertionError("os.umask called")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        assert process_umask() == 0o027
+        path = write_json({"a": 1}, tmp_path / "r.json")
+    finally:
+        monkeypatch.undo()
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
 def test_write_json_refuses_nan_in_strict_mode_and_leaves_no_file(tmp_path) -> None:
     target = tmp_path / "out" / "summary.json"
     data = {"folds": {"fold_0": {"metrics": {"mean_dsc": float("nan")}}}, "n": [1, 2]}
