@@ -54,8 +54,9 @@ def _extras(files: CaseFiles, pet: sitk.Image, prediction: Prediction,
             extras_dir: Path) -> dict[str, Any]:
     """Write one case's clinical extras; {"extras": paths} or {"extras_error": message}.
 
-    A DICOM study's report keeps its patient and study identifiers."""
-    from petseg.report import write_extras
+    A DICOM study's report keeps its patient and study identifiers. When writing fails,
+    none of the case's extras is left (no mix of this run's files and an earlier one's)."""
+    from petseg.report import extras_paths, write_extras
 
     name = files.name
     try:
@@ -65,6 +66,8 @@ def _extras(files: CaseFiles, pet: sitk.Image, prediction: Prediction,
     except Exception as exc:  # the mask is written; extras must not fail the case
         message = str(exc) if isinstance(exc, PetsegError) else f"{type(exc).__name__}: {exc}"
         log.warning("case %s: extras not written: %s", name, message)
+        for path in extras_paths(extras_dir, name).values():
+            path.unlink(missing_ok=True)
         return {"extras_error": message}
     return {"extras": {kind: str(path) for kind, path in paths.items()}}
 
@@ -83,18 +86,25 @@ def case_outputs(output_dir: Path, name: str) -> list[Path]:
             output_dir.joinpath(*SEG_FOLDER, f"{name}.dcm")]
 
 
-def remove_outputs(output_dir: Path, name: str) -> None:
-    """Remove case `name`'s outputs left by an earlier run, so none outlives a failure."""
-    for path in case_outputs(output_dir, name):
+def remove_outputs(output_dir: Path, name: str, extras_dir: str | Path | None = None) -> None:
+    """Remove case `name`'s outputs left by an earlier run (and its extras in
+    `extras_dir`), so none outlives a failure."""
+    paths = case_outputs(output_dir, name)
+    if extras_dir is not None:
+        from petseg.report import extras_paths
+
+        paths += extras_paths(extras_dir, name).values()
+    for path in paths:
         path.unlink(missing_ok=True)
 
 
-def record_failure(cases: CaseList, output_dir: str | Path, message: str) -> None:
-    """Every case failed with `message` before it ran: remove their earlier outputs and
-    write `results.json` saying so."""
+def record_failure(cases: CaseList, output_dir: str | Path, message: str,
+                   extras_dir: str | Path | None = None) -> None:
+    """Every case failed with `message` before it ran: remove their earlier outputs (and
+    extras) and write `results.json` saying so."""
     output_dir = Path(output_dir)
     for files in cases.cases:
-        remove_outputs(output_dir, files.name)
+        remove_outputs(output_dir, files.name, extras_dir)
     write_json([_entry(files, None, message, 0.0, None) for files in cases.cases],
                output_dir / RESULTS_NAME)
 
@@ -143,25 +153,25 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
 
 
 def _record_interruption(cases: CaseList, results: list[dict[str, Any]],
-                         output_dir: Path) -> None:
+                         output_dir: Path, extras_dir: str | Path | None) -> None:
     """After an interruption: the cases not in `results` get `INTERRUPTED` (and lose any
-    earlier output); `results.json` is written."""
+    earlier output and extras); `results.json` is written."""
     done = {entry["name"] for entry in results}
     for files in cases.cases:
         if files.name not in done:
-            remove_outputs(output_dir, files.name)
+            remove_outputs(output_dir, files.name, extras_dir)
             results.append(_entry(files, None, INTERRUPTED, 0.0, None))
     write_json(results, output_dir / RESULTS_NAME)
     log.error("interrupted after %d of %d case(s); %s lists them", len(done),
               len(cases.cases), output_dir / RESULTS_NAME)
 
 
-def _failure(files: CaseFiles, exc: Exception, output_dir: Path, start: float,
-             log_it: bool) -> dict[str, Any]:
-    """The results.json entry of a case that failed with `exc`; its outputs left by an
-    earlier run are removed (and the failure logged when `log_it`)."""
+def _failure(files: CaseFiles, exc: Exception, output_dir: Path,
+             extras_dir: str | Path | None, start: float, log_it: bool) -> dict[str, Any]:
+    """The results.json entry of a case that failed with `exc`; its outputs (and extras)
+    left by an earlier run are removed (and the failure logged when `log_it`)."""
     message = str(exc) if isinstance(exc, PetsegError) else f"{type(exc).__name__}: {exc}"
-    remove_outputs(output_dir, files.name)
+    remove_outputs(output_dir, files.name, extras_dir)
     if log_it:
         log.error("case %s failed: %s", files.name, message,
                   exc_info=not isinstance(exc, PetsegError))
@@ -211,7 +221,8 @@ def predict_cases(
                                          output_dir, predictor, save_probability, extras_dir,
                                          dicom_seg, seg_uid_seed)
                 except Exception as exc:
-                    results.append(_failure(files, exc, output_dir, start, not cases.single))
+                    results.append(_failure(files, exc, output_dir, extras_dir, start,
+                                            not cases.single))
                     if cases.single:
                         write_json(results, output_dir / RESULTS_NAME)
                         raise
@@ -222,7 +233,7 @@ def predict_cases(
             for pending in reads:
                 if pending is not None:
                     pending.cancel()
-            _record_interruption(cases, results, output_dir)
+            _record_interruption(cases, results, output_dir, extras_dir)
             raise
     write_json(results, output_dir / RESULTS_NAME)
     return results

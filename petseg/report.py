@@ -364,6 +364,16 @@ def write_report_csv(report: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def extras_paths(out_dir: str | Path, case_name: str) -> dict[str, Path]:
+    """The files `write_extras` writes for case `case_name` in `out_dir`, by kind:
+    "json", "csv", "png" and (from two or more folds) "uncertainty"."""
+    out_dir = Path(out_dir)
+    return {"json": out_dir / f"{case_name}_lesions.json",
+            "csv": out_dir / f"{case_name}_lesions.csv",
+            "png": out_dir / f"{case_name}_mip.png",
+            "uncertainty": out_dir / f"{case_name}_uncertainty.mha"}
+
+
 def write_case_report(case_name: str, pet: sitk.Image, mask: sitk.Image,
                       out_dir: str | Path, uncertainty: sitk.Image | None = None,
                       identifiers: dict[str, str] | None = None) -> dict[str, Path]:
@@ -375,13 +385,13 @@ def write_case_report(case_name: str, pet: sitk.Image, mask: sitk.Image,
     Returns:
         {"json": ..., "csv": ..., "png": ...} paths.
     """
-    out_dir = Path(out_dir)
     report = {"case": case_name, **({"study": dict(identifiers)} if identifiers else {}),
               **lesion_report(mask, pet, uncertainty)}
+    targets = extras_paths(out_dir, case_name)
     paths = {
-        "json": write_report_json(report, out_dir / f"{case_name}_lesions.json"),
-        "csv": write_report_csv(report, out_dir / f"{case_name}_lesions.csv"),
-        "png": mip_png(pet, mask, out_dir / f"{case_name}_mip.png", uncertainty=uncertainty),
+        "json": write_report_json(report, targets["json"]),
+        "csv": write_report_csv(report, targets["csv"]),
+        "png": mip_png(pet, mask, targets["png"], uncertainty=uncertainty),
     }
     log.info("%s: %d lesion(s), TMTV %.2f ml, TLG %.1f", case_name, report["n_lesions"],
              report["tmtv_ml"], report["tlg"])
@@ -396,18 +406,21 @@ def write_extras(case_name: str, pet: sitk.Image, mask: sitk.Image, out_dir: str
     Writes the lesion JSON + CSV + MIP PNG (`write_case_report`) and, with two or more
     fold probabilities on the PET grid, `<case>_uncertainty.mha` (their voxel-wise
     standard deviation, float32), which also feeds the report and the picture.
-    `identifiers` go into the lesion JSON (`write_case_report`).
+    `identifiers` go into the lesion JSON (`write_case_report`). An uncertainty map an
+    earlier run left for the case is removed when this one writes none.
 
     Returns:
         {"json", "csv", "png"[, "uncertainty"]} -> written paths.
     """
-    out_dir = Path(out_dir)
     uncertainty = None
     written: dict[str, Path] = {}
+    target = extras_paths(out_dir, case_name)["uncertainty"]
     if fold_probabilities is not None and len(fold_probabilities) >= 2:
         uncertainty = fold_std(fold_probabilities)
-        written["uncertainty"] = write_image(uncertainty, out_dir / f"{case_name}_uncertainty.mha")
-    elif fold_probabilities:
-        log.info("%s: one fold model, no uncertainty map", case_name)
+        written["uncertainty"] = write_image(uncertainty, target)
+    else:
+        target.unlink(missing_ok=True)
+        if fold_probabilities:
+            log.info("%s: one fold model, no uncertainty map", case_name)
     return {**write_case_report(case_name, pet, mask, out_dir, uncertainty, identifiers),
             **written}

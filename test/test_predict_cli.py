@@ -326,15 +326,22 @@ def test_a_failed_rerun_removes_the_earlier_mask_and_records_its_error(tmp_path,
                                                                        config, case,
                                                                        capsys) -> None:
     inp = _challenge_input(tmp_path / "input", *case)
-    out = tmp_path / "output"
-    assert _predict(inp, out, weights, config, "--save-probability") == 0
+    out, extras = tmp_path / "output", tmp_path / "extras"
+    options = ("--save-probability", "--extras", str(extras))
+    (extras / "other-case_mip.png").parent.mkdir()
+    (extras / "other-case_mip.png").write_bytes(b"kept")
+    assert _predict(inp, out, weights, config, *options) == 0
     assert len(_all_files(out)) == 3
+    assert _all_files(extras) == ["1b7c5f4e-pet_lesions.csv", "1b7c5f4e-pet_lesions.json",
+                                  "1b7c5f4e-pet_mip.png", "1b7c5f4e-pet_uncertainty.mha",
+                                  "other-case_mip.png"]
     ct = inp / "images/ct/e03d2a61-ct.mha"
     ct.write_bytes(b"")
-    assert _predict(inp, out, weights, config, "--save-probability") == 1
+    assert _predict(inp, out, weights, config, *options) == 1
     message = f"{ct}: is empty (0 bytes); copy the file again"
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"petseg predict: error: {message}"
     assert _all_files(out) == ["results.json"]
+    assert _all_files(extras) == ["other-case_mip.png"]  # only the failed case's extras go
     [entry] = json.loads((out / "results.json").read_text())
     assert (entry["name"], entry["error_messages"], entry["outputs"]) == (
         "1b7c5f4e-pet", [message], [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,6 +319,17 @@ def test_write_extras_writes_consistent_files(tmp_path, sphere_case) -> None:
         direct["lesions"][1]["centroid_mm"][2], abs=1e-3)
 
 
+def test_a_one_fold_rerun_removes_the_earlier_uncertainty_map(tmp_path, sphere_case) -> None:
+    pet, mask, _ = sphere_case
+    folds = [like(np.full(pet.GetSize()[::-1], p, np.float32), pet) for p in (0.2, 0.6)]
+    assert "uncertainty" in write_extras("case7", pet, mask, tmp_path, fold_probabilities=folds)
+    paths = write_extras("case7", pet, mask, tmp_path, fold_probabilities=folds[:1])
+    assert set(paths) == {"json", "csv", "png"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "case7_lesions.csv", "case7_lesions.json", "case7_mip.png"]
+    assert "uncertainty_mean" not in json.loads(paths["json"].read_text())["lesions"][0]
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def test_report_command_writes_three_files(tmp_path, sphere_case, capsys) -> None:
@@ -352,8 +364,9 @@ def test_report_command_refuses_a_mask_on_another_grid(tmp_path, capsys) -> None
 
 # ----------------------------------------------------------------------------- predict --extras
 
-def test_predict_extras_writes_report_picture_and_uncertainty(tmp_path) -> None:
-    import cc3d
+def _predict_with_extras(tmp_path: Path) -> tuple[sitk.Image, Path, Path]:
+    """`petseg predict --extras` on one synthetic case with three tiny folds; returns the
+    PET, the output and the extras folders."""
     from inference_synthetic import make_case
     from tiny_models import tiny_ensemble
 
@@ -368,7 +381,28 @@ def test_predict_extras_writes_report_picture_and_uncertainty(tmp_path) -> None:
     code = main(["predict", "--input", str(tmp_path / "in"), "--output", str(out),
                  "--weights", str(tmp_path / "weights"), "--config", str(tmp_path / "inf.json"),
                  "--device", "cpu", "--allow-missing-folds", "--extras", str(extras)])
-    assert code == 0
+    assert code == 0  # extras never fail a case
+    return pet, out, extras
+
+
+def test_extras_that_fail_midway_leave_none_of_the_case_behind(tmp_path, monkeypatch) -> None:
+    import petseg.report
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(petseg.report, "mip_png", full)  # after uncertainty, JSON and CSV
+    _, out, extras = _predict_with_extras(tmp_path)
+    assert list(extras.iterdir()) == []
+    [entry] = json.loads((out / "results.json").read_text())
+    assert entry["extras_error"] == "OSError: [Errno 28] No space left on device"
+    assert (out / "images" / "automated-petct-lesion-segmentation" / "c1-pet.mha").is_file()
+
+
+def test_predict_extras_writes_report_picture_and_uncertainty(tmp_path) -> None:
+    import cc3d
+
+    pet, out, extras = _predict_with_extras(tmp_path)
     masks = list((out / "images" / "automated-petct-lesion-segmentation").iterdir())
     assert [p.name for p in masks] == ["c1-pet.mha"]
     assert sorted(p.name for p in extras.iterdir()) == [

@@ -138,10 +138,10 @@ def _load_predictor(args: argparse.Namespace, config: InferenceConfig,
     except (PetsegError, OSError) as exc:
         message = (str(exc) if isinstance(exc, PetsegError)
                    else describe_os_error(exc, reading=True))
-        record_failure(cases, args.output, message)
+        record_failure(cases, args.output, message, args.extras)
         raise PetsegError(message) from None
     except KeyboardInterrupt:
-        record_failure(cases, args.output, INTERRUPTED)
+        record_failure(cases, args.output, INTERRUPTED, args.extras)
         raise
 
 
