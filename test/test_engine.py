@@ -587,6 +587,24 @@ def test_predictor_in_fast_mode_gives_the_reference_mask() -> None:
         sitk.GetArrayFromImage(seg) > 0)) >= 0.97
 
 
+def test_predictor_windows_follow_the_model_config_not_the_wrapper() -> None:
+    """A network seen through a wrapper without `strides` (as DDP or a compiled module
+    shows it) still gets windows whose sizes its model config's strides divide."""
+    shapes: list[tuple[int, ...]] = []
+
+    class Wrapped(SuvThreshold):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shapes.append(tuple(x.shape[2:]))
+            return super().forward(x)
+
+    config = resolve_inference_config(cfg(roi_size=(32,) * 3, mode="fast", tta=1))
+    predictor = Predictor([Wrapped()], ModelConfig(network=TINY), config, device="cpu")
+    image = torch.rand(2, 37, 33, 29)
+    probability = predictor.probability(image).probability
+    assert probability.shape == (37, 33, 29)
+    assert shapes and all(size % 4 == 0 for shape in shapes for size in shape), shapes
+
+
 def _write_case(folder: Path, name: str, pet: sitk.Image, ct: sitk.Image) -> None:
     for modality, image in (("pet", pet), ("ct", ct)):
         (folder / name / "images" / modality).mkdir(parents=True, exist_ok=True)

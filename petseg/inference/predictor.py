@@ -134,6 +134,7 @@ class Predictor:
         each network's from the same pass; `config` overrides the settings for this call."""
         result = run_ensemble(self.networks, image, config or self.config, weights=self.weights,
                               body_mask=body_mask, device=self.device,
+                              size_divisor=size_divisor(self.model_config.network),
                               per_network=per_network)
         result.probability.clamp_(0.0, 1.0)
         return result
