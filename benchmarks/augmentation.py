@@ -137,6 +137,34 @@ def train_parts(device: torch.device, cpu: bool):
     return step
 
 
+def time_fed_training(volumes: list, config: AugmentationConfig, device: torch.device) -> float:
+    """Train steps fed by the fused loader; prints the rates and returns the seconds per
+    step with the input waits excluded."""
+    cpu = device.type == "cpu"
+    step = train_parts(device, cpu)
+    n_warm, n_steps = (12, 4) if cpu else (5, 30)
+    loader = EpochLoader(volumes * math.ceil((n_warm + n_steps) * BATCH / len(volumes)), config,
+                         BATCH, seed=1, fold=0, epoch=0, device=device,
+                         threads=1 if cpu else 2, prefetch=2)
+    iterator = iter(loader)
+    for _ in range(n_warm):  # kernel selection; the CPU allocator takes ~10 steps to settle
+        step(*next(iterator))
+    synchronize(device)
+    loader.wait_s = 0.0
+    started = time.perf_counter()
+    for _ in range(n_steps):
+        step(*next(iterator))
+    synchronize(device)
+    total = time.perf_counter() - started
+    iterator.close()
+    step_s = (total - loader.wait_s) / n_steps
+    print(f"training step (input waits excluded): {BATCH / step_s:8.2f} samples/s "
+          f"({step_s * 1000:.0f} ms/step)")
+    print(f"training fed by the fused loader:     {BATCH * n_steps / total:8.2f} samples/s, "
+          f"input wait {100 * loader.wait_s / total:.1f}% of step time")
+    return step_s
+
+
 def main() -> None:
     device = torch.device(sys.argv[1] if len(sys.argv) > 1 else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -172,27 +200,7 @@ def main() -> None:
         print(f"fused sampler, 1 CPU core:            {1 / fused_one:8.2f} samples/s")
     print(f"fused sampler as run ({device.type}):{'':>10}{1 / fused:8.2f} samples/s")
 
-    step = train_parts(device, cpu)
-    n_warm, n_steps = (12, 4) if cpu else (5, 30)
-    loader = EpochLoader(volumes * math.ceil((n_warm + n_steps) * BATCH / len(volumes)), all_on,
-                         BATCH, seed=1, fold=0, epoch=0, device=device,
-                         threads=1 if cpu else 2, prefetch=2)
-    iterator = iter(loader)
-    for _ in range(n_warm):  # kernel selection; the CPU allocator takes ~10 steps to settle
-        step(*next(iterator))
-    synchronize(device)
-    loader.wait_s = 0.0
-    started = time.perf_counter()
-    for _ in range(n_steps):
-        step(*next(iterator))
-    synchronize(device)
-    total = time.perf_counter() - started
-    iterator.close()
-    step_s = (total - loader.wait_s) / n_steps
-    print(f"training step (input waits excluded): {BATCH / step_s:8.2f} samples/s "
-          f"({step_s * 1000:.0f} ms/step)")
-    print(f"training fed by the fused loader:     {BATCH * n_steps / total:8.2f} samples/s, "
-          f"input wait {100 * loader.wait_s / total:.1f}% of step time")
+    step_s = time_fed_training(volumes, all_on, device)
 
     if cpu:
         print(f"ratio fused / stock, 1 core each:     {stock_cpu / fused_one:8.1f}x")

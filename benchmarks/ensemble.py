@@ -164,6 +164,16 @@ def dice(a: torch.Tensor, b: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
+def choose_networks(args: argparse.Namespace, cuda: bool
+                    ) -> tuple[list[torch.nn.Module], list[float] | None, tuple[int, ...]]:
+    """(networks, their ensemble weights or None, channels): the trained folds of
+    `--weights`, or `--folds` random networks of `--channels` (the paper's on CUDA)."""
+    if args.weights:
+        return trained_networks(args.weights)
+    channels = tuple(args.channels or (PAPER_CHANNELS if cuda else CPU_CHANNELS))
+    return random_networks(args.folds, channels), None, channels
+
+
 def main() -> None:
     args = parse_args()
     device = device_from(args.device)
@@ -173,18 +183,13 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else int(cuda)
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-    channels = tuple(args.channels or (PAPER_CHANNELS if cuda else CPU_CHANNELS))
     spacing = args.spacing or (2.0 if cuda else 4.0)
     roi = args.roi or round(384 / spacing)
     shape = tuple(args.shape) if args.shape else (FACTS_SHAPE if cuda and spacing == 2 else None)
 
     image = torch.from_numpy(phantom_volume(args.seed, spacing, shape))
     body = body_mask_for_windows(image, PreprocessingConfig())
-    fold_weights = None
-    if args.weights:
-        networks, fold_weights, channels = trained_networks(args.weights)
-    else:
-        networks = random_networks(args.folds, channels)
+    networks, fold_weights, channels = choose_networks(args, cuda)
     stock_networks = [copy.deepcopy(n).to(device) for n in networks]  # untouched layout
     print(f"# ensemble benchmark: {describe_machine(device)}")
     voxels = image[0].numel() / 1e6
