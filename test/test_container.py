@@ -275,8 +275,13 @@ def test_fixture_regenerates_identically(tmp_path) -> None:
         a, b = sitk.ReadImage(str(committed)), sitk.ReadImage(str(fresh))
         assert Geometry.of(a) == Geometry.of(b)
         assert a.GetPixelID() == b.GetPixelID()
-        if kind == "ct":  # int16 HU: exact
-            np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        if kind == "ct":
+            # int16 HU rounded from float arithmetic: equal on every CPU tried, but a one-ulp
+            # difference at a .5 boundary would move a voxel by 1 HU, so allow that in at
+            # most 1 voxel in 10,000 and nothing more.
+            change = np.abs(sitk.GetArrayFromImage(a).astype(np.int32)
+                            - sitk.GetArrayFromImage(b).astype(np.int32))
+            assert change.max() <= 1 and np.count_nonzero(change) <= change.size // 10_000
         else:
             # The phantom rounds float64 exp/power to float32 so that CPUs agree bit for
             # bit (test_phantom.py checks it across numpy's SIMD targets); float64 kernels
