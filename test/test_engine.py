@@ -605,6 +605,47 @@ def test_predictor_windows_follow_the_model_config_not_the_wrapper() -> None:
     assert shapes and all(size % 4 == 0 for shape in shapes for size in shape), shapes
 
 
+def test_an_fp16_overflow_reruns_the_plan_in_fp32(monkeypatch, caplog) -> None:
+    """A network whose fp16 forward overflows on the hottest windows (inf logits, NaN
+    probability): the engine notices on the device and reruns the plan in fp32, whose
+    result is the one returned."""
+    import contextlib
+    import dataclasses
+
+    in_fp16 = []
+
+    @contextlib.contextmanager
+    def recording_autocast(device, precision):
+        in_fp16.append(precision == "fp16")
+        yield
+
+    class OverflowsInFp16(SuvThreshold):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = super().forward(x)
+            if in_fp16[-1] and x[:, 0].max() > 6.0:  # beyond 65,504 in fp16
+                logits[:, 1] = math.inf
+                logits[:, 0] = math.inf
+            return logits
+
+    settings = engine._settings
+    monkeypatch.setattr(engine, "_settings", lambda *args: dataclasses.replace(
+        settings(*args), precision="fp16"))  # as on CUDA
+    monkeypatch.setattr(engine, "autocast", recording_autocast)
+    image, _ = tiny_phantom((24, 40, 40), 4, torch.Generator().manual_seed(3))
+    assert image[0].max() > 6.0
+    config = cfg(roi_size=(16, 16, 16), overlap=0.25, tta=2)
+    with caplog.at_level("WARNING", logger="petseg.inference.engine"):
+        result = run_ensemble([OverflowsInFp16()], image, config, device="cpu",
+                              bytes_per_voxel=1e3)
+    assert result.fallbacks == ("precision=fp32",) and result.plan.precision == "fp32"
+    assert "fp16 overflow with" in caplog.text and "rerunning in fp32" in caplog.text
+    monkeypatch.setattr(engine, "_settings", settings)
+    expected = run_ensemble([OverflowsInFp16()], image, config, device="cpu",
+                            bytes_per_voxel=1e3)
+    assert expected.fallbacks == () and torch.isfinite(expected.probability).all()
+    torch.testing.assert_close(result.probability, expected.probability, rtol=0, atol=0)
+
+
 def _write_case(folder: Path, name: str, pet: sitk.Image, ct: sitk.Image) -> None:
     for modality, image in (("pet", pet), ("ct", ct)):
         (folder / name / "images" / modality).mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ and averaging, it
 - plans window size and windows per batch from the free memory and a measured activation
   cost per voxel (`plan`, `memory`), and on an out-of-memory error halves the batch, then
   the window, then moves stitching to the CPU before giving up;
+- reruns in fp32 when an fp16 pass gives a non-finite probability (an activation beyond
+  fp16's 65,504), which it checks on the device without an extra synchronisation;
 - optionally averages flipped passes (test-time augmentation), as many as a time budget allows.
 
 `reference` mode is the paper's: 192^3 windows, overlap 0.5, Gaussian blending, with
@@ -62,7 +64,8 @@ class EngineResult:
         seconds: wall time of the whole call.
         pass_seconds: wall time of the first pass.
         peak_device_bytes: CUDA peak allocated during the call, None on the CPU.
-        fallbacks: out-of-memory fallbacks taken, in order.
+        fallbacks: fallbacks taken, in order: out-of-memory steps, and `precision=fp32`
+            after an fp16 overflow.
         fold_probabilities: with `per_network`, each network's lesion probability
             `[D, H, W]` (float32, CPU) from the same windows and passes, in order; else None.
     """
@@ -173,10 +176,16 @@ def _padded_input(image: torch.Tensor, plan: Plan, store: torch.device,
     return padded
 
 
+class _Fp16OverflowError(Exception):
+    """An fp16 pass gave a non-finite probability: the plan must run in fp32."""
+
+
 def _one_pass(run: _Run, padded: torch.Tensor, plan: Plan, flip: tuple[int, ...],
-              importance: torch.Tensor | None, accumulator: torch.Tensor, done: int) -> None:
+              importance: torch.Tensor | None, accumulator: torch.Tensor, done: int,
+              non_finite: torch.Tensor | None) -> None:
     """Add one (flipped) pass over every window of `plan` to `accumulator` `[M, *padded]`;
-    `done` windows of earlier passes were already reported."""
+    `done` windows of earlier passes were already reported. `non_finite` (a 0-d bool on
+    the device, or None) is set when a window's probability is not finite."""
     spatial = [a + 2 for a in flip]
     for first in range(0, len(plan.starts), plan.windows_per_batch):
         batch_starts = plan.starts[first : first + plan.windows_per_batch]
@@ -188,6 +197,8 @@ def _one_pass(run: _Run, padded: torch.Tensor, plan: Plan, flip: tuple[int, ...]
         x = x.contiguous(memory_format=run.memory_format)
         probability = _window_probability(run, x, plan.precision)
         del x
+        if non_finite is not None:  # queued on the device: no synchronisation here
+            non_finite.logical_or_(~torch.isfinite(probability).all())
         if spatial:
             probability = probability.flip(spatial)
         if importance is not None:
@@ -202,7 +213,8 @@ def _one_pass(run: _Run, padded: torch.Tensor, plan: Plan, flip: tuple[int, ...]
 
 def _run_plan(run: _Run, image: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, int, float]:
     """Run every pass of `plan`; returns (probabilities `[M, D, H, W]` as a view of the
-    accumulator on the store device, passes, seconds of the first pass)."""
+    accumulator on the store device, passes, seconds of the first pass). `_Fp16OverflowError`
+    when an fp16 pass gave a non-finite probability."""
     store = run.device if plan.stitch == "device" else torch.device("cpu")
     fp16 = plan.precision == "fp16" and store.type == "cuda"
     padded = _padded_input(image, plan, store, torch.float16 if fp16 else torch.float32)
@@ -214,12 +226,17 @@ def _run_plan(run: _Run, image: torch.Tensor, plan: Plan) -> tuple[torch.Tensor,
         importance_store = importance.to(store)
         for start in plan.starts:
             weight_sum[window_slices(start, plan.window)] += importance_store
+    non_finite = (torch.zeros((), dtype=torch.bool, device=run.device)
+                  if plan.precision == "fp16" else None)
     passes, first_pass, pass_start = 0, 0.0, time.perf_counter()
     for flip in run.flips:
-        _one_pass(run, padded, plan, flip, importance, accumulator, passes * len(plan.starts))
+        _one_pass(run, padded, plan, flip, importance, accumulator, passes * len(plan.starts),
+                  non_finite)
         passes += 1
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
+        if non_finite is not None and bool(non_finite):
+            raise _Fp16OverflowError
         now = time.perf_counter()
         if passes == 1:
             first_pass = now - pass_start
@@ -293,20 +310,30 @@ def _next_changes(plan: Plan, config: InferenceConfig, run: _Run,
     return f"{name}={value}", {**changes, "stitch": "cpu", "windows_per_batch": 1}
 
 
-def _run_with_fallbacks(run: _Run, image: torch.Tensor, config: InferenceConfig, cost: float,
-                        divisor: int, body_mask: np.ndarray | torch.Tensor | None
+def _run_with_fallbacks(run: _Run, image: torch.Tensor, config: InferenceConfig,
+                        cost_of: Callable[[str], float], divisor: int,
+                        body_mask: np.ndarray | torch.Tensor | None
                         ) -> tuple[torch.Tensor, int, float, Plan, list[str]]:
-    """Plan and run, stepping down the fallback ladder after each out-of-memory error;
-    returns (probabilities `[M, D, H, W]`, passes, first pass s, the plan run, fallbacks)."""
+    """Plan and run, stepping down the fallback ladder after each out-of-memory error, and
+    in fp32 after an fp16 overflow; `cost_of(precision)` is the activation bytes per window
+    voxel. Returns (probabilities `[M, D, H, W]`, passes, first pass s, the plan run,
+    fallbacks)."""
     changes: dict[str, object] = {
         "windows_per_batch": config.windows_per_batch, "stitch": config.stitch,
         "budget_bytes": memory_budget(config.memory_budget_gb, run.device)}
     fallbacks: list[str] = []
     while True:
-        plan = _plan_for(run, image, config, changes, cost, divisor, body_mask)
+        plan = _plan_for(run, image, config, changes, cost_of(run.precision), divisor,
+                         body_mask)
         log.debug("engine plan: %s", plan.describe())
         try:
             return (*_run_plan(run, image, plan), plan, fallbacks)
+        except _Fp16OverflowError:
+            log.warning("fp16 overflow with %s (a probability was not finite); rerunning "
+                        "in fp32", plan.describe())
+            run = dataclasses.replace(run, precision="fp32")
+            fallbacks.append("precision=fp32")
+            continue
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
             if not _is_oom(exc):
                 raise
@@ -360,13 +387,14 @@ def run_ensemble(
     divisor = size_divisor or max(network_size_divisor(n) for n in networks)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
-    cost = bytes_per_voxel
-    if cost is None:
-        cost = planning_cost(networks[0], int(image.shape[0]), run.device, run.precision,
-                             channels_last, divisor)
+
+    def cost_of(precision: str) -> float:
+        return bytes_per_voxel if bytes_per_voxel is not None else planning_cost(
+            networks[0], int(image.shape[0]), run.device, precision, channels_last, divisor)
+
     with torch.inference_mode():
         maps, passes, first_pass, plan, fallbacks = _run_with_fallbacks(
-            run, image, config, cost, divisor, body_mask)
+            run, image, config, cost_of, divisor, body_mask)
     # copied outside inference mode: an ordinary, contiguous CPU tensor
     result = torch.empty(maps.shape, dtype=torch.float32).copy_(maps)
     del maps
