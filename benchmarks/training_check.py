@@ -6,7 +6,8 @@ fold 0 with `petseg train` (the paper's config unless `--set` changes it) for ab
 `--steps` optimiser steps, validating every `--every` epochs. While it trains, a Markdown
 table gets one row per `--every` epochs: epoch-mean loss, validation mean DSC, skipped
 (non-finite) and fp16-overflow steps, gradient norm (mean, max), step time (input waits
-excluded), input wait share and loss scale.
+excluded), input wait share, epoch time (steps, validation and saving `last.pt`) and loss
+scale.
 
 Exit status 1 when training failed (the run's own error line is printed), when more
 than `--max-non-finite` of all steps had a non-finite loss or gradient, when a
@@ -51,7 +52,7 @@ from petseg.training.splits import load_splits
 from petseg.training.validation import collapse_warning
 
 COLUMNS = ("epochs", "steps", "loss", "val DSC", "skipped", "overflow", "grad norm mean",
-           "grad norm max", "step ms", "input wait %", "loss scale")
+           "grad norm max", "step ms", "input wait %", "epoch s", "loss scale")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,6 +138,7 @@ def table_row(rows: list[dict[str, str]]) -> list[str]:
             _fmt(max((v for v in maxima if math.isfinite(v)), default=math.nan), 3),
             _fmt(1000 * sum(_float(r["step_s"]) for r in rows) / len(rows), 1),
             _fmt(100 * sum(_float(r["data_wait_fraction"]) for r in rows) / len(rows), 1),
+            _fmt(sum(_float(r["epoch_s"]) for r in rows) / len(rows), 2),
             rows[-1]["loss_scale"] or "-"]
 
 

@@ -392,4 +392,5 @@ def test_training_check_runs_end_to_end_at_a_tiny_size(tmp_path, capsys) -> None
     for row in rows:  # epochs, steps, loss, val DSC, skipped, overflow, ...
         assert row[1] == "6" and math.isfinite(float(row[2])) and 0 <= float(row[3]) <= 1
         assert row[4:6] == ["0", "0"]
+        assert float(row[10]) > 0 and row[11] == "- |"  # epoch s; no loss scale in fp32
     assert out.rstrip().endswith("passed")
