@@ -9,6 +9,10 @@ table gets one row per `--every` epochs: epoch-mean loss, validation mean DSC, s
 excluded), input wait share, epoch time (steps, validation and saving `last.pt`) and loss
 scale.
 
+Skipped steps that the run diagnosed (`RUN/non_finite_steps.jsonl`: where the forward
+first went non-finite, the largest activation before it, the largest weight) are printed
+after the table: they tell an fp16 overflow from weight growth.
+
 Exit status 1 when training failed (the run's own error line is printed), when more
 than `--max-non-finite` of all steps had a non-finite loss or gradient, when a
 validation mean DSC fell to 0 after having been above 0.1 (a collapse), or when the last
@@ -202,6 +206,20 @@ def verdict(rows: list[dict[str, str]], max_non_finite: float, min_dsc: float) -
     return failures
 
 
+def print_diagnoses(path: Path) -> None:
+    """The run's diagnosed non-finite steps (`petseg.training.diagnosis`), one line each."""
+    if not path.is_file():
+        return
+    print("non-finite steps (first ones diagnosed):")
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        print(f"  epoch {r['epoch']} step {r['step']}: loss {r['loss']}, gradient norm "
+              f"{r['grad_norm']}, {r['precision']} forward: first non-finite output "
+              f"{r['first_non_finite']}, largest output before it {r['largest_output']}, "
+              f"largest parameter {r['largest_parameter']}, largest running_var "
+              f"{r['largest_running_var']}, input finite {r['input_finite']}")
+
+
 def describe_device(device: str | None) -> str:
     import torch
 
@@ -258,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     status, last_error = follow_training(command, run / "history.csv", args.every)
     seconds["train"] = time.perf_counter() - started
     print("\n" + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()))
+    print_diagnoses(run / "non_finite_steps.jsonl")
     if status != 0:
         print(f"FAILED: petseg train exited {status}: {last_error}")
         return 1

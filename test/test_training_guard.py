@@ -6,6 +6,7 @@ import copy
 import csv
 import dataclasses
 import functools
+import json
 import math
 import re
 import warnings
@@ -114,6 +115,38 @@ def test_a_forward_that_poisons_a_running_statistic_is_skipped() -> None:
     assert math.isfinite(float(result.loss)) and result.skipped and result.non_finite
     _assert_unchanged(network, optimizer, before)
     assert torch.isfinite(norm.running_var).all()
+
+
+def test_the_diagnosis_names_the_first_module_that_went_non_finite() -> None:
+    """An activation that overflows (a hook makes one module's output inf) is named, with
+    the largest output before it and the largest parameter; the model is left as it was."""
+    from petseg.training.diagnosis import diagnose_non_finite
+
+    network, _, optimizer, _ = _parts()
+    image, _ = _batch()
+    names = [name for name, m in network.named_modules() if not any(m.children())]
+    culprit = dict(network.named_modules())[names[5]]
+    with torch.no_grad():
+        next(m for m in network.modules() if isinstance(m, torch.nn.PReLU)).weight.fill_(7e3)
+    before = _snapshot(network, optimizer)
+    handle = culprit.register_forward_hook(lambda module, args, out: out * math.inf)
+    found = diagnose_non_finite(network, image, None, False)
+    handle.remove()
+    _assert_unchanged(network, optimizer, before)
+    assert found.first_non_finite == names[5] and found.input_finite
+    assert found.precision == "float32"
+    assert found.largest_output[0] not in names[5:] and found.largest_output[1] > 0
+    assert found.largest_parameter[1] == 7e3 and found.largest_parameter[0].endswith("weight")
+    assert found.largest_running_var is not None
+    assert found.describe().startswith(f"float32 forward: first non-finite output at {names[5]};")
+
+    bad = image.clone()
+    bad[0, 0, 1, 2, 3] = math.nan
+    found = diagnose_non_finite(network, bad, torch.bfloat16, False)
+    # the first module to run on the input: the residual path's strided conv runs first
+    assert not found.input_finite and found.first_non_finite == "model.0.residual"
+    assert found.describe().endswith("; the input is not finite")
+    assert found.as_dict()["largest_output"] == ["input", pytest.approx(6.0, abs=1.0)]
 
 
 def test_fp16_overflow_backs_the_scale_off_and_changes_nothing() -> None:
@@ -309,6 +342,9 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_state(tmp_path,
                      "keeps epoch 1; continue with --resume")
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and len(_history(run)) == 1
+    records = [json.loads(line) for line in (run / "non_finite_steps.jsonl").open()]
+    assert [(r["epoch"], r["step"], r["loss"], r["input_finite"]) for r in records] == [
+        (2, 1, "nan", False), (2, 2, "nan", False)]
     assert all(torch.isfinite(v.float()).all() for v in state["model"].values())
     monkeypatch.setattr(loop, "EpochLoader", original)
     assert main([*command, "--resume"]) == 0
@@ -316,9 +352,11 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_state(tmp_path,
 
     Poisoned.start = 0
     monkeypatch.setattr(loop, "EpochLoader", Poisoned)
+    monkeypatch.setattr(loop, "MAX_DIAGNOSED_STEPS", 1)  # each diagnosis costs a forward
     _assert_stops_unsaved(tiny_config(epochs=2), cache, splits, tmp_path / "fresh",
                           r"^epoch 1: 2 of 2 training steps had a non-finite loss or gradient "
                           r"\(more than 5%\); the run stopped, no epoch was saved; start again")
+    assert len((tmp_path / "fresh" / "non_finite_steps.jsonl").read_text().splitlines()) == 1
 
 
 def _assert_stops_unsaved(config, cache, splits, run, message: str) -> None:
@@ -371,6 +409,27 @@ def test_training_check_verdict() -> None:
         "validation DSC collapsed to 0 at epoch 2 after 0.2000"]
     assert verdict(_check_rows(["0.45", "0.3"]), 0.01, 0.4) == [
         "last validation DSC 0.3000 is below 0.4"]
+
+
+def test_training_check_prints_the_diagnosed_steps(tmp_path, capsys) -> None:
+    from benchmarks.training_check import print_diagnoses
+    from petseg.training.diagnosis import NonFiniteDiagnosis
+
+    print_diagnoses(tmp_path / "none.jsonl")
+    assert capsys.readouterr().out == ""
+    found = NonFiniteDiagnosis("float16", True, "model.1.conv", ("model.0.conv", 65504.0),
+                               ("model.2.adn.A.weight", 31.5), ("model.0.adn.N.running_var",
+                                                                math.inf))
+    path = tmp_path / "non_finite_steps.jsonl"
+    path.write_text(json.dumps({"epoch": 113, "step": 4, "loss": "nan", "grad_norm": "nan",
+                                **found.as_dict()}) + "\n")
+    print_diagnoses(path)
+    assert capsys.readouterr().out.splitlines() == [
+        "non-finite steps (first ones diagnosed):",
+        "  epoch 113 step 4: loss nan, gradient norm nan, float16 forward: first non-finite "
+        "output model.1.conv, largest output before it ['model.0.conv', 65504.0], largest "
+        "parameter ['model.2.adn.A.weight', 31.5], largest running_var "
+        "['model.0.adn.N.running_var', 'inf'], input finite True"]
 
 
 @pytest.mark.slow

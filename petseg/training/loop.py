@@ -10,7 +10,8 @@ Random state needs no saving: each epoch's samples derive from (seed, fold, epoc
 `petseg.training.loader`; the learning rate is a function of the epoch (`cosine_lr`).
 An epoch with more than `STOP_SKIPPED_FRACTION` of non-finite steps, or a validation
 probability that is not finite, stops the run with a `PetsegError`; `last.pt` then keeps
-the last good epoch.
+the last good epoch. The first `MAX_DIAGNOSED_STEPS` skipped steps are diagnosed
+(`petseg.training.diagnosis`): a warning and a line of `RUN/non_finite_steps.jsonl` each.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from petseg.checkpoint import DSC_KEY, TrainingState, load_training_state, save_training_state
 from petseg.errors import PetsegError
 from petseg.training.config import TrainingConfig
+from petseg.training.diagnosis import MAX_DIAGNOSED_STEPS, diagnose_non_finite, json_value
 from petseg.training.distributed import (
     DistributedContext,
     barrier,
@@ -39,7 +41,7 @@ from petseg.training.distributed import (
 from petseg.training.loader import EpochLoader
 from petseg.training.parts import TrainingParts, build_parts, initial_checkpoint
 from petseg.training.run_folder import RunFolder
-from petseg.training.step import cosine_lr, set_lr, train_step
+from petseg.training.step import StepResult, cosine_lr, set_lr, train_step
 from petseg.training.validation import collapse_warning, summarise_validation, validate
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class Trainer:
         self.epoch, self.best_epoch, self.best_score = 0, 0, -math.inf
         self.best_metrics: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
+        self.diagnosed = 0
 
     def resume(self, state: TrainingState) -> None:
         """Continue from a saved `state` (weights, optimiser, scaler, best so far)."""
@@ -193,6 +196,8 @@ class Trainer:
                 norms.append(result.grad_norm)
             non_finite += result.non_finite
             overflows += result.overflow
+            if result.non_finite and self.diagnosed < MAX_DIAGNOSED_STEPS:
+                self.diagnose(done, step + 1, image, result)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
@@ -213,6 +218,21 @@ class Trainer:
                 "grad_norm_mean": float(np.mean(norms)) if norms else math.nan,
                 "grad_norm_max": max(norms) if norms else math.nan,
                 "loss_scale": p.scaler.get_scale() if p.scaler.is_enabled() else ""}
+
+    def diagnose(self, epoch: int, step: int, image: torch.Tensor, result: StepResult) -> None:
+        """Rerun the forward of skipped step `step` of epoch `epoch` and say what it showed
+        (`petseg.training.diagnosis`); every process runs it, the main one reports."""
+        p = self.parts
+        found = diagnose_non_finite(p.network, image, p.amp_dtype, p.channels_last)
+        self.diagnosed += 1
+        if p.context.is_main:
+            log.warning("epoch %d step %d skipped (loss %s, gradient norm %s): %s", epoch, step,
+                        f"{float(result.loss):.4g}", f"{result.grad_norm:.4g}",
+                        found.describe())
+            self.folder.log_non_finite({"epoch": epoch, "step": step,
+                                        "loss": json_value(float(result.loss)),
+                                        "grad_norm": json_value(result.grad_norm),
+                                        **found.as_dict()})
 
     def validate_epoch(self, row: dict[str, Any]) -> bool:
         """Validate after epoch `row["epoch"]`, adding the means to `row`; True when it is

@@ -9,6 +9,8 @@ A run folder holds::
     RUN/best_validation.json  that epoch's per-case validation metrics
     RUN/last.pt               state for --resume (`petseg.checkpoint.TrainingState`)
     RUN/history.csv           one row per epoch; RUN/tensorboard/ the same as curves
+    RUN/non_finite_steps.jsonl  what the first skipped steps' forwards showed
+                              (`petseg.training.diagnosis`), one JSON object a line
 
 Only the main process writes; every process makes the read-only checks, so all fail
 together under DDP.
@@ -150,6 +152,11 @@ class RunFolder:
             if row.get(name) not in (None, "") and math.isfinite(float(row[name])):
                 self._writer.add_scalar(tag, float(row[name]), row["epoch"])
         self._writer.flush()
+
+    def log_non_finite(self, record: dict[str, Any]) -> None:
+        """Append `record` (strict JSON values) as a line of non_finite_steps.jsonl."""
+        with (self.path / "non_finite_steps.jsonl").open("a") as handle:
+            handle.write(json.dumps(record, allow_nan=False) + "\n")
 
     def close(self) -> None:
         """Close TensorBoard's writer."""

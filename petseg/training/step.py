@@ -41,6 +41,22 @@ class StepResult:
         return self.skipped and not self.overflow
 
 
+class BufferSnapshot:
+    """A copy of every buffer of `model` (BatchNorm running statistics, batch counters),
+    taken when built; `restore` writes it back. `statistics` are the live floating-point
+    buffers."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.buffers = list(model.buffers())
+        self.before = [buffer.detach().clone() for buffer in self.buffers]
+        self.statistics = [b.detach() for b in self.buffers if b.is_floating_point()]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for buffer, value in zip(self.buffers, self.before, strict=True):
+                buffer.copy_(value)
+
+
 def _finite_everywhere(values: list[torch.Tensor]) -> bool:
     """Every tensor of `values` is finite in this process and, under DDP, in every other one."""
     bad = (~torch.stack([torch.isfinite(value).all() for value in values])).any()
@@ -65,14 +81,10 @@ def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
     finite: a poisoned running statistic would break every later evaluation. Under DDP
     every process takes the same decision.
     """
-    buffers = list(model.buffers())
-    before = [buffer.detach().clone() for buffer in buffers]
-    statistics = [buffer.detach() for buffer in buffers if buffer.is_floating_point()]
+    snapshot = BufferSnapshot(model)
 
     def restore() -> None:
-        with torch.no_grad():
-            for buffer, value in zip(buffers, before, strict=True):
-                buffer.copy_(value)
+        snapshot.restore()
         optimizer.zero_grad(set_to_none=True)
 
     if channels_last:
@@ -82,7 +94,7 @@ def train_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor,
         logits = model(image)
     loss = loss_fn(logits.float(), label)
     optimizer.zero_grad(set_to_none=True)
-    if not _finite_everywhere([loss.detach(), *statistics]):
+    if not _finite_everywhere([loss.detach(), *snapshot.statistics]):
         restore()  # the scale is not to blame: leave the scaler alone
         return StepResult(loss.detach(), math.nan, skipped=True)
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
