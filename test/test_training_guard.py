@@ -250,8 +250,10 @@ def _one_study_batches(**changes) -> TrainingConfig:
 
 
 def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monkeypatch) -> None:
-    """1 non-finite step of 20 (5 %, not more) is skipped and counted; the run goes on."""
+    """1 non-finite step of a 20-step window (5 %, not more) is skipped and counted; the
+    run goes on."""
     cache, splits = synthetic_cache(tmp_path, n=30)  # 20 training studies
+    monkeypatch.setattr(loop, "STOP_WINDOW_STEPS", 20)
     _nan_loss_at_steps(monkeypatch, {7})
     result = train(_one_study_batches(), cache, splits, 0, tmp_path / "run", device="cpu",
                    progress=False)
@@ -267,12 +269,24 @@ def test_the_loop_counts_a_skipped_step_and_logs_the_new_columns(tmp_path, monke
 
 
 def test_more_than_five_percent_non_finite_steps_stop_the_run(tmp_path, monkeypatch) -> None:
-    """2 of 20 steps (10 %) is over the 5 % the rule allows."""
+    """2 of a 20-step window (10 %) is over the 5 % the rule allows."""
     cache, splits = synthetic_cache(tmp_path, n=30)
+    monkeypatch.setattr(loop, "STOP_WINDOW_STEPS", 20)
     _nan_loss_at_steps(monkeypatch, {7, 8})
     _assert_stops_unsaved(_one_study_batches(), cache, splits, tmp_path / "run",
-                          r"^epoch 1: 2 of 20 training steps had a non-finite loss or gradient "
-                          r"\(more than 5%\); the run stopped, no epoch was saved; start again")
+                          r"^epoch 1: 2 of the last 20 training steps had a non-finite loss or "
+                          r"gradient \(more than 5% of 20\); the run stopped, no epoch was "
+                          r"saved; start again")
+
+
+def test_one_skipped_step_of_a_small_epoch_does_not_stop_the_run(tmp_path, monkeypatch) -> None:
+    """Epochs of 2 steps: one skipped step is half an epoch, but 1 of the 100-step window."""
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    _nan_loss_at_steps(monkeypatch, {1})
+    result = train(tiny_config(epochs=3), cache, splits, 0, tmp_path / "run", device="cpu",
+                   progress=False)
+    assert [(r["steps"], r["skipped_steps"]) for r in result.history] == [(2, 1), (2, 0),
+                                                                          (2, 0)]
 
 
 def test_the_loop_clips_with_the_configured_norm(tmp_path, monkeypatch) -> None:
@@ -335,11 +349,12 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_state(tmp_path,
                str(run), "--config", str(config), "--device", "cpu", "--quiet"]
     monkeypatch.setattr(loop, "EpochLoader", Poisoned)
     capsys.readouterr()
+    monkeypatch.setattr(loop, "STOP_WINDOW_STEPS", 20)  # more than 1 non-finite step stops
     assert main(command) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error == (f"petseg train: error: epoch 2: 2 of 2 training steps had a non-finite "
-                     f"loss or gradient (more than 5%); the run stopped, {run / 'last.pt'} "
-                     "keeps epoch 1; continue with --resume")
+    assert error == (f"petseg train: error: epoch 2: 2 of the last 4 training steps had a "
+                     f"non-finite loss or gradient (more than 5% of 20); the run stopped, "
+                     f"{run / 'last.pt'} keeps epoch 1; continue with --resume")
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and len(_history(run)) == 1
     records = [json.loads(line) for line in (run / "non_finite_steps.jsonl").open()]
@@ -350,12 +365,15 @@ def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_state(tmp_path,
     assert main([*command, "--resume"]) == 0
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
 
-    Poisoned.start = 0
+    Poisoned.start = 0  # every step fails: the 100-step window stops it at the 6th
     monkeypatch.setattr(loop, "EpochLoader", Poisoned)
+    monkeypatch.setattr(loop, "STOP_WINDOW_STEPS", 100)
     monkeypatch.setattr(loop, "MAX_DIAGNOSED_STEPS", 1)  # each diagnosis costs a forward
-    _assert_stops_unsaved(tiny_config(epochs=2), cache, splits, tmp_path / "fresh",
-                          r"^epoch 1: 2 of 2 training steps had a non-finite loss or gradient "
-                          r"\(more than 5%\); the run stopped, no epoch was saved; start again")
+    with pytest.raises(PetsegError, match=r"^epoch 3: 6 of the last 6 training steps had a "
+                                          r"non-finite loss or gradient \(more than 5% of 100\); "
+                                          r"the run stopped, .*last\.pt keeps epoch 2"):
+        train(tiny_config(epochs=4), cache, splits, 0, tmp_path / "fresh", device="cpu",
+              progress=False)
     assert len((tmp_path / "fresh" / "non_finite_steps.jsonl").read_text().splitlines()) == 1
 
 

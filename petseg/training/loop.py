@@ -8,14 +8,16 @@ epochs: one epoch of guarded steps (`petseg.training.step.train_step`), validati
 
 Random state needs no saving: each epoch's samples derive from (seed, fold, epoch), see
 `petseg.training.loader`; the learning rate is a function of the epoch (`cosine_lr`).
-An epoch with more than `STOP_SKIPPED_FRACTION` of non-finite steps, or a validation
-probability that is not finite, stops the run with a `PetsegError`; `last.pt` then keeps
-the last good epoch. The first `MAX_DIAGNOSED_STEPS` skipped steps are diagnosed
-(`petseg.training.diagnosis`): a warning and a line of `RUN/non_finite_steps.jsonl` each.
+More than `STOP_SKIPPED_FRACTION` non-finite steps among the last max(steps per epoch,
+`STOP_WINDOW_STEPS`) steps, or a validation probability that is not finite, stops the
+run with a `PetsegError`; `last.pt` then keeps the last good epoch. The first
+`MAX_DIAGNOSED_STEPS` skipped steps are diagnosed (`petseg.training.diagnosis`): a
+warning and a line of `RUN/non_finite_steps.jsonl` each.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -47,8 +49,13 @@ from petseg.training.validation import collapse_warning, summarise_validation, v
 log = logging.getLogger(__name__)
 
 STOP_SKIPPED_FRACTION = 0.05
-"""An epoch in which more than this share of the steps had a non-finite loss or gradient
-stops the run."""
+"""More than this share of non-finite steps (loss or gradient) in the stop window stops
+the run."""
+STOP_WINDOW_STEPS = 100
+"""The stop window: the last max(steps per epoch, this) steps, counted at the end of each
+epoch since the run (or the resume) began. On large data it is the epoch; on a small set
+(5 steps an epoch) one harmless skipped step does not stop a run, while a run whose steps
+all fail still stops within a few epochs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +147,7 @@ class Trainer:
         self.best_metrics: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.diagnosed = 0
+        self.recent: collections.deque[bool] | None = None  # the stop window's steps
 
     def resume(self, state: TrainingState) -> None:
         """Continue from a saved `state` (weights, optimiser, scaler, best so far)."""
@@ -183,6 +191,8 @@ class Trainer:
                              p.config.loader_threads, p.config.prefetch_batches)
         bar = _progress_bar(loader, f"epoch {done}/{opt.epochs}",
                             self.progress and context.is_main)
+        if self.recent is None:
+            self.recent = collections.deque(maxlen=max(len(loader), STOP_WINDOW_STEPS))
         losses: list[float] = []
         norms: list[float] = []
         non_finite = overflows = 0
@@ -196,15 +206,14 @@ class Trainer:
                 norms.append(result.grad_norm)
             non_finite += result.non_finite
             overflows += result.overflow
+            self.recent.append(result.non_finite)
             if result.non_finite and self.diagnosed < MAX_DIAGNOSED_STEPS:
                 self.diagnose(done, step + 1, image, result)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
+        self.check_stop_window(done)
         steps = len(loader)
-        if non_finite > STOP_SKIPPED_FRACTION * steps:
-            raise self.stop(done, f"{non_finite} of {steps} training steps had a non-finite "
-                                  f"loss or gradient (more than {STOP_SKIPPED_FRACTION:.0%})")
         set_lr(p.optimizer, cosine_lr(opt, done))  # the next epoch's, as last.pt keeps it
         seconds = time.perf_counter() - started
         return {"epoch": done, "lr": lr, "steps": steps, "skipped_steps": non_finite,
@@ -218,6 +227,16 @@ class Trainer:
                 "grad_norm_mean": float(np.mean(norms)) if norms else math.nan,
                 "grad_norm_max": max(norms) if norms else math.nan,
                 "loss_scale": p.scaler.get_scale() if p.scaler.is_enabled() else ""}
+
+    def check_stop_window(self, epoch: int) -> None:
+        """Stop the run (at the end of epoch `epoch`) when more than `STOP_SKIPPED_FRACTION`
+        of the stop window's steps were non-finite."""
+        assert self.recent is not None
+        window = self.recent.maxlen or 1
+        if sum(self.recent) > STOP_SKIPPED_FRACTION * window:
+            raise self.stop(epoch, f"{sum(self.recent)} of the last {len(self.recent)} training "
+                                   "steps had a non-finite loss or gradient (more than "
+                                   f"{STOP_SKIPPED_FRACTION:.0%} of {window})")
 
     def diagnose(self, epoch: int, step: int, image: torch.Tensor, result: StepResult) -> None:
         """Rerun the forward of skipped step `step` of epoch `epoch` and say what it showed
