@@ -204,6 +204,17 @@ def test_negative_suv_is_refused_or_warned_about(tmp_path, caplog) -> None:
     assert "b/images/pet/p.mha: 1st percentile -0.30 SUV" in caplog.text
 
 
+def test_a_small_image_is_checked_on_every_voxel(tmp_path) -> None:
+    """An offset that a sample of every 4th voxel per axis would not see (the voxels on
+    that lattice are clean) is still refused: a small image is read whole."""
+    suv = body_suv()
+    off_lattice = np.ones(suv.shape, bool)
+    off_lattice[::4, ::4, ::4] = False
+    suv[off_lattice] = -1.0
+    with pytest.raises(PetsegError, match=r"p\.mha: 1st percentile -1\.00 SUV"):
+        read_case(_case_files(tmp_path, suv, body_ct()))
+
+
 def test_swapped_or_wrong_modalities_are_named(tmp_path) -> None:
     suv, ct = body_suv(), body_ct().astype(np.float32)
     with pytest.raises(PetsegError, match=r"p\.mha: looks like a CT \(1st percentile -1000, air "
