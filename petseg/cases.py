@@ -310,8 +310,8 @@ MIN_PET_LIKE, MAX_PET_LIKE = 1.0, 100.0
 
 
 UNIT_CHECK_VOXELS = 500_000
-"""About this many voxels, an evenly strided sample, decide the unit checks' percentiles
-(every 4th voxel per axis of a 400 x 400 x 326 PET; every voxel of a small image)."""
+"""The unit checks' percentiles read every n-th voxel per axis, n = int(cube root of
+voxels / this): every 4th of a 400 x 400 x 326 PET, every voxel below 4 million."""
 
 
 def _percentiles(image: sitk.Image, q: list[float]) -> list[float]:
