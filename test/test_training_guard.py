@@ -148,6 +148,21 @@ def test_the_diagnosis_names_the_first_module_that_went_non_finite() -> None:
     assert found.describe().endswith("; the input is not finite")
     assert found.as_dict()["largest_output"] == ["input", pytest.approx(6.0, abs=1.0)]
 
+    # a finite forward that poisons a running variance: named as this forward left it
+    norm = next(m for m in network.modules()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+    def poison(module, args, out) -> None:
+        module.running_var.fill_(math.inf)
+
+    handle = norm.register_forward_hook(poison)
+    found = diagnose_non_finite(network, image, None, False)
+    handle.remove()
+    assert found.first_non_finite is None and found.largest_running_var[1] == math.inf
+    assert found.describe().startswith("float32 forward: forward finite; largest output ")
+    assert found.as_dict()["largest_running_var"][1] == "inf"
+    assert torch.isfinite(norm.running_var).all()  # restored
+
 
 def test_fp16_overflow_backs_the_scale_off_and_changes_nothing() -> None:
     """Scaled gradients beyond fp16: the scaler halves its scale; nothing else changes."""

@@ -34,7 +34,8 @@ class NonFiniteDiagnosis:
             (then the loss or the backward went non-finite).
         largest_output: (module, max |output|) over the leaf outputs before that module.
         largest_parameter: (parameter, max |value|) over the network's parameters.
-        largest_running_var: (buffer, max value) over BatchNorm running variances, or None.
+        largest_running_var: (buffer, max value) over the BatchNorm running variances as
+            this forward left them (restored afterwards), or None without BatchNorm.
     """
 
     precision: str
@@ -46,11 +47,11 @@ class NonFiniteDiagnosis:
 
     def describe(self) -> str:
         """One line for the log."""
-        where = (f"first non-finite output at {self.first_non_finite}"
-                 if self.first_non_finite else "forward finite")
+        where = (f"first non-finite output at {self.first_non_finite}; largest output "
+                 "before it" if self.first_non_finite else "forward finite; largest output")
         var = (f", largest running_var {self.largest_running_var[1]:.3g} "
                f"({self.largest_running_var[0]})" if self.largest_running_var else "")
-        return (f"{self.precision} forward: {where}; largest output before it "
+        return (f"{self.precision} forward: {where} "
                 f"{self.largest_output[1]:.3g} ({self.largest_output[0]}), largest parameter "
                 f"{self.largest_parameter[1]:.3g} ({self.largest_parameter[0]}){var}"
                 f"{'' if self.input_finite else '; the input is not finite'}")
@@ -104,6 +105,8 @@ def diagnose_non_finite(network: torch.nn.Module, image: torch.Tensor,
                                              dtype=amp_dtype or torch.float32,
                                              enabled=amp_dtype is not None):
             network(image)
+        running_var = _largest([(n, b) for n, b in network.named_buffers()
+                                if n.endswith("running_var")])  # as this forward left them
     finally:
         for handle in handles:
             handle.remove()
@@ -115,5 +118,4 @@ def diagnose_non_finite(network: torch.nn.Module, image: torch.Tensor,
         first_non_finite=first[0] if first else None,
         largest_output=(str(largest[0]), float(largest[1])),
         largest_parameter=parameter if parameter else ("-", 0.0),
-        largest_running_var=_largest([(n, b) for n, b in network.named_buffers()
-                                      if n.endswith("running_var")]))
+        largest_running_var=running_var)
