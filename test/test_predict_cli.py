@@ -285,6 +285,13 @@ def test_help_lists_predict(capsys) -> None:
 
 # ---- outputs tell the truth; the environment of any uid -----------------------------------
 
+def _not_writable(folder: Path, why: str) -> str:
+    """The one line `petseg predict` prints for an output folder it cannot write to."""
+    return (f"petseg predict: error: {folder}: not writable by uid {os.getuid()} ({why}); "
+            "make it writable for this user (chown/chmod), or run the container as its "
+            "owner with --user $(id -u):$(id -g)")
+
+
 def test_an_output_that_is_not_a_folder_fails_before_any_computation(tmp_path, case, config,
                                                                       capsys) -> None:
     inp = _challenge_input(tmp_path / "input", *case)
@@ -294,10 +301,7 @@ def test_an_output_that_is_not_a_folder_fails_before_any_computation(tmp_path, c
     code = _predict(inp, blocker / "out", tmp_path / "no-weights", config)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err == [f"petseg predict: error: {blocker / 'out'}: not writable by uid "
-                   f"{os.getuid()} (Not a directory); make it writable for this user "
-                   "(chown/chmod), or run the container as its owner with --user "
-                   "$(id -u):$(id -g)"]
+    assert err == [_not_writable(blocker / "out", "Not a directory")]
 
 
 def test_an_output_without_write_permission_fails_first(tmp_path, case, config, capsys,
@@ -316,10 +320,8 @@ def test_an_output_without_write_permission_fails_first(tmp_path, case, config, 
     code = _predict(inp, out, tmp_path / "no-weights", config)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err == [f"petseg predict: error: {out}: not writable by uid {os.getuid()} "
-                   f"(Permission denied, owned by uid {os.getuid()} with mode 755); make it "
-                   "writable for this user (chown/chmod), or run the container as its owner "
-                   "with --user $(id -u):$(id -g)"]
+    assert err == [_not_writable(out, f"Permission denied, owned by uid {os.getuid()} with "
+                                      "mode 755")]
 
 
 def test_a_failed_rerun_removes_the_earlier_mask_and_records_its_error(tmp_path, weights,
