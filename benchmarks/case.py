@@ -38,10 +38,10 @@ from common import (
 )
 
 from petseg import pipeline, preprocessing
-from petseg.cases import find_cases
 from petseg.config import InferenceConfig, ModelConfig, NetworkConfig, resolve_inference_config
-from petseg.geometry import Geometry, resample
 from petseg.inference import predictor as predictor_module
+from petseg.io.cases import find_cases
+from petseg.io.geometry import Geometry, resample
 from petseg.phantom import generate_case, write_challenge_case
 
 RAM_TARGET_GB = 8.0

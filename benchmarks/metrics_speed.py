@@ -1,6 +1,6 @@
 """Speed of the challenge metrics on a full-size autoPET pair (400 x 400 x 326 voxels).
 
-Compares `petseg.metrics.case_metrics` (components labelled once on the bounding box of
+Compares `petseg.evaluation.metrics.case_metrics` (components labelled once on the bounding box of
 both masks, overlaps read from the labels) with the stock way of the organisers'
 evaluation script (lab-midas/autoPET:val_script.py): label with cc3d, then one full-volume
 mask per component to test its overlap and count its voxels. Both run in this process on
@@ -22,10 +22,10 @@ from pathlib import Path
 import cc3d
 import numpy as np
 
-from petseg.evaluation import evaluate_case
-from petseg.geometry import LAS_DIRECTION, Geometry
-from petseg.io import write_image
-from petseg.metrics import case_metrics, voxel_volume_ml
+from petseg.evaluation.metrics import case_metrics, voxel_volume_ml
+from petseg.evaluation.pairing import evaluate_case
+from petseg.io.geometry import LAS_DIRECTION, Geometry
+from petseg.io.images import write_image
 
 SIZE_XYZ = (400, 400, 326)
 SPACING = (2.0364, 2.0364, 3.0)
@@ -113,7 +113,7 @@ def main() -> None:
           f"(detected {ours.detected}, missed {ours.missed}, FP lesions {ours.fp_lesions}); "
           "stock way agrees")
     print(f"stock (organisers' per-component loop): {t_stock:8.3f} s")
-    print(f"petseg.metrics.case_metrics (arrays):   {t_ours:8.3f} s   "
+    print(f"petseg.evaluation.metrics.case_metrics (arrays):   {t_ours:8.3f} s   "
           f"speed-up x{t_stock / t_ours:.1f}")
     print(f"evaluate_case from .mha (read + check): {t_file:8.3f} s   "
           f"target < {TARGET_S:.0f} s: {'met' if t_file < TARGET_S else 'MISSED'}")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from petseg import __version__
 from petseg.config import ModelConfig, from_dict, to_dict
 from petseg.errors import PetsegError
-from petseg.io import atomic_path, read_json, write_json
+from petseg.io.images import atomic_path, read_json, write_json
 
 if TYPE_CHECKING:  # torch loads with the first checkpoint, not with the manifest
     import torch

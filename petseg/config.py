@@ -216,7 +216,7 @@ def with_overrides(config: T, overrides: list[str], reference: str, example: str
 
 def load_json(cls: type[T], path: str | Path) -> T:
     """Read a dataclass of type `cls` from a JSON file."""
-    from petseg.io import read_json
+    from petseg.io.images import read_json
 
     data = read_json(path, "config file", "pass an existing JSON settings file")
     return from_dict(cls, data, where=str(path))
@@ -224,6 +224,6 @@ def load_json(cls: type[T], path: str | Path) -> T:
 
 def save_json(config: Any, path: str | Path) -> None:
     """Write a dataclass as indented JSON (atomically)."""
-    from petseg.io import write_json
+    from petseg.io.images import write_json
 
     write_json(to_dict(config), path)

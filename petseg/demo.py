@@ -12,11 +12,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from petseg.cases import find_cases
 from petseg.config import InferenceConfig
+from petseg.evaluation.metrics import CaseMetrics, case_metrics
 from petseg.inference.predictor import Predictor
-from petseg.io import read_image
-from petseg.metrics import CaseMetrics, case_metrics
+from petseg.io.cases import find_cases
+from petseg.io.images import read_image
 from petseg.phantom import generate_case, preview_png, write_challenge_case
 from petseg.pipeline import MASK_FOLDER, predict_cases
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.cases import Case, CaseFiles, CaseList, read_case
 from petseg.errors import PetsegError
 from petseg.inference.predictor import Prediction, Predictor
-from petseg.io import write_image, write_json
+from petseg.io.cases import Case, CaseFiles, CaseList, read_case
+from petseg.io.images import write_image, write_json
 from petseg.progress import CaseProgress
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _extras(files: CaseFiles, pet: sitk.Image, prediction: Prediction,
 
     A DICOM study's report keeps its patient and study identifiers. When writing fails,
     none of the case's extras is left (no mix of this run's files and an earlier one's)."""
-    from petseg.report import extras_paths, write_extras
+    from petseg.clinical.report import extras_paths, write_extras
 
     name = files.name
     try:
@@ -79,7 +79,7 @@ INTERRUPTED = "not completed: the run was interrupted"
 def case_outputs(output_dir: Path, name: str) -> list[Path]:
     """The files a run writes for case `name` under `output_dir` (mask, probability,
     DICOM SEG)."""
-    from petseg.dicom_seg import SEG_FOLDER
+    from petseg.io.dicom_seg import SEG_FOLDER
 
     return [output_dir.joinpath(*MASK_FOLDER, f"{name}.mha"),
             output_dir.joinpath(*PROBABILITY_FOLDER, f"{name}.mha"),
@@ -91,7 +91,7 @@ def remove_outputs(output_dir: Path, name: str, extras_dir: str | Path | None = 
     `extras_dir`), so none outlives a failure."""
     paths = case_outputs(output_dir, name)
     if extras_dir is not None:
-        from petseg.report import extras_paths
+        from petseg.clinical.report import extras_paths
 
         paths += extras_paths(extras_dir, name).values()
     for path in paths:
@@ -125,7 +125,7 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
         progress=progress)
     seg = None
     if files.dicom is not None and dicom_seg:
-        from petseg.dicom_seg import build_dicom_seg
+        from petseg.io.dicom_seg import build_dicom_seg
 
         seg = build_dicom_seg(files.dicom, prediction.mask, seg_uid_seed, {
             "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
@@ -134,7 +134,7 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     target = write_image(prediction.mask, output_dir.joinpath(*MASK_FOLDER, f"{files.name}.mha"))
     outputs = []
     if seg is not None:
-        from petseg.dicom_seg import SEG_FOLDER, save_dicom_seg
+        from petseg.io.dicom_seg import SEG_FOLDER, save_dicom_seg
 
         seg_path = save_dicom_seg(seg, output_dir.joinpath(*SEG_FOLDER, f"{files.name}.dcm"))
         outputs.append({"type": "dicom_seg", "filename": str(seg_path)})
@@ -194,10 +194,10 @@ def predict_cases(
     otherwise the other cases still run. An interruption (Ctrl-C, SIGTERM) writes
     `results.json` with the cases completed and `INTERRUPTED` for the rest, then
     propagates. With `extras_dir`, each case's lesion report, MIP picture and (with two
-    or more folds) uncertainty map go there (`petseg.report.write_extras`); a failure
+    or more folds) uncertainty map go there (`petseg.clinical.report.write_extras`); a failure
     there is logged and recorded in the entry's `extras_error`, never fails the case.
     A DICOM study (`files.dicom`) also gets its mask as a DICOM SEG under
-    `OUTPUT/dicom-seg/` unless `dicom_seg` is False (`petseg.dicom_seg`; `seg_uid_seed`
+    `OUTPUT/dicom-seg/` unless `dicom_seg` is False (`petseg.io.dicom_seg`; `seg_uid_seed`
     makes its UIDs reproducible). Returns the entries.
     """
     output_dir = Path(output_dir)

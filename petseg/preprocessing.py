@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from petseg.config import PreprocessingConfig
 from petseg.errors import PetsegError
-from petseg.geometry import CropBox, Geometry, isotropic_grid, resample, same_grid
+from petseg.io.geometry import CropBox, Geometry, isotropic_grid, resample, same_grid
 
 log = logging.getLogger(__name__)
 

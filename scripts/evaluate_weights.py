@@ -5,7 +5,7 @@
         [--seed 777000] [--size full] [--config resources/inference.json]
         [--thresholds 0.5 0.7 ...] [--calibrate]
 
-The held-out report of `petseg calibrate` (`petseg.calibration`, which describes the
+The held-out report of `petseg calibrate` (`petseg.evaluation.calibration`, which describes the
 outputs): the same phantoms, predictions and numbers on the reporting seed, without
 touching the manifest unless `--calibrate` is given. Without `--thresholds` each
 ensemble is scored at its own threshold (the config's, else the calibrated one, else
@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from petseg.calibration import (
+from petseg.commands.calibrate import add_options
+from petseg.errors import PetsegError
+from petseg.evaluation.calibration import (
     check_thresholds,
     choose_thresholds,
     inference_config,
     run,
     thresholds_per_ensemble,
 )
-from petseg.commands.calibrate import add_options
-from petseg.errors import PetsegError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -23,9 +23,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
-from petseg.geometry import grid_difference
-from petseg.io import image_stem, read_image
-from petseg.metrics import dice
+from petseg.evaluation.metrics import dice
+from petseg.io.geometry import grid_difference
+from petseg.io.images import image_stem, read_image
 
 MASK_FOLDER = Path("images", "automated-petct-lesion-segmentation")
 PET_FOLDER = Path("images", "pet")

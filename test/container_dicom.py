@@ -29,8 +29,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from petseg.io import read_image
-from petseg.metrics import dice
+from petseg.evaluation.metrics import dice
+from petseg.io.images import read_image
 from petseg.phantom.dicom import write_dicom_study
 
 MASK_FOLDER = Path("images", "automated-petct-lesion-segmentation")

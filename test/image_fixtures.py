@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.geometry import LAS_DIRECTION, Geometry
+from petseg.io.geometry import LAS_DIRECTION, Geometry
 
 GEOMETRY = Geometry((10, 9, 8), (2.0364, 2.0364, 3.0), (-10.0, 20.0, -300.0), LAS_DIRECTION)
 """A 10 x 9 x 8 voxel grid with 2.0364 x 2.0364 x 3 mm voxels, flipped in x (LAS)."""

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.geometry import LAS_DIRECTION, Geometry
+from petseg.io.geometry import LAS_DIRECTION, Geometry
 
 PET_SPACING = (2.0364, 2.0364, 3.0)
 LESION_SIGMA_MM = 8.0

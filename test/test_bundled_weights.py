@@ -19,8 +19,8 @@ from PIL import Image
 from petseg.checkpoint import calibrated_threshold, load_ensemble, read_manifest
 from petseg.cli import main
 from petseg.config import InferenceConfig, load_json
-from petseg.geometry import Geometry
 from petseg.inference.predictor import Predictor
+from petseg.io.geometry import Geometry
 from petseg.phantom import generate_case
 
 REPOSITORY = Path(__file__).resolve().parents[1]

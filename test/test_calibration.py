@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from petseg.calibration import choose_thresholds
 from petseg.cli import main
+from petseg.evaluation.calibration import choose_thresholds
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

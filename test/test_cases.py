@@ -10,9 +10,9 @@ import pytest
 import SimpleITK as sitk
 from image_fixtures import GEOMETRY, body_ct, body_suv, touch, write_volume
 
-from petseg.cases import CaseFiles, find_cases, pairing_key, read_case, safe_name
 from petseg.errors import PetsegError
-from petseg.geometry import LAS_DIRECTION, Geometry
+from petseg.io.cases import CaseFiles, find_cases, pairing_key, read_case, safe_name
+from petseg.io.geometry import LAS_DIRECTION, Geometry
 
 
 def test_single_challenge_case_is_named_after_the_pet_uuid(tmp_path) -> None:
@@ -129,14 +129,14 @@ def test_a_pet_not_in_suv_is_refused_and_a_ct_without_air_warned_about(tmp_path,
     suv = rng.gamma(2.0, 1.0, (8, 9, 10)).astype(np.float32)  # SUV-like, max ~15
     ct = np.full(suv.shape, -1000.0, np.float32)
     ct[2:6, 2:7, 2:8] = 40.0
-    with caplog.at_level(logging.WARNING, logger="petseg.cases"):
+    with caplog.at_level(logging.WARNING, logger="petseg.io.cases"):
         read_case(_case_files(tmp_path / "ok", suv, ct))
     assert "no air" not in caplog.text
     files = _case_files(tmp_path / "bq", suv * 5000.0, ct)  # Bq/ml at ~5 kBq/ml per SUV
     with pytest.raises(PetsegError, match=r"p\.mha: 99\.9th percentile \d+, far above any SUV "
                                           r"\(Bq/ml\?\); convert the PET to body-weight SUV"):
         read_case(files)
-    with caplog.at_level(logging.WARNING, logger="petseg.cases"):
+    with caplog.at_level(logging.WARNING, logger="petseg.io.cases"):
         read_case(_case_files(tmp_path / "raw", suv, ct + 1024.0))  # stored values, no rescale
     assert "c.mha: no air in the CT (1st percentile 24 HU, above -500 HU)" in caplog.text
 
@@ -148,7 +148,7 @@ def test_read_case_cleans_non_finite_voxels_with_a_warning(tmp_path, caplog) -> 
     ct = np.zeros((8, 9, 10), np.float32)
     ct[2, 2, 2] = np.nan
     files = _case_files(tmp_path, pet, ct)
-    with caplog.at_level(logging.WARNING, logger="petseg.cases"):
+    with caplog.at_level(logging.WARNING, logger="petseg.io.cases"):
         case = read_case(files, ct_fill_hu=-1024.0)
     pet_out = sitk.GetArrayFromImage(case.pet)
     ct_out = sitk.GetArrayFromImage(case.ct)
@@ -180,7 +180,7 @@ def test_read_case_refuses_a_ct_covering_too_little_of_the_pet(tmp_path, origin,
 def test_read_case_warns_when_the_ct_misses_some_slices(tmp_path, caplog) -> None:
     short = Geometry((10, 9, 6), GEOMETRY.spacing, GEOMETRY.origin, LAS_DIRECTION)
     files = _case_files(tmp_path, body_suv(), body_ct()[:6], short)
-    with caplog.at_level(logging.WARNING, logger="petseg.cases"):
+    with caplog.at_level(logging.WARNING, logger="petseg.io.cases"):
         read_case(files)
     assert "c.mha: covers only 75% of the PET's axial length" in caplog.text
 
@@ -197,7 +197,7 @@ def test_negative_suv_is_refused_or_warned_about(tmp_path, caplog) -> None:
     with pytest.raises(PetsegError, match=r"p\.mha: 1st percentile -1\.00 SUV; SUV is not "
                                           r"negative beyond reconstruction noise"):
         read_case(_case_files(tmp_path / "a", body_suv(-1.0), body_ct()))
-    with caplog.at_level(logging.WARNING, logger="petseg.cases"):
+    with caplog.at_level(logging.WARNING, logger="petseg.io.cases"):
         read_case(_case_files(tmp_path / "b", body_suv(-0.3), body_ct()))
         read_case(_case_files(tmp_path / "c", body_suv(-0.02), body_ct()))
     assert caplog.text.count("more negative than reconstruction noise") == 1

@@ -19,8 +19,8 @@ import pytest
 import SimpleITK as sitk
 from container_check import MASK_FOLDER, check_output, main
 
-from petseg.geometry import LAS_DIRECTION, Geometry, grid_difference
-from petseg.io import write_image
+from petseg.io.geometry import LAS_DIRECTION, Geometry, grid_difference
+from petseg.io.images import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PET = Geometry(size=(12, 10, 8), spacing=(2.0364, 2.0364, 3.0), origin=(-11.2, 40.5, -700.0),

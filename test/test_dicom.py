@@ -14,10 +14,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from petseg.cli import main
-from petseg.dicom import parse_datetime, parse_time, read_ct_hu, read_pet_suv
 from petseg.errors import PetsegError
-from petseg.geometry import grid_difference
-from petseg.io import read_image
+from petseg.io.dicom import parse_datetime, parse_time, read_ct_hu, read_pet_suv
+from petseg.io.geometry import grid_difference
+from petseg.io.images import read_image
 
 PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -18,13 +18,13 @@ from inference_synthetic import finer_ct_geometry, make_case
 from random_weights import make_random_weights
 
 from petseg import __version__
-from petseg.cases import find_cases
 from petseg.cli import main
 from petseg.config import InferenceConfig, save_json
-from petseg.dicom import pet_series_suv
-from petseg.dicom_seg import build_dicom_seg
-from petseg.dicom_study import find_dicom_studies, study_name
-from petseg.geometry import Geometry
+from petseg.io.cases import find_cases
+from petseg.io.dicom import pet_series_suv
+from petseg.io.dicom_seg import build_dicom_seg
+from petseg.io.dicom_study import find_dicom_studies, study_name
+from petseg.io.geometry import Geometry
 from petseg.phantom import generate_case
 from petseg.phantom.dicom import StudyTags, write_dicom_study, write_phantom_dicom
 

@@ -679,7 +679,7 @@ def test_folder_mode_reads_the_next_case_while_predicting(tmp_path: Path,
         return predict(*args, **kwargs)
 
     monkeypatch.setattr(predictor, "predict", waiting_predict)
-    from petseg.cases import find_cases
+    from petseg.io.cases import find_cases
 
     results = pipeline.predict_cases(find_cases(tmp_path / "input"), tmp_path / "out", predictor)
     assert overlapped == [True, True]

@@ -14,12 +14,12 @@ import SimpleITK as sitk
 
 from petseg.cli import main
 from petseg.errors import PetsegError
-from petseg.evaluation import case_name, evaluate_folder, find_masks, pair_cases
-from petseg.geometry import LAS_DIRECTION, Geometry
-from petseg.io import write_image
-from petseg.metadata import read_metadata
-from petseg.scoring import describe, ranking, summarize
-from petseg.tables import markdown_table
+from petseg.evaluation.metadata import read_metadata
+from petseg.evaluation.pairing import case_name, evaluate_folder, find_masks, pair_cases
+from petseg.evaluation.scoring import describe, ranking, summarize
+from petseg.evaluation.tables import markdown_table
+from petseg.io.geometry import LAS_DIRECTION, Geometry
+from petseg.io.images import write_image
 
 SPACING = (2.0364, 2.0364, 3.0)
 VOXEL_ML = 2.0364 * 2.0364 * 3.0 / 1000.0

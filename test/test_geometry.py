@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from inference_synthetic import PET_SPACING, grid_points, oblique_direction
 
-from petseg.geometry import (
+from petseg.io.geometry import (
     IDENTITY_DIRECTION,
     LAS_DIRECTION,
     CropBox,

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from image_fixtures import GEOMETRY, body_suv, touch
 
 from petseg.errors import PetsegError
-from petseg.geometry import Geometry
-from petseg.io import read_image, write_image, write_json
+from petseg.io.geometry import Geometry
+from petseg.io.images import read_image, write_image, write_json
 
 
 def _edit_header(path: Path, old: bytes, new: bytes) -> Path:
@@ -133,7 +133,7 @@ def test_the_umask_is_read_without_changing_it(tmp_path, monkeypatch) -> None:
     """Setting the umask to read it would race with threads creating files meanwhile."""
     import stat
 
-    from petseg.io import process_umask
+    from petseg.io.images import process_umask
 
     old_umask = os.umask(0o027)
     try:
@@ -184,7 +184,7 @@ def test_write_json_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
 
 
 def test_read_json_names_the_file_and_the_fix(tmp_path) -> None:
-    from petseg.io import read_json
+    from petseg.io.images import read_json
 
     fix = "recreate it with `petseg split`"
     missing = tmp_path / "splits.json"

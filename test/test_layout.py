@@ -289,3 +289,27 @@ def test_no_module_or_function_outgrows_its_stage(tmp_path: Path) -> None:
     (package / "big.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
     assert oversized(package) == ["petseg/big.py: 501 lines",
                                   f"petseg/long.py:stage: {MAX_FUNCTION_LINES + 1} lines"]
+
+
+MAX_TOP_LEVEL_MODULES = 15
+"""The modules beside the stage packages (`io/`, `inference/`, `evaluation/`, ...): the
+entry points and what every stage shares. A module past these belongs in a package."""
+
+
+def loose_modules(root: Path = PACKAGE) -> list[str]:
+    """The .py files directly under `root`."""
+    return sorted(path.name for path in root.glob("*.py"))
+
+
+def test_the_package_reads_like_the_pipeline(tmp_path: Path) -> None:
+    assert len(loose_modules()) <= MAX_TOP_LEVEL_MODULES, loose_modules()
+    for stage in ("io", "inference", "evaluation", "clinical", "training", "phantom",
+                  "commands"):
+        init = PACKAGE / stage / "__init__.py"
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init} says what it holds"
+    assert "images.py" in {p.name for p in (PACKAGE / "io").glob("*.py")}
+    # the check itself counts only the top level
+    (tmp_path / "a.py").touch()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").touch()
+    assert loose_modules(tmp_path) == ["a.py"]

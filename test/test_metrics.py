@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from petseg.metrics import (
+from petseg.evaluation.metrics import (
     CaseMetrics,
     case_metrics,
     dice,

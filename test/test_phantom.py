@@ -14,7 +14,7 @@ from image_fixtures import file_digests
 
 from petseg.cli import main
 from petseg.errors import PetsegError
-from petseg.geometry import LAS_DIRECTION, Geometry
+from petseg.io.geometry import LAS_DIRECTION, Geometry
 from petseg.phantom import (
     COHORTS,
     draw_cohort,

@@ -9,8 +9,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from petseg.geometry import LAS_DIRECTION
-from petseg.pictures import (
+from petseg.clinical.pictures import (
     FOOTER_PX,
     HEADER_PX,
     OUTLINE_RGB,
@@ -19,6 +18,7 @@ from petseg.pictures import (
     axis_aligned_lps,
     mip_png,
 )
+from petseg.io.geometry import LAS_DIRECTION
 
 SPACING = (2.0, 2.4, 3.0)
 SIZE = (40, 30, 50)  # x, y, z voxels

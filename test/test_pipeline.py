@@ -18,13 +18,13 @@ from tiny_models import DSCS, TINY, Constant, SuvThreshold, tiny_ensemble
 from petseg.checkpoint import find_weights_dir
 from petseg.config import InferenceConfig, resolve_inference_config
 from petseg.errors import PetsegError
-from petseg.geometry import LAS_DIRECTION, CropBox, Geometry
 from petseg.inference.postprocessing import (
     probability_on_pet_grid,
     probability_to_mask,
     remove_small_components,
 )
 from petseg.inference.predictor import Predictor
+from petseg.io.geometry import LAS_DIRECTION, CropBox, Geometry
 
 RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 DIRECTIONS = {"LAS": LAS_DIRECTION, "RAS": RAS_DIRECTION, "oblique": oblique_direction()}

@@ -16,7 +16,7 @@ from tiny_models import tiny_ensemble
 
 from petseg.cli import main
 from petseg.config import InferenceConfig, load_json, save_json
-from petseg.geometry import Geometry
+from petseg.io.geometry import Geometry
 
 ROOT = Path(__file__).resolve().parents[1]
 MASKS = Path("images/automated-petct-lesion-segmentation")

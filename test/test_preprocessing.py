@@ -11,7 +11,7 @@ from inference_synthetic import TABLE_GAP_MM, finer_ct_geometry, grid_points, ma
 
 from petseg.config import PreprocessingConfig
 from petseg.errors import PetsegError
-from petseg.geometry import CropBox, Geometry
+from petseg.io.geometry import CropBox, Geometry
 from petseg.preprocessing import (
     body_mask,
     fill_holes,

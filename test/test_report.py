@@ -12,17 +12,17 @@ import pytest
 import SimpleITK as sitk
 
 from petseg.cli import main
-from petseg.errors import PetsegError
-from petseg.geometry import LAS_DIRECTION
-from petseg.io import read_image, write_image
-from petseg.report import (
+from petseg.clinical.report import (
     CSV_COLUMNS,
     BodyModel,
     lesion_report,
     peak_kernel,
     write_extras,
 )
-from petseg.uncertainty import fold_std
+from petseg.clinical.uncertainty import fold_std
+from petseg.errors import PetsegError
+from petseg.io.geometry import LAS_DIRECTION
+from petseg.io.images import read_image, write_image
 
 RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -386,12 +386,12 @@ def _predict_with_extras(tmp_path: Path) -> tuple[sitk.Image, Path, Path]:
 
 
 def test_extras_that_fail_midway_leave_none_of_the_case_behind(tmp_path, monkeypatch) -> None:
-    import petseg.report
+    import petseg.clinical.report
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(petseg.report, "mip_png", full)  # after uncertainty, JSON and CSV
+    monkeypatch.setattr(petseg.clinical.report, "mip_png", full)  # after uncertainty, JSON and CSV
     _, out, extras = _predict_with_extras(tmp_path)
     assert list(extras.iterdir()) == []
     [entry] = json.loads((out / "results.json").read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.config import InferenceConfig, ModelConfig, NetworkConfig
-from petseg.geometry import LAS_DIRECTION
+from petseg.io.geometry import LAS_DIRECTION
 from petseg.training.cache import check_cache_config, write_entry
 from petseg.training.config import (
     AugmentationConfig,

@@ -35,12 +35,12 @@ def _method_names(pred_dirs: list[Path]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every --pred folder, print the tables, write the outputs."""
-    from petseg import evaluation as ev
     from petseg.errors import PetsegError
-    from petseg.io import write_json
-    from petseg.metadata import read_metadata
-    from petseg.scoring import ranking, summarize
-    from petseg.tables import markdown_table, ranking_markdown, write_per_case_csv
+    from petseg.evaluation import pairing as ev
+    from petseg.evaluation.metadata import read_metadata
+    from petseg.evaluation.scoring import ranking, summarize
+    from petseg.evaluation.tables import markdown_table, ranking_markdown, write_per_case_csv
+    from petseg.io.images import write_json
 
     names = _method_names(list(args.pred))
     if len(set(names)) != len(names):

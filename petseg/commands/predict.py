@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from petseg.errors import PetsegError
 
 if TYPE_CHECKING:
-    from petseg.cases import CaseList
     from petseg.config import InferenceConfig
     from petseg.inference.predictor import Predictor
+    from petseg.io.cases import CaseList
 
 HELP = ("segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout, "
         "or DICOM studies)")
@@ -147,8 +147,8 @@ def _load_predictor(args: argparse.Namespace, config: InferenceConfig,
 
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
-    from petseg.cases import find_cases
-    from petseg.io import check_writable
+    from petseg.io.cases import find_cases
+    from petseg.io.images import check_writable
     from petseg.pipeline import MASK_FOLDER, PROBABILITY_FOLDER, predict_cases
 
     if args.extras is not None:
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     with _interrupt_on_sigterm():
         cases = find_cases(args.input, weight_kg=args.weight_kg)
         if args.dicom_seg and any(files.dicom is not None for files in cases.cases):
-            from petseg.dicom_seg import SEG_FOLDER
+            from petseg.io.dicom_seg import SEG_FOLDER
 
             check_writable(args.output.joinpath(*SEG_FOLDER))
         predictor = _load_predictor(args, config, cases)

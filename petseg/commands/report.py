@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write `<case>_lesions.json`, `<case>_lesions.csv` and `<case>_mip.png`."""
-    from petseg.geometry import check_same_grid
-    from petseg.io import image_stem, read_image
-    from petseg.report import write_case_report
+    from petseg.clinical.report import write_case_report
+    from petseg.io.geometry import check_same_grid
+    from petseg.io.images import image_stem, read_image
 
     pet = read_image(args.pet)
     mask = read_image(args.mask)

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read, convert and write atomically; nothing is written if any input is bad."""
-    from petseg.dicom import read_ct_hu, read_pet_suv
-    from petseg.io import write_image
+    from petseg.io.dicom import read_ct_hu, read_pet_suv
+    from petseg.io.images import write_image
 
     if (args.ct_dicom is None) != (args.ct_out is None):
         raise PetsegError("--ct-dicom and --ct-out go together; give both or neither")

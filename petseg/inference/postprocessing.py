@@ -12,7 +12,7 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.geometry import CropBox, Geometry, resample, uncrop
+from petseg.io.geometry import CropBox, Geometry, resample, uncrop
 
 CONNECTIVITY = 18
 """Lesion components use 18-connectivity, as the challenge's evaluation."""

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
-from petseg.geometry import Geometry
+from petseg.io.geometry import Geometry
 
 Box = tuple[slice, slice, slice]
 """Index box `[z, y, x]` into the canvas arrays."""

@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.geometry import Geometry
+from petseg.io.geometry import Geometry
 from petseg.phantom.anatomy import Patient, Tissue, build_anatomy, draw_patient
 from petseg.phantom.canvas import Canvas
 from petseg.phantom.lesions import (

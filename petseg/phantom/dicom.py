@@ -3,7 +3,7 @@
 PET: one single-frame PET Image Storage file per slice in Bq/ml (Units BQML), stored as
 int16 with a per-slice RescaleSlope, decay corrected to the series start (START), with
 the radiopharmaceutical (FDG, F-18), injected dose, half-life, injection date/time,
-series and acquisition times and PatientWeight, so that `petseg.dicom.read_pet_suv`
+series and acquisition times and PatientWeight, so that `petseg.io.dicom.read_pet_suv`
 gives back the SUV image (to the int16 quantisation, below 1/32767 of a slice's maximum):
 
     Bq/ml = SUV x dose x 2^(-(series start - injection) / half-life) / (weight_kg x 1000)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from petseg.errors import PetsegError
-from petseg.io import atomic_path, write_image
+from petseg.io.images import atomic_path, write_image
 from petseg.phantom.case import PhantomCase, _digest, generate_study
 from petseg.phantom.preview import preview_png
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
-from petseg.metadata import COHORTS
+from petseg.evaluation.metadata import COHORTS
 from petseg.phantom.anatomy import BODY_SOFT, Anatomy, Tissue
 from petseg.phantom.canvas import (
     Box,

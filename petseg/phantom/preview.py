@@ -13,9 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from petseg.geometry import Geometry
-from petseg.io import atomic_path
-from petseg.pictures import (
+from petseg.clinical.pictures import (
     axis_aligned_lps,
     grey_rgb,
     mip_views,
@@ -23,6 +21,8 @@ from petseg.pictures import (
     resize_view,
     view_size_px,
 )
+from petseg.io.geometry import Geometry
+from petseg.io.images import atomic_path
 
 SUV_RANGE: tuple[float, float] = (0.0, 10.0)
 CT_WINDOW_HU: tuple[float, float] = (-900.0, 500.0)
@@ -43,7 +43,7 @@ def render_preview(pet: sitk.Image, seg: sitk.Image | None, ct: sitk.Image | Non
                    pred: sitk.Image | None = None) -> np.ndarray:
     """The preview as an RGB array `[rows, columns, 3]` uint8 (MIP left, CT right).
 
-    The projection, orientation and drawing helpers are `petseg.pictures`'; outlines
+    The projection, orientation and drawing helpers are `petseg.clinical.pictures`'; outlines
     are the one-pixel ring just outside each mask's projection.
 
     Args:

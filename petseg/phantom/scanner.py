@@ -18,7 +18,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 
-from petseg.geometry import LAS_DIRECTION, Geometry
+from petseg.io.geometry import LAS_DIRECTION, Geometry
 
 PET_SPACING_MM: tuple[float, float, float] = (2.0364, 2.0364, 3.0)
 PET_MATRIX: int = 400

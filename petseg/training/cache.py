@@ -30,7 +30,7 @@ import numpy as np
 
 from petseg.config import PreprocessingConfig, from_dict, to_dict
 from petseg.errors import PetsegError
-from petseg.io import read_json, write_json
+from petseg.io.images import read_json, write_json
 from petseg.training.data import Study
 
 CACHE_FORMAT = "petseg-cache/1"
@@ -181,7 +181,7 @@ def prepare_study(study: Study, cache: str | Path, config: PreprocessingConfig) 
 
     Raises whatever reading or preprocessing raises (corrupt files: `PetsegError`).
     """
-    from petseg.io import read_image
+    from petseg.io.images import read_image
     from petseg.preprocessing import preprocess_case
 
     pet, ct, seg = read_image(study.pet), read_image(study.ct), read_image(study.label)

@@ -218,7 +218,7 @@ def load_run_config(path: str | Path) -> TrainingConfig:
     """A run folder's `config.json`. Runs saved before `optimizer.grad_clip_norm` existed
     trained without clipping, so a missing field reads as null there (not the default 12):
     resuming them keeps their recipe unless `--set` changes it."""
-    from petseg.io import read_json
+    from petseg.io.images import read_json
 
     data = read_json(path, "run config", "restore it, or start again in a new --out")
     if isinstance(data, dict) and isinstance(data.get("optimizer"), dict):

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from petseg.errors import PetsegError
-from petseg.io import IMAGE_SUFFIXES, image_stem
+from petseg.io.images import IMAGE_SUFFIXES, image_stem
 
 PET_NAMES: tuple[str, ...] = ("SUV",)
 CT_NAMES: tuple[str, ...] = ("CTres", "CT")
@@ -91,7 +91,7 @@ def discover_studies(root: str | Path) -> list[Study]:
 def read_cohorts(metadata: str | Path, studies: list[Study]) -> dict[str, str]:
     """Cohort (normalised diagnosis) of every study from a clinical-metadata CSV.
 
-    Uses the clinical metadata reader (`petseg.metadata.read_metadata`): a study
+    Uses the clinical metadata reader (`petseg.evaluation.metadata.read_metadata`): a study
     matches by its case name (`PETCT_<id>_<date folder>`), a path column, or its patient
     id (with the study date where the patient's rows disagree), so the published autoPET
     CSV (one row per series) works as it is.
@@ -102,7 +102,7 @@ def read_cohorts(metadata: str | Path, studies: list[Study]) -> dict[str, str]:
     Raises:
         PetsegError: the file is unreadable, or some study has no (unambiguous) row.
     """
-    from petseg.metadata import UNKNOWN, read_metadata
+    from petseg.evaluation.metadata import UNKNOWN, read_metadata
 
     table = read_metadata(metadata)
     cohorts = {study.key: table.cohort_of(study.name) for study in studies}

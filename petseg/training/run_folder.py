@@ -31,7 +31,7 @@ import torch
 from petseg.checkpoint import save_checkpoint
 from petseg.config import to_dict
 from petseg.errors import PetsegError
-from petseg.io import read_json, write_json
+from petseg.io.images import read_json, write_json
 from petseg.training.config import TrainingConfig, load_run_config
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from petseg.errors import PetsegError
-from petseg.io import read_json, write_json
+from petseg.io.images import read_json, write_json
 from petseg.training.data import Study, patient_cohort
 
 SPLITS_FORMAT = "petseg-splits/1"

@@ -1,7 +1,7 @@
 """Validation of one fold's network on whole held-out volumes, and its summary.
 
 Masks come from the inference package's `Predictor` (the same windows, overlap, blending and
-threshold as `petseg predict`); the metrics from `petseg.metrics.case_metrics`.
+threshold as `petseg predict`); the metrics from `petseg.evaluation.metrics.case_metrics`.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
     A one-network `petseg.inference.predictor.Predictor` with `validation.inference` (the
     same windows, overlap, blending and thresholding as `petseg predict`; a null threshold
     is 0.5, as without a calibrated manifest) gives each mask on the 2 mm grid; metrics
-    come from `petseg.metrics.case_metrics`. Each case's `probability_finite` says whether
-    every voxel's probability was finite.
+    come from `petseg.evaluation.metrics.case_metrics`. Each case's `probability_finite`
+    says whether every voxel's probability was finite.
     """
     from petseg.config import resolve_inference_config
+    from petseg.evaluation.metrics import case_metrics
     from petseg.inference.predictor import Predictor
-    from petseg.metrics import case_metrics
 
     was_training = network.training
     predictor = Predictor([network], config.model,

@@ -1,7 +1,7 @@
 """Scoring per-case metric rows: per-cohort summaries (the paper's Table 1) and the
 autoPET challenge ranking of several methods.
 
-Rows are `petseg.evaluation.evaluate_pairs` output: dicts with `case`, `cohort` and the
+Rows are `petseg.evaluation.pairing.evaluate_pairs` output: dicts with `case`, `cohort` and the
 `CaseMetrics` fields (DSC, volumes in ml, lesion counts).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from petseg.metadata import COHORTS, UNKNOWN
+from petseg.evaluation.metadata import COHORTS, UNKNOWN
 
 ALL = "ALL"
 """Summary key of the group of all cases."""

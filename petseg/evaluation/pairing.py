@@ -1,7 +1,8 @@
 """Evaluate folders of predicted masks against ground truth: pairing and per-case rows.
 
-The rows are summarised per cohort and ranked in `petseg.scoring`, printed and written
-by `petseg.tables`; cohorts come from the clinical CSV through `petseg.metadata`.
+The rows are summarised per cohort and ranked in `petseg.evaluation.scoring`, printed
+and written by `petseg.evaluation.tables`; cohorts come from the clinical CSV through
+`petseg.evaluation.metadata`.
 
 Case names (how a prediction pairs with its truth):
 
@@ -29,10 +30,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
-from petseg.geometry import grid_difference
-from petseg.io import image_stem, image_suffix, read_image
-from petseg.metadata import UNKNOWN, Metadata, read_metadata
-from petseg.metrics import CaseMetrics, case_metrics
+from petseg.evaluation.metadata import UNKNOWN, Metadata, read_metadata
+from petseg.evaluation.metrics import CaseMetrics, case_metrics
+from petseg.io.geometry import grid_difference
+from petseg.io.images import image_stem, image_suffix, read_image
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `find_cases` pairs each PET with its CT in the grand-challenge layout, folders of such
 cases, the autoPET layout or DICOM studies; `read_case` reads both images
-(`petseg.io.read_image`) and refuses a PET that cannot be SUV, a CT that cannot be HU or
+(`petseg.io.images.read_image`) and refuses a PET that cannot be SUV, a CT that cannot be HU or
 a CT that misses the PET.
 """
 
@@ -18,11 +18,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
-from petseg.geometry import Geometry
-from petseg.io import image_stem, image_suffix, read_image
+from petseg.io.geometry import Geometry
+from petseg.io.images import image_stem, image_suffix, read_image
 
 if TYPE_CHECKING:
-    from petseg.dicom_study import DicomStudy
+    from petseg.io.dicom_study import DicomStudy
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _dicom_cases(root: Path, weight_kg: float | None) -> list[CaseFiles]:
     The choices of a usable study are logged, by case name and series only (an unusable
     study's error is logged when its case fails).
     """
-    from petseg.dicom_study import find_dicom_studies, holds_dicom, study_error, study_name
+    from petseg.io.dicom_study import find_dicom_studies, holds_dicom, study_error, study_name
 
     if not holds_dicom(root):
         return []
@@ -162,7 +162,7 @@ def find_cases(input_dir: str | Path, weight_kg: float | None = None) -> CaseLis
     A single case in the grand-challenge layout gives `single=True`; problems with it
     (missing PET or CT, unpairable files) raise `PetsegError`. In a folder of cases a
     problem with one case is recorded in its `error` instead. A folder of DICOM files
-    gives one case per study (`petseg.dicom_study`); `weight_kg` stands in for a missing
+    gives one case per study (`petseg.io.dicom_study`); `weight_kg` stands in for a missing
     PatientWeight there.
     """
     cases = _find_cases(Path(input_dir), weight_kg)
@@ -377,7 +377,7 @@ def check_units(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path,
 
 def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     """Read and check one case: both 3D and readable with plausible headers (or a DICOM
-    study's chosen series converted, `petseg.dicom_study`), NaNs cleaned, the PET plausibly
+    study's chosen series converted, `petseg.io.dicom_study`), NaNs cleaned, the PET plausibly
     in SUV and the CT in HU (`check_units`), the CT covering the PET (`check_overlap`).
 
     The PET comes back as float32 SUV with non-finite voxels set to 0; the CT keeps its
@@ -386,7 +386,7 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     if files.error:
         raise PetsegError(files.error)
     if files.dicom is not None:
-        from petseg.dicom_study import read_study_images
+        from petseg.io.dicom_study import read_study_images
 
         pet_raw, ct_raw, pet_path, ct_path = read_study_images(files.dicom)
     elif files.pet is None or files.ct is None:

@@ -21,10 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from petseg.geometry import check_same_grid
-from petseg.io import atomic_path, write_image, write_json
-from petseg.pictures import axis_aligned_lps, mip_png
-from petseg.uncertainty import fold_std
+from petseg.clinical.pictures import axis_aligned_lps, mip_png
+from petseg.clinical.uncertainty import fold_std
+from petseg.io.geometry import check_same_grid
+from petseg.io.images import atomic_path, write_image, write_json
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from petseg import __version__
-from petseg.dicom import slice_geometry
-from petseg.dicom_study import DicomStudy
 from petseg.errors import PetsegError
-from petseg.io import atomic_path
+from petseg.io.dicom import slice_geometry
+from petseg.io.dicom_study import DicomStudy
+from petseg.io.images import atomic_path
 
 logging.getLogger("highdicom").setLevel(logging.WARNING)  # its INFO lines name UIDs
 
@@ -52,7 +52,7 @@ def seg_uids(study: DicomStudy, mask_zyx: np.ndarray, seed: str | None) -> tuple
 
 def build_dicom_seg(study: DicomStudy, mask: sitk.Image, seed: str | None = None,
                     parameters: dict[str, str] | None = None) -> hd.seg.Segmentation:
-    """The DICOM SEG of `mask` (uint8 0/1 on the grid `petseg.dicom` reads the PET onto).
+    """The DICOM SEG of `mask` (uint8 0/1 on the grid `petseg.io.dicom` reads the PET onto).
 
     Args:
         study: the study with its chosen PET series (headers suffice).

@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
-from petseg.geometry import check_same_grid
+from petseg.io.geometry import check_same_grid
 
 
 def fold_std(fold_probabilities: list[sitk.Image]) -> sitk.Image:

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from petseg.io import atomic_path
-from petseg.metrics import CaseMetrics
+from petseg.evaluation.metrics import CaseMetrics
+from petseg.io.images import atomic_path
 
 # ----------------------------------------------------------------------------- Markdown
 

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
-from petseg.io import atomic_path
+from petseg.io.images import atomic_path
 
 OUTLINE_RGB: tuple[int, int, int] = (255, 0, 0)
 """Colour of the lesion outlines; nothing else in a picture uses it."""

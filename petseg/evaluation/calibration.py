@@ -31,17 +31,17 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.cases import find_cases, read_case
 from petseg.checkpoint import calibrated_threshold, dsc_weights, load_ensemble, write_thresholds
 from petseg.config import InferenceConfig, load_json, resolve_inference_config
 from petseg.errors import PetsegError
-from petseg.evaluation import evaluate_pairs, pair_cases
-from petseg.geometry import Geometry
-from petseg.io import read_image, read_json, write_image, write_json
-from petseg.metadata import Metadata, read_metadata
-from petseg.metrics import match_components, voxel_volume_ml
-from petseg.scoring import summarize
-from petseg.tables import markdown_table
+from petseg.evaluation.metadata import Metadata, read_metadata
+from petseg.evaluation.metrics import match_components, voxel_volume_ml
+from petseg.evaluation.pairing import evaluate_pairs, pair_cases
+from petseg.evaluation.scoring import summarize
+from petseg.evaluation.tables import markdown_table
+from petseg.io.cases import find_cases, read_case
+from petseg.io.geometry import Geometry
+from petseg.io.images import read_image, read_json, write_image, write_json
 
 MIN_LESION_ML = 1.0
 """Lesions at least this large count for the detection sensitivity."""

@@ -33,8 +33,8 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from petseg.dicom import ct_series_hu, dicom_headers, pet_series_suv
 from petseg.errors import PetsegError
+from petseg.io.dicom import ct_series_hu, dicom_headers, pet_series_suv
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def _has_weight(ds: Dataset) -> bool:
 
 def read_study_images(study: DicomStudy) -> tuple[sitk.Image, sitk.Image, Path, Path]:
     """A usable study's chosen PET in SUV body weight (float32) and CT in HU, with the
-    first file of each series (for messages); `petseg.cases.read_case` checks them.
+    first file of each series (for messages); `petseg.io.cases.read_case` checks them.
 
     `study.weight_kg` stands in for PatientWeight only where the PET lacks it.
 

@@ -3,7 +3,7 @@
 Every file is read with SimpleITK (`.mha`, `.nii.gz`, `.nrrd`, ...) and its header checked
 (`read_image`). Writes go to a temporary file in the target folder and are renamed into
 place, so a crash or an error never leaves a partial file where a result is expected.
-Finding and reading whole cases is `petseg.cases`.
+Finding and reading whole cases is `petseg.io.cases`.
 """
 
 from __future__ import annotations
