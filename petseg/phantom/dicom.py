@@ -57,6 +57,8 @@ class StudyTags:
         series_start: PET SeriesTime, the decay-correction reference (START).
         dose_bq: RadionuclideTotalDose at injection.
         half_life_s: RadionuclideHalfLife.
+        removed: patient and study attributes left out of every file, as an anonymiser
+            deletes them (e.g. "PatientBirthDate", "StudyTime").
     """
 
     patient_name: str = "PHANTOM^PETSEG"
@@ -71,6 +73,7 @@ class StudyTags:
     series_start: dt.time = dt.time(11, 3, 0)
     dose_bq: float = 350e6
     half_life_s: float = F18_HALF_LIFE_S
+    removed: tuple[str, ...] = ()
 
     def bqml_per_suv(self, weight_kg: float) -> float:
         """Bq/ml of one SUV: the decayed dose per gram of `weight_kg`."""
@@ -125,6 +128,8 @@ def _base(tags: StudyTags, study_uid: str, modality: str, sop_class: str) -> Dat
     ds.ReferringPhysicianName = ""
     ds.Modality = modality
     ds.Manufacturer = "petseg phantom"
+    for keyword in tags.removed:
+        delattr(ds, keyword)
     return ds
 
 
