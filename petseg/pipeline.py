@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -109,11 +110,45 @@ def record_failure(cases: CaseList, output_dir: str | Path, message: str,
                output_dir / RESULTS_NAME)
 
 
+def _optional(entry: dict[str, Any], name: str, what: str, stale: Path | None,
+              write: Callable[[], Any]) -> Any:
+    """Run `write` (an optional output of case `name`); returns its result, or None when it
+    failed: then the failure is logged and recorded in `entry["error_messages"]` (the mask
+    stays; the exit status reports the case) and `stale`, a file of this output that an
+    earlier run may have left, is removed."""
+    try:
+        return write()
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, PetsegError) else f"{type(exc).__name__}: {exc}"
+        log.error("case %s: %s not written (the mask is): %s", name, what, message)
+        log.debug("case %s: %s failed", name, what, exc_info=True)
+        if stale is not None:
+            stale.unlink(missing_ok=True)
+        entry["error_messages"].append(f"{what} not written: {message}")
+        return None
+
+
+def _dicom_seg_output(files: CaseFiles, prediction: Prediction, predictor: Predictor,
+                      output_dir: Path, seg_uid_seed: str | None) -> dict[str, str]:
+    """Build and write the case's DICOM SEG; returns its results.json output."""
+    from petseg.io.dicom_seg import SEG_FOLDER, build_dicom_seg, save_dicom_seg
+
+    assert files.dicom is not None
+    seg = build_dicom_seg(files.dicom, prediction.mask, seg_uid_seed, {
+        "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
+        "threshold": f"{predictor.threshold:g}"})
+    seg_path = save_dicom_seg(seg, output_dir.joinpath(*SEG_FOLDER, f"{files.name}.dcm"))
+    return {"type": "dicom_seg", "filename": str(seg_path)}
+
+
 def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
                  predictor: Predictor, save_probability: bool,
                  extras_dir: str | Path | None, dicom_seg: bool,
                  seg_uid_seed: str | None) -> dict[str, Any]:
-    """Predict one case and write its outputs; returns its results.json entry."""
+    """Predict one case and write its outputs; returns its results.json entry.
+
+    The mask is written first; a failing optional output (DICOM SEG, probability, extras)
+    is recorded in the entry's `error_messages` and never takes the mask with it."""
     start = time.perf_counter()
     progress = CaseProgress(files.name)
     progress.stage("reading the DICOM study's PET and CT series" if files.dicom is not None
@@ -123,32 +158,27 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
         case.pet, case.ct, probability=save_probability,
         fold_probabilities=extras_dir is not None and len(predictor.networks) > 1,
         progress=progress)
-    seg = None
-    if files.dicom is not None and dicom_seg:
-        from petseg.io.dicom_seg import build_dicom_seg
-
-        seg = build_dicom_seg(files.dicom, prediction.mask, seg_uid_seed, {
-            "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
-            "threshold": f"{predictor.threshold:g}"})
     progress.stage("writing the mask")
     target = write_image(prediction.mask, output_dir.joinpath(*MASK_FOLDER, f"{files.name}.mha"))
-    outputs = []
-    if seg is not None:
-        from petseg.io.dicom_seg import SEG_FOLDER, save_dicom_seg
-
-        seg_path = save_dicom_seg(seg, output_dir.joinpath(*SEG_FOLDER, f"{files.name}.dcm"))
-        outputs.append({"type": "dicom_seg", "filename": str(seg_path)})
-    if prediction.probability is not None:
-        write_image(prediction.probability,
-                    output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha"))
     lesion_ml = float(sitk.GetArrayViewFromImage(prediction.mask).sum()
                       * np.prod(prediction.mask.GetSpacing()) / 1000.0)
     seconds = time.perf_counter() - start
     log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds, target)
     entry = _entry(files, target, None, seconds, round(lesion_ml, 3))
-    entry["outputs"].extend(outputs)
+    stale = case_outputs(output_dir, files.name)
+    if files.dicom is not None and dicom_seg:
+        seg = _optional(entry, files.name, "DICOM SEG", stale[2], lambda: _dicom_seg_output(
+            files, prediction, predictor, output_dir, seg_uid_seed))
+        if seg is not None:
+            entry["outputs"].append(seg)
+    if prediction.probability is not None:
+        probability = prediction.probability
+        _optional(entry, files.name, "probability map", stale[1], lambda: write_image(
+            probability, output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha")))
     if extras_dir is not None:
         entry.update(_extras(files, case.pet, prediction, Path(extras_dir)))
+        if "extras_error" in entry:
+            entry["error_messages"].append(f"extras not written: {entry['extras_error']}")
     return entry
 
 
@@ -194,8 +224,10 @@ def predict_cases(
     otherwise the other cases still run. An interruption (Ctrl-C, SIGTERM) writes
     `results.json` with the cases completed and `INTERRUPTED` for the rest, then
     propagates. With `extras_dir`, each case's lesion report, MIP picture and (with two
-    or more folds) uncertainty map go there (`petseg.clinical.report.write_extras`); a failure
-    there is logged and recorded in the entry's `extras_error`, never fails the case.
+    or more folds) uncertainty map go there (`petseg.clinical.report.write_extras`). A failing
+    optional output (DICOM SEG, probability map, extras) is logged and recorded in the
+    entry's `error_messages` (extras also in `extras_error`), after the mask was written:
+    it never takes the mask with it, and the case then counts as having an error.
     A DICOM study (`files.dicom`) also gets its mask as a DICOM SEG under
     `OUTPUT/dicom-seg/` unless `dicom_seg` is False (`petseg.io.dicom_seg`; `seg_uid_seed`
     makes its UIDs reproducible). Returns the entries.
