@@ -5,7 +5,8 @@
 
 Outputs (grand-challenge contract, evalutils-compatible `results.json`):
     OUTPUT/images/automated-petct-lesion-segmentation/<name>.mha   uint8 0/1, PET grid
-    OUTPUT/results.json   one entry per case: inputs, outputs, error_messages
+    OUTPUT/results.json   one entry per case: inputs, outputs, error_messages (and
+                          `implausible`: why the lesion volume is one no patient has)
     OUTPUT/dicom-seg/<name>.dcm   DICOM input only: the mask as a DICOM SEG (`dicom_seg`)
 """
 
@@ -25,6 +26,7 @@ from petseg.errors import PetsegError
 from petseg.inference.predictor import Prediction, Predictor
 from petseg.io.cases import Case, CaseFiles, CaseList, read_case
 from petseg.io.images import write_image, write_json
+from petseg.io.plausibility import implausible_result
 from petseg.progress import CaseProgress
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,10 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     seconds = time.perf_counter() - start
     log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds, target)
     entry = _entry(files, target, None, seconds, round(lesion_ml, 3))
+    implausible = implausible_result(prediction.mask, case.pet)
+    if implausible is not None:
+        log.warning("case %s: implausible result: %s", files.name, implausible)
+        entry["implausible"] = implausible
     stale = case_outputs(output_dir, files.name)
     if files.dicom is not None and dicom_seg:
         seg = _optional(entry, files.name, "DICOM SEG", stale[2], lambda: _dicom_seg_output(
@@ -225,9 +231,8 @@ def predict_cases(
     `results.json` with the cases completed and `INTERRUPTED` for the rest, then
     propagates. With `extras_dir`, each case's lesion report, MIP picture and (with two
     or more folds) uncertainty map go there (`petseg.clinical.report.write_extras`). A failing
-    optional output (DICOM SEG, probability map, extras) is logged and recorded in the
-    entry's `error_messages` (extras also in `extras_error`), after the mask was written:
-    it never takes the mask with it, and the case then counts as having an error.
+    optional output (DICOM SEG, probability, extras) never takes the written mask with it:
+    it is logged and recorded in `error_messages` (extras also in `extras_error`).
     A DICOM study (`files.dicom`) also gets its mask as a DICOM SEG under
     `OUTPUT/dicom-seg/` unless `dicom_seg` is False (`petseg.io.dicom_seg`; `seg_uid_seed`
     makes its UIDs reproducible). Returns the entries.

@@ -91,3 +91,26 @@ def test_a_failing_probability_map_leaves_the_mask(tmp_path, images, monkeypatch
     truth = lesion_truth(sitk.GetArrayFromImage(pet))
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == [entry]
+
+
+def test_an_implausible_result_is_flagged_in_the_log_and_results(tmp_path, images,
+                                                               caplog) -> None:
+    """A network that calls everything lesion (an untrained fold) gives a mask covering the
+    whole body box: written, but flagged; a sane one is not flagged."""
+    from tiny_models import Constant
+
+    pet, ct = images
+    for kind, image in (("pet", pet), ("ct", ct)):
+        write_image(image, tmp_path / "in" / "images" / kind / f"case-{kind}.mha")
+    settled = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25))
+    with caplog.at_level("WARNING", logger="petseg.pipeline"):
+        [entry] = predict_cases(find_cases(tmp_path / "in"), tmp_path / "out",
+                                Predictor([Constant(0.9)], TINY, settled, device="cpu"))
+    assert entry["error_messages"] == []
+    assert entry["implausible"].startswith(
+        f"{entry['lesion_volume_ml']:.1f} ml of lesion is 100% of the body (")
+    assert f"case case-pet: implausible result: {entry['implausible']}" in caplog.text
+    assert (tmp_path / "out" / MASKS / "case-pet.mha").is_file()
+    [sane] = predict_cases(find_cases(tmp_path / "in"), tmp_path / "out2",
+                           Predictor([SuvThreshold()], TINY, settled, device="cpu"))
+    assert "implausible" not in sane and sane["lesion_volume_ml"] > 0

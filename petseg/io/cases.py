@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from petseg.errors import PetsegError
 from petseg.io.geometry import Geometry
 from petseg.io.images import image_stem, image_suffix, read_image
+from petseg.io.plausibility import check_extent, check_value_ranges
 
 if TYPE_CHECKING:
     from petseg.io.dicom_study import DicomStudy
@@ -378,7 +379,8 @@ def check_units(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path,
 def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     """Read and check one case: both 3D and readable with plausible headers (or a DICOM
     study's chosen series converted, `petseg.io.dicom_study`), NaNs cleaned, the PET plausibly
-    in SUV and the CT in HU (`check_units`), the CT covering the PET (`check_overlap`).
+    in SUV and the CT in HU (`check_units`), the CT covering the PET (`check_overlap`), both
+    of a plausible extent, dynamic range and value range (`petseg.io.plausibility`).
 
     The PET comes back as float32 SUV with non-finite voxels set to 0; the CT keeps its
     pixel type, non-finite voxels set to `ct_fill_hu`.
@@ -394,8 +396,12 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     else:
         pet_path, ct_path = files.pet, files.ct
         pet_raw, ct_raw = read_image(pet_path), read_image(ct_path)
+    check_extent(pet_raw, pet_path, "PET")
+    check_extent(ct_raw, ct_path, "CT", smallest=False)  # the PET's: `check_overlap`
     pet = clean_non_finite(sitk.Cast(pet_raw, sitk.sitkFloat32), pet_path, 0.0)
     ct = clean_non_finite(ct_raw, ct_path, ct_fill_hu)
     check_units(pet, ct, pet_path, ct_path, pet_raw.GetPixelIDTypeAsString())
     check_overlap(pet, ct, pet_path, ct_path)
+    check_value_ranges(tuple(_percentiles(pet, [1, 99.9])),  # type: ignore[arg-type]
+                       tuple(_percentiles(ct, [1, 99.9])), pet_path, ct_path)
     return Case(files=files, pet=pet, ct=ct)
