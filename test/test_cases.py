@@ -228,3 +228,16 @@ def test_swapped_or_wrong_modalities_are_named(tmp_path) -> None:
         read_case(_case_files(tmp_path / "c", suv, suv))
 
 
+
+
+@pytest.mark.parametrize("depth", ["dataset", "patient", "study"])
+def test_an_autopet_case_is_named_after_its_patient(tmp_path, depth) -> None:
+    """Whichever folder --input names, the case is `PETCT_<id>_<date>`, the name the
+    evaluation gives its ground truth, never the date folder alone."""
+    date = "07-18-2006-NA-PET-CT Ganzkoerper  primaer mit KM-26153"
+    study = tmp_path / "PETCT_2910954e61" / date
+    pet, ct = touch(study / "SUV.nii.gz"), touch(study / "CTres.nii.gz")
+    root = {"dataset": tmp_path, "patient": study.parent, "study": study}[depth]
+    [case] = find_cases(root).cases
+    assert case == CaseFiles(
+        "PETCT_2910954e61_07-18-2006-NA-PET-CT_Ganzkoerper_primaer_mit_KM-26153", pet, ct)

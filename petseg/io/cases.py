@@ -122,14 +122,24 @@ def _challenge_layout(folder: Path) -> bool:
     return folder.joinpath(*GC_PET).is_dir() or folder.joinpath(*GC_CT).is_dir()
 
 
+def autopet_case_name(pet: Path, root: Path) -> str:
+    """`PETCT_<id>_<date>` for `<root>/.../PETCT_<id>/<date>/SUV.nii.gz`: the folders from
+    `root` down to the image, and at least the patient and study folders even when `root`
+    is one of them, so a case is named as `petseg.evaluation.pairing` names its truth and
+    a person finds the patient."""
+    relative = pet.parent.relative_to(root).parts
+    above = pet.parent.resolve().parts[1:]  # without the file system's root
+    parts = relative if len(relative) >= 2 else above[-2:]
+    return safe_name("_".join(parts) if parts else root.resolve().name)
+
+
 def _autopet_cases(root: Path) -> list[CaseFiles]:
     cases = []
     for pet in sorted(root.rglob(f"{AUTOPET_PET}.*")):
         if image_stem(pet) != AUTOPET_PET or not image_suffix(pet):
             continue
         cts = [p for p in image_files(pet.parent) if image_stem(p) == AUTOPET_CT]
-        relative = pet.parent.relative_to(root)
-        name = safe_name("_".join(relative.parts) if relative.parts else root.resolve().name)
+        name = autopet_case_name(pet, root)
         if not cts:
             cases.append(CaseFiles(name, pet, None, f"{pet.parent}: no {AUTOPET_CT} image "
                                    f"beside {pet.name}; add the CT resampled to the PET grid"))
