@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from petseg.errors import PetsegError
 from petseg.io.geometry import Geometry
 from petseg.io.images import image_stem, image_suffix, read_image
+from petseg.io.interfaces import image_slot_folders, read_slots
 from petseg.io.plausibility import check_extent, check_value_ranges
 
 if TYPE_CHECKING:
@@ -203,6 +204,15 @@ def _input_of(files: CaseFiles) -> str:
 def _find_cases(root: Path, weight_kg: float | None) -> CaseList:
     if not root.is_dir():
         raise PetsegError(f"{root}: input folder not found; check --input")
+    slots = read_slots(root)  # grand-challenge's inputs.json: its slots, not fixed folders
+    if slots is not None:
+        folders = image_slot_folders(slots, root)
+        for folder in folders:
+            if not image_files(folder):
+                raise PetsegError(f"{folder}: no image (.mha, .nii.gz, .nrrd) in this slot of "
+                                  f"{root / 'inputs.json'}; put the slot's image there")
+        cases = _pair(root, *map(image_files, folders))
+        return CaseList(cases, single=len(cases) == 1)
     if _challenge_layout(root):
         cases = _pair(root, image_files(root.joinpath(*GC_PET)), image_files(root.joinpath(*GC_CT)))
         return CaseList(cases, single=len(cases) == 1)
