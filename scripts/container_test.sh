@@ -17,8 +17,8 @@
 # unpacks an uploaded model) and the input with the platform's inputs.json listing its
 # slots, and checks that the container uses that model. Then as users
 # run it: `--user` a uid without an account, writing into a folder that uid owns (the
-# same check); the fixture case as a DICOM study at /input (a mask and a DICOM SEG,
-# test/container_dicom.py); an output folder the image user cannot write, and
+# same check); the fixture case as an anonymised DICOM study at /input (a mask and a
+# DICOM SEG without dciodvfy errors, test/container_dicom.py); an output folder the image user cannot write, and
 # `--read-only` without a tmpfs, each refused with exit 1 and one line.
 # Environment:
 #   PETSEG_REQUIRE_DOCKER=1  fail when no Docker daemon answers (default: skip, saying so)
@@ -187,7 +187,8 @@ PYTHONPATH="$root" "$python" test/container_check.py "$own" --input test/input \
   --expected "$expected" || fail "as-user: the container's output is wrong (in $own)"
 # --- DICOM at /input: the fixture case as one scanner DICOM study -----------------------
 dicom="$work/dicom-input"
-PYTHONPATH="$root" "$python" test/container_dicom.py write test/input "$dicom" >&2
+PYTHONPATH="$root" "$python" test/container_dicom.py write test/input "$dicom" \
+  --anonymised >&2
 chmod -R a+rX "$dicom"
 volume="petseg-test-output-$$-dicom"
 volumes+=("$volume")

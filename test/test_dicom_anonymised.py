@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
 import SimpleITK as sitk
+from container_dicom import dciodvfy_errors
 from inference_synthetic import finer_ct_geometry, make_case
 
 from petseg.io.dicom_seg import complete_type2_attributes, type2_attributes, write_dicom_seg
 from petseg.io.dicom_study import find_dicom_studies
-from petseg.phantom.dicom import StudyTags, write_dicom_study
+from petseg.phantom.dicom import ANONYMISER_REMOVES, StudyTags, write_dicom_study
 
-ANONYMISED = ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
-              "ReferringPhysicianName", "StudyID")
-"""What anonymisers delete besides identifying names (all type 2 in the SEG)."""
+ANONYMISED = ANONYMISER_REMOVES
 DCIODVFY = shutil.which("dciodvfy")
 
 
@@ -38,14 +36,6 @@ def _seg_of(root: Path, images, removed: tuple[str, ...]) -> Path:
     [study] = find_dicom_studies(root / "study")
     assert all(key not in study.pet.headers[0] for key in removed)
     return write_dicom_seg(study, mask, root / "seg.dcm")
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """dciodvfy's "Error" lines for `path` (its report goes to stderr)."""
-    assert DCIODVFY is not None
-    report = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (report.stdout + report.stderr).splitlines()
-            if line.startswith("Error")]
 
 
 def test_the_type2_attributes_come_from_the_standard() -> None:
@@ -107,3 +97,30 @@ def test_dciodvfy_finds_no_error_in_the_seg(tmp_path, images, removed) -> None:
     del broken.SegmentSequence  # the validator is awake: a SEG without segments is an error
     broken.save_as(tmp_path / "broken.dcm")
     assert dciodvfy_errors(tmp_path / "broken.dcm") != []
+
+
+@pytest.mark.skipif(DCIODVFY is None and os.environ.get("PETSEG_REQUIRE_DCIODVFY") != "1",
+                    reason="dciodvfy not installed (Debian package dicom3tools; "
+                           "scripts/system_setup.sh installs it)")
+def test_predict_on_an_anonymised_study_writes_mask_and_valid_seg(tmp_path, images) -> None:
+    from random_weights import make_random_weights
+
+    from petseg.cli import main
+    from petseg.config import InferenceConfig, save_json
+    from petseg.io.dicom_study import study_name
+
+    assert DCIODVFY is not None, "PETSEG_REQUIRE_DCIODVFY=1 but dciodvfy is not on PATH"
+    pet, ct, _ = images
+    written = write_dicom_study(tmp_path / "dicom", pet, ct, StudyTags(removed=ANONYMISED), seed=3)
+    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25, threshold=0.5),
+              tmp_path / "inference.json")
+    assert main(["predict", "--input", str(tmp_path / "dicom"), "--output", str(tmp_path / "out"),
+                 "--weights", str(make_random_weights(tmp_path / "weights", folds=1)),
+                 "--config", str(tmp_path / "inference.json"), "--device", "cpu"]) == 0
+    name = study_name(written.study_uid)
+    mask = sitk.ReadImage(str(tmp_path / "out/images/automated-petct-lesion-segmentation"
+                              / f"{name}.mha"))
+    assert mask.GetSize() == pet.GetSize()
+    seg = tmp_path / "out" / "dicom-seg" / f"{name}.dcm"
+    assert dciodvfy_errors(seg) == []
+    assert pydicom.dcmread(seg).PatientBirthDate in ("", None)

@@ -39,6 +39,11 @@ CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 F18_HALF_LIFE_S: float = 6586.2
 CT_INTERCEPT: float = -1024.0
+ANONYMISER_REMOVES: tuple[str, ...] = (
+    "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+    "ReferringPhysicianName", "StudyID")
+"""What anonymisers delete besides names and IDs (`StudyTags.removed` of an anonymised
+study); all type 2 in the DICOM SEG."""
 AC_CORRECTIONS: tuple[str, ...] = ("DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM")
 """CorrectedImage (0028,0051) of an attenuation-corrected PET series."""
 
