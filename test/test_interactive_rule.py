@@ -99,6 +99,18 @@ def test_background_click_removes_its_component_only() -> None:
     np.testing.assert_array_equal(unchanged, mask)
 
 
+def test_background_click_removes_a_component_far_beyond_its_first_box() -> None:
+    """A winding component 120 mm long, touching the image border: all of it goes."""
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3, 5, :] = 1  # along x, border to border
+    mask[3:28, 5, 59] = 1  # then along z at the far end
+    mask[27, 5:45, 59] = 1  # then along y
+    mask[10, 30, 10] = 1  # another component
+    out = apply_click_rule(mask, np.ones(SHAPE, np.float32), Clicks(background=((0, 5, 3),)),
+                           SPACING_XYZ)
+    assert out.sum() == 1 and out[10, 30, 10] == 1
+
+
 def test_tumour_and_background_click_in_one_component_are_both_honoured() -> None:
     bar = np.zeros(SHAPE, bool)
     bar[10, 20, 5:45] = True  # 40 voxels along x, 2 mm each
