@@ -76,7 +76,7 @@ def test_click_file_gives_points_in_itk_order(tmp_path) -> None:
     path = write_clicks(tmp_path / "lesion-clicks.json", [
         {"point": [19, 3, 11], "name": "tumor"},
         {"point": [0, 15, 2], "name": "background"},
-        {"point": [5, 6, 7], "name": "tumor"},
+        {"point": [5.0, 6, 7.0], "name": "tumor"},
     ])
     clicks = read_click_file(path, PET)
     assert clicks == Clicks(tumour=((19, 3, 11), (5, 6, 7)), background=((0, 15, 2),))
@@ -100,8 +100,8 @@ def test_point_outside_the_image_is_a_warning_and_ignored(tmp_path, caplog) -> N
 
 
 @pytest.mark.parametrize(("point", "shown"), [
-    ([1, 2], "[1, 2]"), ([1, 2, 3.5], "[1, 2, 3.5]"), (["1", 2, 3], '["1", 2, 3]'),
-    ([1, True, 3], "[1, true, 3]"), (None, "null"),
+    ([1, 2], "[1, 2]"), ([1, float("nan"), 3], "[1, NaN, 3]"), ([1, 2, 3.5], "[1, 2, 3.5]"),
+    (["1", 2, 3], '["1", 2, 3]'), ([1, True, 3], "[1, true, 3]"), (None, "null"),
 ])
 def test_point_not_three_integers_names_file_and_point(tmp_path, point, shown) -> None:
     path = write_clicks(tmp_path / "c.json", [{"point": [1, 1, 1], "name": "tumor"},
