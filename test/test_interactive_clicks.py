@@ -199,3 +199,21 @@ def test_clicks_on_the_same_grid_are_the_indices_reversed() -> None:
                                          geometry)
     np.testing.assert_allclose(tumour, [[11, 3, 19]], atol=1e-9)
     np.testing.assert_allclose(background, [[2, 15, 0]], atol=1e-9)
+
+
+def test_a_click_costs_its_box_not_the_volume(monkeypatch) -> None:
+    """Each click's Gaussian is evaluated in the 18 mm box around it only."""
+    from petseg.interactive import maps
+
+    sizes: list[int] = []
+    exp = np.exp
+
+    def recording_exp(values, *args, **kwargs):
+        sizes.append(np.size(values))
+        return exp(values, *args, **kwargs)
+
+    monkeypatch.setattr(maps.np, "exp", recording_exp)
+    points = np.array([[20.0, 30.0, 40.0], [60.0, 60.0, 60.0]])
+    result = render_click_maps(points, points[:1], (100, 120, 140), (2.0, 2.0, 2.0))
+    assert len(sizes) == 3 and max(sizes) <= 19 ** 3  # 2 * 9 + 1 voxels of 2 mm per axis
+    assert result[0, 20, 30, 40] == 1 and result[0, 60, 60, 60] == 1

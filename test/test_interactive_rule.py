@@ -188,3 +188,24 @@ def test_predictor_applies_the_rule_for_automatic_weights() -> None:
     added = predictor(Constant(0.01)).predict(pet, ct, clicks=Clicks(tumour=(xyz(peak),)))
     region = cc3d.connected_components(suv >= TUMOUR_FRACTION * suv[peak], connectivity=18)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(added.mask), region == region[peak])
+
+
+def test_background_click_labels_a_box_around_a_small_component(monkeypatch) -> None:
+    """A small component in a large image: labelled in the box around the click only."""
+    from petseg.interactive import rule
+
+    shapes: list[tuple[int, ...]] = []
+    label = rule.cc3d.connected_components
+
+    def recording(volume, *args, **kwargs):
+        shapes.append(volume.shape)
+        return label(volume, *args, **kwargs)
+
+    monkeypatch.setattr(rule.cc3d, "connected_components", recording)
+    mask = np.zeros((200, 200, 200), np.uint8)
+    mask[100:104, 100:104, 100:104] = 1
+    mask[10, 10, 10] = 1
+    out = apply_click_rule(mask, np.ones(mask.shape, np.float32),
+                           Clicks(background=((101, 101, 101),)), (2.0, 2.0, 2.0))
+    assert out.sum() == 1 and out[10, 10, 10] == 1
+    assert shapes == [(33, 33, 33)]  # 32 mm = 16 voxels of 2 mm either side
