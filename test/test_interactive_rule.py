@@ -142,8 +142,9 @@ class TumourMapNetwork(torch.nn.Module):
         return torch.cat([torch.zeros_like(x[:, :1]), 20.0 * (x[:, 2:3] - 0.5)], dim=1)
 
 
-def predictor(network: torch.nn.Module, model: ModelConfig = TINY) -> Predictor:
-    config = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), mode="fast"))
+def predictor(network: torch.nn.Module, model: ModelConfig = TINY, tta: int = 1) -> Predictor:
+    config = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), mode="fast",
+                                                      tta=tta))
     return Predictor([network], model, config, device="cpu")
 
 
@@ -168,6 +169,10 @@ def test_click_aware_network_gets_the_click_maps_at_the_clicked_place() -> None:
     assert abs(volume_ml - 4 / 3 * np.pi * radius_cm ** 3) < 0.25 * 4 / 3 * np.pi * radius_cm ** 3
     unclicked = predictor(network, CLICK_MODEL).predict(pet, ct)
     assert not sitk.GetArrayFromImage(unclicked.mask).any()
+    # flipped passes flip the click maps with the images: the same mask
+    flipped = predictor(network, CLICK_MODEL, tta=8).predict(pet, ct,
+                                                             clicks=Clicks(tumour=(click,)))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(flipped.mask), mask)
 
 
 def test_predictor_applies_the_rule_for_automatic_weights() -> None:
