@@ -5,6 +5,7 @@
 
 Outputs (grand-challenge contract, evalutils-compatible `results.json`):
     OUTPUT/images/automated-petct-lesion-segmentation/<name>.mha   uint8 0/1, PET grid
+    OUTPUT/images/tumor-lesion-segmentation/<name>.mha   instead, for a case with a click file
     OUTPUT/results.json   one entry per case: inputs, outputs, error_messages (and
                           `implausible`: why the lesion volume is one no patient has)
     OUTPUT/dicom-seg/<name>.dcm   DICOM input only: the mask as a DICOM SEG (`dicom_seg`)
@@ -24,6 +25,7 @@ import SimpleITK as sitk
 
 from petseg.errors import PetsegError
 from petseg.inference.predictor import Prediction, Predictor
+from petseg.interactive.clicks import read_click_file
 from petseg.io.cases import Case, CaseFiles, CaseList, read_case
 from petseg.io.images import write_image, write_json
 from petseg.io.plausibility import implausible_result
@@ -32,6 +34,7 @@ from petseg.progress import CaseProgress
 log = logging.getLogger(__name__)
 
 MASK_FOLDER = ("images", "automated-petct-lesion-segmentation")
+INTERACTIVE_MASK_FOLDER = ("images", "tumor-lesion-segmentation")
 PROBABILITY_FOLDER = ("probabilities",)
 RESULTS_NAME = "results.json"
 
@@ -51,6 +54,11 @@ def _entry(files: CaseFiles, output: Path | None, error: str | None,
         "lesion_volume_ml": lesion_ml,
         **dicom,
     }
+
+
+def mask_folder(files: CaseFiles) -> tuple[str, ...]:
+    """Where a case's mask goes: the interactive slug with a click file, else the 2023 one."""
+    return INTERACTIVE_MASK_FOLDER if files.clicks is not None else MASK_FOLDER
 
 
 def _extras(files: CaseFiles, pet: sitk.Image, prediction: Prediction,
@@ -79,20 +87,21 @@ INTERRUPTED = "not completed: the run was interrupted"
 """The error recorded for a case an interrupted run did not finish."""
 
 
-def case_outputs(output_dir: Path, name: str) -> list[Path]:
-    """The files a run writes for case `name` under `output_dir` (mask, probability,
-    DICOM SEG)."""
+def case_outputs(output_dir: Path, name: str) -> dict[str, Path]:
+    """The files a run may write for case `name` under `output_dir`, by kind: "mask" (2023
+    slug), "interactive_mask" (the slug of a case with clicks), "probability", "dicom_seg"."""
     from petseg.io.dicom_seg import SEG_FOLDER
 
-    return [output_dir.joinpath(*MASK_FOLDER, f"{name}.mha"),
-            output_dir.joinpath(*PROBABILITY_FOLDER, f"{name}.mha"),
-            output_dir.joinpath(*SEG_FOLDER, f"{name}.dcm")]
+    return {"mask": output_dir.joinpath(*MASK_FOLDER, f"{name}.mha"),
+            "interactive_mask": output_dir.joinpath(*INTERACTIVE_MASK_FOLDER, f"{name}.mha"),
+            "probability": output_dir.joinpath(*PROBABILITY_FOLDER, f"{name}.mha"),
+            "dicom_seg": output_dir.joinpath(*SEG_FOLDER, f"{name}.dcm")}
 
 
 def remove_outputs(output_dir: Path, name: str, extras_dir: str | Path | None = None) -> None:
     """Remove case `name`'s outputs left by an earlier run (and its extras in
     `extras_dir`), so none outlives a failure."""
-    paths = case_outputs(output_dir, name)
+    paths = list(case_outputs(output_dir, name).values())
     if extras_dir is not None:
         from petseg.clinical.report import extras_paths
 
@@ -156,12 +165,14 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     progress.stage("reading the DICOM study's PET and CT series" if files.dicom is not None
                    else f"reading {files.pet} and {files.ct}")
     case = reading.result()
+    clicks = read_click_file(files.clicks, case.pet) if files.clicks is not None else None
     prediction = predictor.predict(
         case.pet, case.ct, probability=save_probability,
         fold_probabilities=extras_dir is not None and len(predictor.networks) > 1,
-        progress=progress)
+        progress=progress, clicks=clicks)
     progress.stage("writing the mask")
-    target = write_image(prediction.mask, output_dir.joinpath(*MASK_FOLDER, f"{files.name}.mha"))
+    target = write_image(prediction.mask,
+                         output_dir.joinpath(*mask_folder(files), f"{files.name}.mha"))
     lesion_ml = float(sitk.GetArrayViewFromImage(prediction.mask).sum()
                       * np.prod(prediction.mask.GetSpacing()) / 1000.0)
     seconds = time.perf_counter() - start
@@ -173,14 +184,16 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
         entry["implausible"] = implausible
     stale = case_outputs(output_dir, files.name)
     if files.dicom is not None and dicom_seg:
-        seg = _optional(entry, files.name, "DICOM SEG", stale[2], lambda: _dicom_seg_output(
+        seg = _optional(entry, files.name, "DICOM SEG", stale["dicom_seg"], lambda: _dicom_seg_output(
             files, prediction, predictor, output_dir, seg_uid_seed))
         if seg is not None:
             entry["outputs"].append(seg)
     if prediction.probability is not None:
         probability = prediction.probability
-        _optional(entry, files.name, "probability map", stale[1], lambda: write_image(
+        _optional(entry, files.name, "probability map", stale["probability"], lambda: write_image(
             probability, output_dir.joinpath(*PROBABILITY_FOLDER, f"{files.name}.mha")))
+    if clicks is not None:  # the points used: those inside the PET image
+        entry["clicks"] = {"file": str(files.clicks), **clicks.counts()}
     if extras_dir is not None:
         entry.update(_extras(files, case.pet, prediction, Path(extras_dir)))
         if "extras_error" in entry:

@@ -24,14 +24,15 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.config import PreprocessingConfig
+from petseg.config import CLICK_CHANNELS, IMAGE_CHANNELS, PreprocessingConfig
 from petseg.errors import PetsegError
 from petseg.io.geometry import CropBox, Geometry, isotropic_grid, resample, same_grid
 
 log = logging.getLogger(__name__)
 
-CHANNELS: tuple[str, ...] = ("pet", "ct")
-"""Channel names `PreprocessingConfig.channel_order` may use."""
+CHANNELS: tuple[str, ...] = IMAGE_CHANNELS
+"""Image channel names `PreprocessingConfig.channel_order` may use (besides `CLICK_CHANNELS`,
+which are not images: the click maps are appended later, see `petseg.interactive.maps`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ class PreparedCase:
 
     Attributes:
         image: float32 `[C, D, H, W]` (`[C, z, y, x]` of `grid`), channels in
-            `config.channel_order`: PET in SUV, CT scaled to [0, 1].
+            `config.image_channels` order: PET in SUV, CT scaled to [0, 1] (no click maps).
         label: uint8 `[D, H, W]` 0/1 lesion mask on `grid`, or None.
         pet_geometry: the original PET grid (output masks go there).
         crop_box: the body's box on the PET grid, (x, y, z) voxel index and size.
@@ -165,10 +166,11 @@ def preprocess_case(
     Returns:
         `PreparedCase` with `image` float32 `[C, D, H, W]` and `label` uint8 `[D, H, W]`.
     """
-    unknown = [name for name in config.channel_order if name not in CHANNELS]
+    unknown = [name for name in config.channel_order if name not in CHANNELS + CLICK_CHANNELS]
     if unknown:
         raise PetsegError(
-            f"channel_order {config.channel_order}: unknown channel(s) {unknown}; use {CHANNELS}"
+            f"channel_order {config.channel_order}: unknown channel(s) {unknown}; use "
+            f"{CHANNELS + CLICK_CHANNELS}"
         )
     pet_geometry = Geometry.of(pet)
     ct_pet = ct_on_pet_grid(ct, pet_geometry, config.ct_fill_hu)
@@ -187,7 +189,7 @@ def preprocess_case(
         "ct": resample(ct_scaled, grid, sitk.sitkLinear, fill_scaled),
     }
     image = np.stack(
-        [sitk.GetArrayFromImage(channels[name]) for name in config.channel_order]
+        [sitk.GetArrayFromImage(channels[name]) for name in config.image_channels]
     ).astype(np.float32, copy=False)
 
     label = None
