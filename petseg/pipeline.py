@@ -184,8 +184,9 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
         entry["implausible"] = implausible
     stale = case_outputs(output_dir, files.name)
     if files.dicom is not None and dicom_seg:
-        seg = _optional(entry, files.name, "DICOM SEG", stale["dicom_seg"], lambda: _dicom_seg_output(
-            files, prediction, predictor, output_dir, seg_uid_seed))
+        seg = _optional(entry, files.name, "DICOM SEG", stale["dicom_seg"],
+                        lambda: _dicom_seg_output(files, prediction, predictor, output_dir,
+                                                  seg_uid_seed))
         if seg is not None:
             entry["outputs"].append(seg)
     if prediction.probability is not None:
