@@ -79,7 +79,14 @@ def test_click_file_in_the_case_folder_makes_an_interactive_case(tmp_path, weigh
     interactive = tmp_path / "interactive"
     assert container_interactive.main(["write", str(inp), str(automatic_out),
                                        str(interactive)]) == 0
-    (interactive / "inputs.json").write_text("[]")  # the platform's other JSON: never read
+    # the platform's own JSON, listing the slots: never taken for the click file
+    (interactive / "inputs.json").write_text(json.dumps([
+        {"socket": {"slug": slug, "kind": kind, "super_kind": super_kind,
+                    "relative_path": path}}
+        for slug, kind, super_kind, path in (
+            ("positron-emission-tomography-pet", "Image", "Image", "images/pet"),
+            ("computed-tomography-ct", "Image", "Image", "images/ct"),
+            ("lesion-clicks", "Anything", "File", "lesion-clicks.json"))]))
     out = tmp_path / "output"
     assert predict(interactive, out, weights, config) == 0
     assert files_under(out) == [str(INTERACTIVE / PET_NAME), "results.json"]

@@ -237,7 +237,7 @@ def _find_cases(root: Path, weight_kg: float | None) -> CaseList:
             if not image_files(folder):
                 raise PetsegError(f"{folder}: no image (.mha, .nii.gz, .nrrd) in this slot of "
                                   f"{root / 'inputs.json'}; put the slot's image there")
-        cases = _pair(root, *map(image_files, folders))
+        cases = _with_clicks(root, _pair(root, *map(image_files, folders)))
         return CaseList(cases, single=len(cases) == 1)
     if _challenge_layout(root):
         cases = _pair(root, image_files(root.joinpath(*GC_PET)), image_files(root.joinpath(*GC_CT)))
