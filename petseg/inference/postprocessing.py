@@ -27,7 +27,7 @@ def probability_on_pet_grid(
     """
     image = grid.image_from_array(np.ascontiguousarray(probability, dtype=np.float32))
     cropped = resample(image, crop_box.geometry(pet_geometry), sitk.sitkLinear, 0.0)
-    return uncrop(sitk.GetArrayFromImage(cropped), crop_box, pet_geometry, fill=0.0)
+    return uncrop(sitk.GetArrayViewFromImage(cropped), crop_box, pet_geometry, fill=0.0)
 
 
 def threshold_mask(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from petseg.errors import PetsegError
 from petseg.io.geometry import Geometry
-from petseg.io.images import image_stem, image_suffix, read_image
+from petseg.io.images import image_stem, image_suffix, read_images
 
 if TYPE_CHECKING:
     from petseg.io.dicom_study import DicomStudy
@@ -393,8 +393,10 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
         raise PetsegError(f"case {files.name}: PET or CT file missing; {LAYOUTS_HELP}")
     else:
         pet_path, ct_path = files.pet, files.ct
-        pet_raw, ct_raw = read_image(pet_path), read_image(ct_path)
-    pet = clean_non_finite(sitk.Cast(pet_raw, sitk.sitkFloat32), pet_path, 0.0)
+        pet_raw, ct_raw = read_images(pet_path, ct_path)
+    pet = pet_raw if pet_raw.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(pet_raw,
+                                                                          sitk.sitkFloat32)
+    pet = clean_non_finite(pet, pet_path, 0.0)
     ct = clean_non_finite(ct_raw, ct_path, ct_fill_hu)
     check_units(pet, ct, pet_path, ct_path, pet_raw.GetPixelIDTypeAsString())
     check_overlap(pet, ct, pet_path, ct_path)

@@ -59,6 +59,17 @@ class Geometry:
         """A SimpleITK image with this geometry from a `[z, y, x]` numpy array."""
         return self.apply(sitk.GetImageFromArray(array_zyx))
 
+    def every(self, step: tuple[int, int, int]) -> Geometry:
+        """The grid of every `step`-th voxel (x, y, z), from voxel 0 on: same origin and
+        direction, spacing times `step`, `ceil(size / step)` voxels. Its voxel `i` is this
+        grid's voxel `i * step` (the same physical point)."""
+        return Geometry(
+            size=tuple(-(-int(n) // int(s)) for n, s in zip(self.size, step, strict=True)),
+            spacing=tuple(float(v) * int(s) for v, s in zip(self.spacing, step, strict=True)),
+            origin=self.origin,
+            direction=self.direction,
+        )
+
     def reference_image(self, pixel_type: int = sitk.sitkUInt8) -> sitk.Image:
         """An empty image on this grid, for use as a resampling reference."""
         image = sitk.Image([int(s) for s in self.size], pixel_type)
@@ -147,6 +158,18 @@ class CropBox:
             slice(self.index[axis], self.index[axis] + self.size[axis]) for axis in (2, 1, 0)
         )
 
+    @classmethod
+    def between(cls, first_zyx: np.ndarray, end_zyx: np.ndarray) -> CropBox:
+        """The box from voxel `first_zyx` up to (not including) `end_zyx`, both `[z, y, x]`."""
+        return cls(index=tuple(int(v) for v in first_zyx[::-1]),
+                   size=tuple(int(e - f) for f, e in zip(first_zyx[::-1], end_zyx[::-1],
+                                                         strict=True)))
+
+    def contains(self, other: CropBox) -> bool:
+        """True when `other` lies inside this box (both on the same parent grid)."""
+        return all(a <= b and b + m <= a + n for a, n, b, m in
+                   zip(self.index, self.size, other.index, other.size, strict=True))
+
     def geometry(self, parent: Geometry) -> Geometry:
         """The grid of the cropped region (same spacing and direction as `parent`)."""
         direction = np.asarray(parent.direction, float).reshape(3, 3)
@@ -164,7 +187,9 @@ def uncrop(array_zyx: np.ndarray, box: CropBox, parent: Geometry, fill: float = 
     expected = tuple(reversed(box.size))
     if array_zyx.shape != expected:
         raise ValueError(f"array shape {array_zyx.shape} != crop box shape {expected}")
-    out = np.full(tuple(reversed(parent.size)), fill, dtype=array_zyx.dtype)
+    shape = tuple(reversed(parent.size))
+    # zeros come from calloc: pages outside the box are never written, reading them is free
+    out = np.zeros(shape, array_zyx.dtype) if fill == 0 else np.full(shape, fill, array_zyx.dtype)
     out[box.slices_zyx] = array_zyx
     return out
 
