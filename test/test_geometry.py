@@ -127,3 +127,20 @@ def test_same_grid_tolerates_rounding_only() -> None:
                                      a.direction))
     assert not same_grid(a, Geometry(a.size, a.spacing, a.origin, IDENTITY_DIRECTION))
     assert not same_grid(a, Geometry((30, 26, 21), a.spacing, a.origin, a.direction))
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_every_nth_voxel_grid_holds_the_same_physical_points(name: str) -> None:
+    parent = _geometry(DIRECTIONS[name])
+    coarse = parent.every((3, 2, 4))
+    assert coarse.size == (10, 13, 6)  # ceil(30 / 3), ceil(26 / 2), ceil(22 / 4)
+    assert coarse.spacing == (3 * PET_SPACING[0], 2 * PET_SPACING[1], 4 * PET_SPACING[2])
+    np.testing.assert_allclose(grid_points(coarse), grid_points(parent)[::4, ::2, ::3],
+                               rtol=0, atol=1e-9)
+    assert parent.every((1, 1, 1)) == parent
+
+
+def test_crop_box_between_two_voxels() -> None:
+    box = CropBox.between(np.array([2, 5, 3]), np.array([9, 17, 13]))  # [z, y, x], end excluded
+    assert box == CropBox(index=(3, 5, 2), size=(10, 12, 7))
+    assert box.slices_zyx == (slice(2, 9), slice(5, 17), slice(3, 13))

@@ -165,11 +165,6 @@ class CropBox:
                    size=tuple(int(e - f) for f, e in zip(first_zyx[::-1], end_zyx[::-1],
                                                          strict=True)))
 
-    def contains(self, other: CropBox) -> bool:
-        """True when `other` lies inside this box (both on the same parent grid)."""
-        return all(a <= b and b + m <= a + n for a, n, b, m in
-                   zip(self.index, self.size, other.index, other.size, strict=True))
-
     def geometry(self, parent: Geometry) -> Geometry:
         """The grid of the cropped region (same spacing and direction as `parent`)."""
         direction = np.asarray(parent.direction, float).reshape(3, 3)
