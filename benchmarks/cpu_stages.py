@@ -103,11 +103,18 @@ def previous_crop_to_grid(pet: sitk.Image, ct_pet: sitk.Image, box: CropBox,
                         grid=grid)
 
 
+def previous_body(pet: sitk.Image, ct: sitk.Image,
+                  config: PreprocessingConfig) -> tuple[sitk.Image, CropBox]:
+    """The CT on the whole PET grid, then the body box on the whole grid."""
+    ct_pet = previous_ct_on_pet_grid(pet, ct, config)
+    return ct_pet, previous_body_box(pet, ct_pet, config)
+
+
 def previous_preprocess_case(pet: sitk.Image, ct: sitk.Image,
                              config: PreprocessingConfig) -> PreparedCase:
     """`preprocess_case` as it was: CT onto the whole PET grid, body box on the whole grid."""
-    ct_pet = previous_ct_on_pet_grid(pet, ct, config)
-    return previous_crop_to_grid(pet, ct_pet, previous_body_box(pet, ct_pet, config), config)
+    ct_pet, box = previous_body(pet, ct, config)
+    return previous_crop_to_grid(pet, ct_pet, box, config)
 
 
 def previous_probability_on_pet_grid(probability: np.ndarray, grid: Geometry, box: CropBox,
@@ -141,9 +148,8 @@ def stages(files: CaseFiles, config: PreprocessingConfig) -> list[tuple[str, Any
     back = (probability, prepared.grid, box, geometry)
     return [
         ("read PET + CT", lambda: previous_read_case(files), lambda: read_case(files)),
-        ("CT onto the PET grid", lambda: previous_ct_on_pet_grid(pet, ct, config), None),
-        ("body mask + crop box (current: with the CT where needed)",
-         lambda: previous_body_box(pet, ct_pet, config),
+        ("CT onto the PET grid + body mask and crop box",
+         lambda: previous_body(pet, ct, config),
          lambda: locate_body(CtOnPetGrid(ct, geometry, config.ct_fill_hu), config)),
         ("crop to 2 mm", lambda: previous_crop_to_grid(pet, ct_pet, box, config),
          lambda: crop_to_grid(pet, box, ct_hu, config)),
@@ -152,9 +158,7 @@ def stages(files: CaseFiles, config: PreprocessingConfig) -> list[tuple[str, Any
     ]
 
 
-def seconds(run: Callable[[], Any] | None) -> float:
-    if run is None:
-        return float("nan")
+def seconds(run: Callable[[], Any]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
@@ -168,15 +172,13 @@ def race(table: list[tuple[str, Any, Any]], repeat: int) -> list[list[object]]:
             order = ((0, previous), (1, current))
             for side, run in order if index % 2 == 0 else order[::-1]:
                 times[name][side].append(seconds(run))
-    rows, totals = [], [0.0, 0.0]
+    rows, totals = [], np.zeros(2)
     for name, (before, after) in times.items():
-        medians = [float(np.median(before)), float(np.median(after))]
-        for side, value in enumerate(medians):
-            totals[side] += 0.0 if np.isnan(value) else value
-        rows.append([name, *(f"{v:.2f}" if not np.isnan(v) else "(in the next row)"
-                              for v in medians),
-                     f"{medians[0] / medians[1]:.2f}" if not np.isnan(medians[1]) else ""])
-    rows.append(["**all five**", f"**{totals[0]:.2f}**", f"**{totals[1]:.2f}**",
+        medians = np.array([np.median(before), np.median(after)])
+        totals += medians
+        rows.append([name, f"{medians[0]:.2f}", f"{medians[1]:.2f}",
+                     f"{medians[0] / medians[1]:.2f}"])
+    rows.append(["**all**", f"**{totals[0]:.2f}**", f"**{totals[1]:.2f}**",
                  f"**{totals[0] / totals[1]:.2f}**"])
     return rows
 
