@@ -13,9 +13,10 @@ network always sees bodies the same way round whatever direction matrix the inpu
 carries (MONAI's `Orientationd("RAS")` in the authors' pipeline has the same purpose).
 
 Speed: the CT is put on the PET grid only where it is needed (`CtOnPetGrid`): the body is
-located on every 2nd voxel along x and y, its box found exactly on the full grid around
-it (`locate_body`), and only that box is resampled. The crop box, and so everything
-after it, is the one the whole-grid search (`body_box`) gives.
+located on a grid of about 8 mm, its box found exactly on the full grid around it
+(`locate_body`), and only that region is resampled; the crop box is the one the
+whole-grid search (`body_box`) gives. The crop goes to the isotropic grid one axis at a
+time (`resample_parallel`).
 """
 
 from __future__ import annotations
