@@ -394,8 +394,8 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     else:
         pet_path, ct_path = files.pet, files.ct
         pet_raw, ct_raw = read_images(pet_path, ct_path)
-    pet = pet_raw if pet_raw.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(pet_raw,
-                                                                          sitk.sitkFloat32)
+    pet = (pet_raw if pet_raw.GetPixelID() == sitk.sitkFloat32  # as read: no copy
+           else sitk.Cast(pet_raw, sitk.sitkFloat32))
     pet = clean_non_finite(pet, pet_path, 0.0)
     ct = clean_non_finite(ct_raw, ct_path, ct_fill_hu)
     check_units(pet, ct, pet_path, ct_path, pet_raw.GetPixelIDTypeAsString())
