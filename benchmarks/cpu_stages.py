@@ -5,7 +5,8 @@ back to the PET grid: each stage run the previous way (kept here, callable) and 
 current way (`petseg`), interleaved in one run (the order alternating between repeats),
 `--repeat` times; the table gives the median seconds of each and the ratio. Then the two
 paths' results are compared: crop box, network input, and the mask on the PET grid from a
-probability made of each path's own input (the same function of the PET channel).
+probability made of each path's own input (the same function of the PET channel, or with
+`--weights` a trained ensemble's).
 
 The case is a full-size synthetic whole body (`petseg.phantom.generate_case(seed, "full")`:
 PET 400 x 400 x ~322 at 2.0364 x 2.0364 x 3 mm, LAS; CT 512 x 512 on its own finer grid,
@@ -13,7 +14,7 @@ or with `--ct-grid pet` already on the PET grid, as autoPET's CTres) in the gran
 layout.
 
     python benchmarks/cpu_stages.py [--repeat 5] [--seed 3] [--ct-grid native|pet]
-                                    [--sitk-threads N] [--workdir DIR]
+                                    [--sitk-threads N] [--workdir DIR] [--weights DIR]
 """
 
 from __future__ import annotations
@@ -183,8 +184,30 @@ def race(table: list[tuple[str, Any, Any]], repeat: int) -> list[list[object]]:
     return rows
 
 
-def agreement(files: CaseFiles, config: PreprocessingConfig) -> list[list[object]]:
-    """The two paths from the files to the mask on the PET grid, compared."""
+def ensemble_probability(weights: Path) -> tuple[Callable[[PreparedCase], np.ndarray],
+                                                 PreprocessingConfig, float]:
+    """(probability of a prepared case, preprocessing, threshold) of a trained ensemble
+    (checkpoints + `manifest.json`) on the CPU, fast mode."""
+    from petseg.config import InferenceConfig
+    from petseg.inference.predictor import Predictor
+    from petseg.preprocessing import body_mask_for_windows
+
+    predictor = Predictor.from_weights_dir(weights, InferenceConfig(mode="fast"), device="cpu")
+    config = predictor.model_config.preprocessing
+
+    def probability(case: PreparedCase) -> np.ndarray:
+        body = body_mask_for_windows(case.image, config)
+        return predictor.probability(case.image, body_mask=body).probability.numpy()
+
+    return probability, config, predictor.threshold
+
+
+def agreement(files: CaseFiles, config: PreprocessingConfig,
+              probability_of: Callable[[PreparedCase], np.ndarray] | None = None,
+              threshold: float = 0.5) -> list[list[object]]:
+    """The two paths from the files to the mask on the PET grid, compared; the probability
+    from `probability_of` (default: `lesion_probability`)."""
+    probability_of = probability_of or (lambda case: lesion_probability(case, config))
     before = previous_read_case(files)
     after = read_case(files)
     old = previous_preprocess_case(before.pet, before.ct, config)
@@ -192,9 +215,8 @@ def agreement(files: CaseFiles, config: PreprocessingConfig) -> list[list[object
     masks = []
     for case, back in ((old, previous_probability_on_pet_grid),
                        (new, probability_on_pet_grid)):
-        probability = back(lesion_probability(case, config), case.grid, case.crop_box,
-                           case.pet_geometry)
-        masks.append(threshold_mask(probability))
+        probability = back(probability_of(case), case.grid, case.crop_box, case.pet_geometry)
+        masks.append(threshold_mask(probability, threshold))
     differ = np.abs(old.image - new.image)
     return [
         ["PET read: voxels differing", int(np.count_nonzero(
@@ -222,10 +244,15 @@ def main() -> None:
                         help="SimpleITK's global thread count (default: its own, the cores)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the case files go (default: a temporary folder)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="a trained ensemble (e.g. weights/) for the masks compared, "
+                             "instead of the stand-in probability")
     args = parser.parse_args()
     if args.sitk_threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.sitk_threads)
-    config = PreprocessingConfig()
+    config, probability_of, threshold = PreprocessingConfig(), None, 0.5
+    if args.weights:
+        probability_of, config, threshold = ensemble_probability(args.weights)
     with contextlib.ExitStack() as stack:
         work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         folder = work / f"seed{args.seed}-{args.ct_grid}"
@@ -243,7 +270,8 @@ def main() -> None:
         print_table(["stage", "previous s", "current s", "previous / current"],
                     race(stages(files, config), args.repeat))
         print()
-        print_table(["check (previous vs current)", "value"], agreement(files, config))
+        print_table(["check (previous vs current)", "value"],
+                    agreement(files, config, probability_of, threshold))
 
 
 if __name__ == "__main__":
