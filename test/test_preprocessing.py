@@ -7,7 +7,14 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from inference_synthetic import TABLE_GAP_MM, finer_ct_geometry, grid_points, image_on, make_case
+from inference_synthetic import (
+    TABLE_GAP_MM,
+    finer_ct_geometry,
+    grid_points,
+    image_on,
+    make_case,
+    oblique_direction,
+)
 
 from benchmarks.cpu_stages import (
     lesion_probability,
@@ -18,7 +25,7 @@ from petseg.config import PreprocessingConfig
 from petseg.errors import PetsegError
 from petseg.evaluation.metrics import dice
 from petseg.inference.postprocessing import probability_on_pet_grid
-from petseg.io.geometry import CropBox, Geometry
+from petseg.io.geometry import LAS_DIRECTION, CropBox, Geometry
 from petseg.phantom import generate_case
 from petseg.preprocessing import (
     CtOnPetGrid,
@@ -154,8 +161,9 @@ def test_no_body_keeps_the_whole_image_with_a_warning(caplog) -> None:
     assert "no body found" in caplog.text
 
 
-WHOLE_BODY_SIZE = (120, 110, 70)
-"""A PET grid (x, y, z) of 244 x 224 x 210 mm around the phantom, at autoPET's voxel size."""
+WHOLE_BODY_SIZE = (90, 80, 50)
+"""A PET grid (x, y, z) of 183 x 163 x 150 mm around the phantom (body 76 x 56 x 100 mm,
+table below), at autoPET's voxel size."""
 
 
 def _whole_grid_body(pet: sitk.Image, ct: sitk.Image) -> tuple[CropBox, np.ndarray]:
@@ -167,11 +175,12 @@ def _whole_grid_body(pet: sitk.Image, ct: sitk.Image) -> tuple[CropBox, np.ndarr
     return mask_box(body, Geometry.of(pet).spacing, CONFIG.body_margin_mm), hu
 
 
-@pytest.mark.parametrize("ct_grid", ["pet", "finer"])
-def test_locate_body_gives_the_whole_grid_box_and_ct(ct_grid: str, caplog) -> None:
-    pet = make_case(size=WHOLE_BODY_SIZE)[0]
-    pet, ct, _, _ = make_case(size=WHOLE_BODY_SIZE, ct_geometry=None if ct_grid == "pet"
-                              else finer_ct_geometry(pet))
+@pytest.mark.parametrize(("ct_grid", "direction"), [
+    ("pet", LAS_DIRECTION), ("finer", LAS_DIRECTION), ("finer", oblique_direction())])
+def test_locate_body_gives_the_whole_grid_box_and_ct(ct_grid: str, direction, caplog) -> None:
+    pet = make_case(size=WHOLE_BODY_SIZE, direction=direction)[0]
+    pet, ct, _, _ = make_case(size=WHOLE_BODY_SIZE, direction=direction,
+                              ct_geometry=None if ct_grid == "pet" else finer_ct_geometry(pet))
     assert search_step(Geometry.of(pet).spacing) == (3, 3, 2)
     with caplog.at_level(logging.DEBUG, logger="petseg.preprocessing"):
         box, hu = locate_body(CtOnPetGrid(ct, Geometry.of(pet), CONFIG.ct_fill_hu), CONFIG)
