@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from petseg.errors import PetsegError
 from petseg.io.geometry import Geometry
-from petseg.io.images import image_stem, image_suffix, read_image
+from petseg.io.images import image_stem, image_suffix, read_images
 from petseg.io.interfaces import image_slot_folders, read_slots
 from petseg.io.plausibility import check_extent, check_value_ranges
 
@@ -441,10 +441,12 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
         raise PetsegError(f"case {files.name}: PET or CT file missing; {LAYOUTS_HELP}")
     else:
         pet_path, ct_path = files.pet, files.ct
-        pet_raw, ct_raw = read_image(pet_path), read_image(ct_path)
+        pet_raw, ct_raw = read_images(pet_path, ct_path)
     check_extent(pet_raw, pet_path, "PET")
     check_extent(ct_raw, ct_path, "CT", smallest=False)  # the PET's: `check_overlap`
-    pet = clean_non_finite(sitk.Cast(pet_raw, sitk.sitkFloat32), pet_path, 0.0)
+    pet = (pet_raw if pet_raw.GetPixelID() == sitk.sitkFloat32  # as read: no copy
+           else sitk.Cast(pet_raw, sitk.sitkFloat32))
+    pet = clean_non_finite(pet, pet_path, 0.0)
     ct = clean_non_finite(ct_raw, ct_path, ct_fill_hu)
     check_units(pet, ct, pet_path, ct_path, pet_raw.GetPixelIDTypeAsString())
     check_overlap(pet, ct, pet_path, ct_path)
