@@ -6,12 +6,13 @@ every click on any mask.
 """
 
 from petseg.interactive.clicks import CLICK_CHANNELS, Clicks, clicks_on_grid, read_click_file
-from petseg.interactive.maps import CLICK_RADIUS_MM, render_click_maps
+from petseg.interactive.maps import CLICK_RADIUS_MM, click_maps_on_grid, render_click_maps
 
 __all__ = [
     "CLICK_CHANNELS",
     "CLICK_RADIUS_MM",
     "Clicks",
+    "click_maps_on_grid",
     "clicks_on_grid",
     "read_click_file",
     "render_click_maps",

@@ -14,6 +14,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import SimpleITK as sitk
+
+from petseg.interactive.clicks import Clicks, clicks_on_grid
+from petseg.io.geometry import Geometry
 
 CLICK_RADIUS_MM = 18.0
 """Radius (mm) of a drawn click; the Gaussian's sigma is a third of it (6 mm)."""
@@ -61,3 +65,12 @@ def render_click_maps(tumour_zyx: np.ndarray, background_zyx: np.ndarray,
         for point in np.asarray(points, float).reshape(-1, 3):
             _draw_point(maps[channel], point, spacing, float(radius_mm))
     return maps
+
+
+def click_maps_on_grid(clicks: Clicks | None, pet: sitk.Image | Geometry, grid: Geometry,
+                       radius_mm: float = CLICK_RADIUS_MM) -> np.ndarray:
+    """The click maps float32 `[2, D, H, W]` of PET-index `clicks` on `grid` (e.g. the
+    network grid `PreparedCase.grid`; `[D, H, W]` = its `[z, y, x]`); zeros without clicks."""
+    tumour, background = clicks_on_grid(clicks or Clicks(), pet, grid)
+    return render_click_maps(tumour, background, tuple(reversed(grid.size)),
+                             tuple(reversed(grid.spacing)), radius_mm)
