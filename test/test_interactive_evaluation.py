@@ -150,3 +150,54 @@ def test_summary_leaves_cases_without_lesions_out_of_the_dsc() -> None:
     rows = {r["step"]: r for r in summarise(results)}
     assert rows[10]["dsc"] == pytest.approx(1.0)  # the negative case's NaN is left out
     assert rows[10]["cases"] == 2
+
+
+def write_cases(root: Path, names=("a", "b")) -> Path:
+    """Cases in the grand-challenge layout with `truth/` beside `images/` (CT soft tissue)."""
+    for name in names:
+        case = make_case(name)
+        for sub, array in (("images/pet", sitk.GetArrayFromImage(case.pet)),
+                           ("images/ct", np.zeros(SHAPE_ZYX, np.float32)),
+                           ("truth", case.truth.astype(np.uint8))):
+            (root / name / sub).mkdir(parents=True)
+            uid = f"{name}-ct" if sub == "images/ct" else f"{name}-pet"
+            sitk.WriteImage(image(array), str(root / name / sub / f"{uid}.mha"))
+    return root
+
+
+def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> None:
+    """Automatic weights: the command's one-network-pass-per-case path gives exactly the
+    masks of `Predictor.predict(..., clicks=...)` at every step."""
+    from random_weights import make_random_weights
+
+    from petseg.cli import main
+    from petseg.config import InferenceConfig
+    from petseg.inference.predictor import Predictor
+
+    weights = make_random_weights(tmp_path / "weights", folds=2)
+    cases = write_cases(tmp_path / "cases", names=("a",))
+    config = InferenceConfig(roi_size=(48, 48, 48), mode="fast")
+    (tmp_path / "inference.json").write_text(
+        '{"roi_size": [48, 48, 48], "mode": "fast"}')
+    assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "out"),
+                 "--weights", str(weights), "--device", "cpu", "--config",
+                 str(tmp_path / "inference.json"), "--protocol", "autopet_v"]) == 0
+    assert "| autopet_v | area under curve | 1 |" in capsys.readouterr().out
+    predictor = Predictor.from_weights_dir(weights, config, device="cpu")
+    direct = evaluate_interactive(
+        cases, lambda pet, ct, clicks: predictor.predict(pet, ct, clicks=clicks).mask,
+        tmp_path / "direct", protocols=("autopet_v",))
+    assert (tmp_path / "out" / "steps.csv").read_text() == \
+        (tmp_path / "direct" / "steps.csv").read_text()
+    assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+
+
+def test_cases_without_truth_are_refused(tmp_path: Path) -> None:
+    from petseg.errors import PetsegError
+
+    cases = write_cases(tmp_path / "cases", names=("a",))
+    truth = cases / "a" / "truth" / "a-pet.mha"
+    truth.unlink()
+    with pytest.raises(PetsegError, match=r"a-pet\.mha: no truth mask found"):
+        evaluate_interactive(cases, ClickHonouring(make_case().truth), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -48,7 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from petseg.evaluation.calibration import inference_config
     from petseg.inference.predictor import Predictor
     from petseg.interactive.clicks import Clicks
-    from petseg.interactive.evaluation import PROTOCOLS, evaluate_interactive, markdown_table
+    from petseg.interactive.evaluation import (
+        PROTOCOLS,
+        RuleOnAutomatic,
+        evaluate_interactive,
+        markdown_table,
+    )
 
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     weights = args.weights or find_weights_dir([Path.cwd() / "weights", REPOSITORY / "weights"])
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     def segment(pet: sitk.Image, ct: sitk.Image, clicks: Clicks | None) -> sitk.Image:
         return predictor.predict(pet, ct, clicks=clicks).mask
 
+    if not predictor.model_config.takes_clicks:  # the network ignores clicks: run it once
+        segment = RuleOnAutomatic(lambda pet, ct: predictor.predict(pet, ct).mask)
     summary = evaluate_interactive(args.data, segment, args.out,
                                    protocols=tuple(args.protocol or PROTOCOLS), seed=args.seed,
                                    shape=args.scribble_shape, label=str(weights))

@@ -80,6 +80,35 @@ class StepResult:
     fnv_ml: float
 
 
+class RuleOnAutomatic:
+    """A `Segmenter` for automatic weights: the network's mask once per case, then the click
+    rule (`petseg.interactive.rule.apply_click_rule`) per step. The same masks as
+    `Predictor.predict(..., clicks=...)`, whose network output does not depend on the clicks
+    when the weights take none, without rerunning the network at every step.
+
+    Args:
+        predict: (PET, CT) -> the automatic mask on the PET grid.
+    """
+
+    def __init__(self, predict: Callable[[sitk.Image, sitk.Image], sitk.Image]) -> None:
+        self.predict = predict
+        self._last: tuple[sitk.Image, sitk.Image] | None = None
+
+    def __call__(self, pet: sitk.Image, ct: sitk.Image, clicks: Clicks | None) -> sitk.Image:
+        from petseg.interactive.rule import apply_click_rule
+
+        if self._last is None or self._last[0] is not pet:
+            self._last = (pet, self.predict(pet, ct))
+        mask = self._last[1]
+        if not clicks:
+            return mask
+        corrected = sitk.GetImageFromArray(apply_click_rule(
+            sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(pet), clicks,
+            pet.GetSpacing()))
+        corrected.CopyInformation(mask)
+        return corrected
+
+
 def _score(case: EvaluationCase, protocol: str, step: int, clicks: Clicks,
            mask: sitk.Image) -> tuple[StepResult, np.ndarray]:
     predicted = sitk.GetArrayFromImage(mask) > 0
