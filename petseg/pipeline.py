@@ -5,6 +5,7 @@
 
 Outputs (grand-challenge contract, evalutils-compatible `results.json`):
     OUTPUT/images/automated-petct-lesion-segmentation/<name>.mha   uint8 0/1, PET grid
+    OUTPUT/images/tumor-lesion-segmentation/<name>.mha   instead, for a case with a click file
     OUTPUT/results.json   one entry per case: inputs, outputs, error_messages
     OUTPUT/dicom-seg/<name>.dcm   DICOM input only: the mask as a DICOM SEG (`dicom_seg`)
 """
@@ -22,6 +23,7 @@ import SimpleITK as sitk
 
 from petseg.errors import PetsegError
 from petseg.inference.predictor import Prediction, Predictor
+from petseg.interactive.clicks import read_click_file
 from petseg.io.cases import Case, CaseFiles, CaseList, read_case
 from petseg.io.images import write_image, write_json
 from petseg.progress import CaseProgress
@@ -29,6 +31,7 @@ from petseg.progress import CaseProgress
 log = logging.getLogger(__name__)
 
 MASK_FOLDER = ("images", "automated-petct-lesion-segmentation")
+INTERACTIVE_MASK_FOLDER = ("images", "tumor-lesion-segmentation")
 PROBABILITY_FOLDER = ("probabilities",)
 RESULTS_NAME = "results.json"
 
@@ -48,6 +51,11 @@ def _entry(files: CaseFiles, output: Path | None, error: str | None,
         "lesion_volume_ml": lesion_ml,
         **dicom,
     }
+
+
+def mask_folder(files: CaseFiles) -> tuple[str, ...]:
+    """Where a case's mask goes: the interactive slug with a click file, else the 2023 one."""
+    return INTERACTIVE_MASK_FOLDER if files.clicks is not None else MASK_FOLDER
 
 
 def _extras(files: CaseFiles, pet: sitk.Image, prediction: Prediction,
@@ -82,6 +90,7 @@ def case_outputs(output_dir: Path, name: str) -> list[Path]:
     from petseg.io.dicom_seg import SEG_FOLDER
 
     return [output_dir.joinpath(*MASK_FOLDER, f"{name}.mha"),
+            output_dir.joinpath(*INTERACTIVE_MASK_FOLDER, f"{name}.mha"),
             output_dir.joinpath(*PROBABILITY_FOLDER, f"{name}.mha"),
             output_dir.joinpath(*SEG_FOLDER, f"{name}.dcm")]
 
@@ -119,10 +128,11 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     progress.stage("reading the DICOM study's PET and CT series" if files.dicom is not None
                    else f"reading {files.pet} and {files.ct}")
     case = reading.result()
+    clicks = read_click_file(files.clicks, case.pet) if files.clicks is not None else None
     prediction = predictor.predict(
         case.pet, case.ct, probability=save_probability,
         fold_probabilities=extras_dir is not None and len(predictor.networks) > 1,
-        progress=progress)
+        progress=progress, clicks=clicks)
     seg = None
     if files.dicom is not None and dicom_seg:
         from petseg.io.dicom_seg import build_dicom_seg
@@ -131,7 +141,8 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
             "folds": ",".join(predictor.folds), "ensemble": predictor.config.ensemble,
             "threshold": f"{predictor.threshold:g}"})
     progress.stage("writing the mask")
-    target = write_image(prediction.mask, output_dir.joinpath(*MASK_FOLDER, f"{files.name}.mha"))
+    target = write_image(prediction.mask,
+                         output_dir.joinpath(*mask_folder(files), f"{files.name}.mha"))
     outputs = []
     if seg is not None:
         from petseg.io.dicom_seg import SEG_FOLDER, save_dicom_seg
@@ -147,6 +158,8 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds, target)
     entry = _entry(files, target, None, seconds, round(lesion_ml, 3))
     entry["outputs"].extend(outputs)
+    if clicks is not None:  # the points used: those inside the PET image
+        entry["clicks"] = {"file": str(files.clicks), **clicks.counts()}
     if extras_dir is not None:
         entry.update(_extras(files, case.pet, prediction, Path(extras_dir)))
     return entry

@@ -16,7 +16,10 @@
 # puts an uploaded model) and checks that the container uses it instead. Then as users
 # run it: `--user` a uid without an account, writing into a folder that uid owns (the
 # same check); the fixture case as a DICOM study at /input (a mask and a DICOM SEG,
-# test/container_dicom.py); an output folder the image user cannot write, and
+# test/container_dicom.py); the fixture case with a lesion-clicks.json in /input, a
+# background click on the largest component of the expected mask (the mask at
+# images/tumor-lesion-segmentation/, that component removed, test/container_interactive.py);
+# an output folder the image user cannot write, and
 # `--read-only` without a tmpfs, each refused with exit 1 and one line.
 # Environment:
 #   PETSEG_REQUIRE_DOCKER=1  fail when no Docker daemon answers (default: skip, saying so)
@@ -181,6 +184,26 @@ docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$
 PYTHONPATH="$root" "$python" test/container_dicom.py check "$work/dicom-output" \
   --dicom "$dicom" --expected "$expected" \
   || fail "dicom: the container's output is wrong (in $work/dicom-output)"
+
+# --- an interactive case: a click file in /input, the mask at the interactive slug --------
+interactive="$work/interactive-input"
+PYTHONPATH="$root" "$python" test/container_interactive.py write test/input "$expected" \
+  "$interactive" >&2
+chmod -R a+rX "$interactive"
+volume="petseg-test-output-$$-interactive"
+volumes+=("$volume")
+docker volume create "$volume" >/dev/null
+say "interactive: running $tag on the case with a background click"
+docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
+  --memory 30g --memory-swap 30g --shm-size 128m --pids-limit 256 "${gpus[@]}" \
+  --volume "$interactive:/input:ro" --volume "$volume:/output" "$tag" \
+  || fail "interactive: the container exited with status $? on a case with clicks"
+mkdir -p "$work/interactive-output"
+docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
+  -C /output -cf - . | tar -C "$work/interactive-output" -xf -
+PYTHONPATH="$root" "$python" test/container_interactive.py check "$work/interactive-output" \
+  --input "$interactive" --automatic "$expected" \
+  || fail "interactive: the container's output is wrong (in $work/interactive-output)"
 
 expect_refusal() {  # expect_refusal NAME MESSAGE_START [docker run arguments]: one line, exit 1
   local name="$1" message="$2" err status=0

@@ -1,7 +1,7 @@
 """The click file of the interactive challenges, and its points on another grid.
 
-The organisers' file (`lesion-clicks.json`, the same schema for autoPET IV clicks and
-autoPET V scribbles):
+The organisers' file (`lesion-clicks.json`, `petseg.io.cases.GC_CLICKS`; the same schema
+for autoPET IV clicks and autoPET V scribbles):
 
     {"version": {"major": 1, "minor": 0}, "type": "Multiple points",
      "points": [{"point": [x, y, z], "name": "tumor"},
@@ -30,10 +30,7 @@ from petseg.io.images import read_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLICK_CHANNELS", "CLICK_FILE_NAME", "Clicks", "clicks_on_grid", "read_click_file"]
-
-CLICK_FILE_NAME = "lesion-clicks.json"
-"""The click file's name in the grand-challenge `/input` folder."""
+__all__ = ["CLICK_CHANNELS", "Clicks", "clicks_on_grid", "read_click_file"]
 
 POINT_NAMES: dict[str, str] = {"tumor": "tumour", "background": "background"}
 """The file's point names -> the `Clicks` field they fill."""

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 GC_PET = ("images", "pet")
 GC_CT = ("images", "ct")
+GC_CLICKS = "lesion-clicks.json"
+"""A case folder holding this click file (beside `images/`) is an interactive case."""
 AUTOPET_PET = "SUV"
 AUTOPET_CT = "CTres"
 _MODALITY_TOKEN = re.compile(r"(?:^|[_.\-])(?:pet|suv|ctres|ct|0000|0001)(?=$|[_.\-])")
@@ -50,6 +52,7 @@ class CaseFiles:
         ct: CT (HU) image file, None if not found.
         error: why the case cannot run (found while pairing), else None.
         dicom: for DICOM input, the study and its chosen series (`pet`, `ct` are None).
+        clicks: the case's click file (`petseg.interactive.clicks`), None for automatic.
     """
 
     name: str
@@ -57,6 +60,7 @@ class CaseFiles:
     ct: Path | None
     error: str | None = None
     dicom: DicomStudy | None = None
+    clicks: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +119,28 @@ def _pair(folder: Path, pets: list[Path], cts: list[Path]) -> list[CaseFiles]:
         "give each PET and its CT the same file name, or put each case in its own folder "
         "(<case>/images/pet/, <case>/images/ct/)"
     )
+
+
+def _with_clicks(folder: Path, cases: list[CaseFiles]) -> list[CaseFiles]:
+    """`cases` of one challenge-layout `folder`, the one case given `folder`'s click file."""
+    path = folder / GC_CLICKS
+    if not path.exists():
+        return cases
+    if len(cases) != 1:
+        raise PetsegError(f"{path}: one click file for {len(cases)} cases; put each case "
+                          "with its click file in its own folder")
+    return [dataclasses.replace(cases[0], clicks=path)]
+
+
+def with_click_file(cases: CaseList, path: Path) -> CaseList:
+    """The single case of `cases` with click file `path` (`petseg predict --clicks`)."""
+    if len(cases.cases) != 1:
+        raise PetsegError(f"--clicks {path}: the input holds {len(cases.cases)} cases; give "
+                          f"--clicks for a single case, or put a {GC_CLICKS} into each case "
+                          "folder")
+    if not path.is_file():
+        raise PetsegError(f"--clicks {path}: not found; pass the case's click file")
+    return CaseList([dataclasses.replace(cases.cases[0], clicks=path)], cases.single)
 
 
 def _challenge_layout(folder: Path) -> bool:
@@ -194,14 +220,14 @@ def _find_cases(root: Path, weight_kg: float | None) -> CaseList:
         raise PetsegError(f"{root}: input folder not found; check --input")
     if _challenge_layout(root):
         cases = _pair(root, image_files(root.joinpath(*GC_PET)), image_files(root.joinpath(*GC_CT)))
-        return CaseList(cases, single=len(cases) == 1)
+        return CaseList(_with_clicks(root, cases), single=len(cases) == 1)
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and _challenge_layout(p))
     if subfolders:
         cases = []
         for folder in subfolders:
             try:
-                found = _pair(folder, image_files(folder.joinpath(*GC_PET)),
-                              image_files(folder.joinpath(*GC_CT)))
+                found = _with_clicks(folder, _pair(folder, image_files(folder.joinpath(*GC_PET)),
+                                                   image_files(folder.joinpath(*GC_CT))))
             except PetsegError as exc:
                 cases.append(CaseFiles(safe_name(folder.name), None, None, str(exc)))
                 continue
