@@ -131,7 +131,8 @@ def test_summary_table_csv_and_png(tmp_path: Path) -> None:
         curve_area([s.dsc for s in autopet_iv_steps(make_case(), ClickHonouring(truth))]))
     assert rows[("autopet_v", "auc")]["fpv_ml"] >= 0.0
     with open(tmp_path / "out" / "steps.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 2 * (11 + 6)
+        rows_csv = list(csv.DictReader(handle))
+    assert len(rows_csv) == 2 * (11 + 6) and rows_csv[0]["true_lesions"] == "3"
     table = (tmp_path / "out" / "summary.md").read_text()
     assert table == markdown_table(summary)
     assert "| autopet_iv | area under curve | 2 |" in table
@@ -145,11 +146,16 @@ def test_summary_leaves_cases_without_lesions_out_of_the_dsc() -> None:
     case = make_case()
     empty = EvaluationCase(name="negative", pet=case.pet, ct=case.ct,
                            truth=np.zeros(SHAPE_ZYX, bool))
-    results = [*autopet_iv_steps(case, ClickHonouring(case.truth)),
-               *autopet_iv_steps(empty, ClickHonouring(empty.truth))]
-    rows = {r["step"]: r for r in summarise(results)}
-    assert rows[10]["dsc"] == pytest.approx(1.0)  # the negative case's NaN is left out
-    assert rows[10]["cases"] == 2
+    blob = ball((15, 30, 30), 2).astype(np.uint8)  # a false positive no click removes
+    lesion_steps = autopet_iv_steps(case, ClickHonouring(case.truth))
+    negative_steps = autopet_iv_steps(empty, lambda pet, ct, clicks: image(blob))
+    assert all(s.dsc == 0.0 and s.true_lesions == 0 for s in negative_steps)
+    rows = {r["step"]: r for r in summarise([*lesion_steps, *negative_steps])}
+    for step in (1, 3, 10):  # the negative case's DSC 0 is left out, its FPV is not
+        assert rows[step]["dsc"] == pytest.approx(lesion_steps[step].dsc)
+        assert rows[step]["fpv_ml"] == pytest.approx(
+            (lesion_steps[step].fpv_ml + negative_steps[step].fpv_ml) / 2)
+    assert rows[10]["cases"] == 2 and rows[3]["dsc"] == pytest.approx(1.0)
 
 
 def write_cases(root: Path, names=("a", "b")) -> Path:

@@ -9,8 +9,8 @@ scribbles; DSC, FPV and FNV per step and the area under each curve.
   scribbles so far delivered as points.
 
 The area under a curve is the trapezoid rule over the step index with unit spacing (the
-organisers'). DSC counts only cases with lesions (NaN otherwise, as the autoPET ranking);
-FPV and FNV count every case. Arrays are numpy `[z, y, x]` from SimpleITK; clicks
+organisers'). The summary's DSC counts only cases with lesions (as the autoPET
+ranking); FPV and FNV count every case. Arrays are numpy `[z, y, x]` from SimpleITK; clicks
 (`Clicks`) carry PET voxel indices in (x, y, z) order.
 """
 
@@ -67,7 +67,9 @@ class StepResult:
     Attributes:
         protocol: one of `PROTOCOLS`; case: the case's name; step: 0..10 (IV), 1..6 (V).
         tumour_points, background_points: the points the segmenter was given.
-        dsc: Dice (NaN without lesions); fpv_ml, fnv_ml: false-positive/-negative volume.
+        dsc: Dice; fpv_ml, fnv_ml: false-positive/-negative volume (ml).
+        true_lesions: lesions (18-connected components) of the truth; the summary's DSC
+            counts only cases with at least one.
     """
 
     protocol: str
@@ -78,6 +80,7 @@ class StepResult:
     dsc: float
     fpv_ml: float
     fnv_ml: float
+    true_lesions: int
 
 
 class RuleOnAutomatic:
@@ -115,7 +118,8 @@ def _score(case: EvaluationCase, protocol: str, step: int, clicks: Clicks,
     metrics = case_metrics(case.truth, predicted, case.spacing_mm)
     return StepResult(protocol=protocol, case=case.name, step=step,
                       tumour_points=len(clicks.tumour), background_points=len(clicks.background),
-                      dsc=metrics.dsc, fpv_ml=metrics.fpv_ml, fnv_ml=metrics.fnv_ml), predicted
+                      dsc=metrics.dsc, fpv_ml=metrics.fpv_ml, fnv_ml=metrics.fnv_ml,
+                      true_lesions=metrics.n_true_lesions), predicted
 
 
 def autopet_iv_steps(case: EvaluationCase, segment: Segmenter, seed: int = EVALUATION_SEED,
@@ -173,6 +177,8 @@ def summarise(results: Sequence[StepResult]) -> list[dict[str, float | int | str
         cases = sorted({r.case for r in mine})
         table = {m: np.array([[getattr(_one(mine, c, s), m) for s in steps] for c in cases])
                  for m in METRICS}
+        negative = [c for c in cases if _one(mine, c, steps[0]).true_lesions == 0]
+        table["dsc"][[cases.index(c) for c in negative]] = math.nan  # DSC: cases with lesions
         for index, step in enumerate(steps):
             rows.append({"protocol": protocol, "step": step, "cases": len(cases),
                          **{m: _mean(table[m][:, index]) for m in METRICS}})
