@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from training_fixtures import TINY_MODEL, synthetic_cache, tiny_config
 
@@ -137,12 +138,16 @@ def test_click_config_is_the_paper_setting_with_clicks() -> None:
 
 
 def test_widened_weights_give_the_same_probabilities_at_zero_clicks() -> None:
+    """A demo-width automatic network with trained weights (a bundled fold without its click
+    inputs), widened: at zero clicks it gives the automatic network's probabilities."""
     fold = load_checkpoint(ROOT / "weights" / "fold_0.safetensors")
-    model = click_model(fold.model_config)
-    auto = build_network(fold.model_config.network).eval()
-    auto.load_state_dict(fold.state_dict)
+    model = fold.model_config if fold.model_config.takes_clicks else click_model(
+        fold.model_config)
+    auto = build_network(automatic_model(model).network).eval()
+    auto.load_state_dict({k: fold.state_dict[k][:, :v.shape[1]] if v.ndim == 5 else
+                          fold.state_dict[k] for k, v in auto.state_dict().items()})
     widened = build_network(model.network).eval()
-    widened.load_state_dict(add_click_inputs(fold.state_dict, model))
+    widened.load_state_dict(add_click_inputs(auto.state_dict(), model))
     rng = np.random.default_rng(0)
     image = torch.from_numpy(np.stack([rng.gamma(1.0, 2.0, (32, 32, 32)),
                                        rng.random((32, 32, 32))]).astype(np.float32))[None]
@@ -164,3 +169,35 @@ def test_init_accepts_automatic_weights_for_a_click_model(tmp_path: Path) -> Non
     path = tmp_path / "auto.safetensors"
     save_checkpoint(path, network.state_dict(), TINY_MODEL, {"mean_dsc": 0.5})
     assert initial_checkpoint(path, config).model_config == TINY_MODEL
+
+
+def test_click_training_runs_from_automatic_weights_on_the_automatic_cache(tmp_path: Path) -> None:
+    """The automatic cache serves the click model; with lr 0 the fine-tuned network keeps
+    zero click weights and validates exactly as the automatic one at zero clicks."""
+    from petseg.checkpoint import save_checkpoint
+    from petseg.training.cache import check_cache_config
+    from petseg.training.loop import train
+
+    cache, splits = synthetic_cache(tmp_path, n=6)
+    model = click_model(TINY_MODEL)
+    check_cache_config(cache, model.preprocessing, create=False)  # image channels only
+    torch.manual_seed(5)
+    start = save_checkpoint(tmp_path / "auto.safetensors",
+                            build_network(TINY_MODEL.network).state_dict(), TINY_MODEL,
+                            {"mean_dsc": 0.5})
+    auto = tiny_config(epochs=1)
+    frozen = dataclasses.replace(auto, model=model, optimizer=dataclasses.replace(
+        auto.optimizer, lr=0.0))
+    clicked = train(frozen, cache, splits, 0, tmp_path / "clicks", device="cpu",
+                    progress=False, init=start)
+    plain = train(dataclasses.replace(auto, optimizer=frozen.optimizer), cache, splits, 0,
+                  tmp_path / "auto", device="cpu", progress=False, init=start)
+    best = load_checkpoint(tmp_path / "clicks" / "best.safetensors")
+    assert best.model_config == model and best.meta["extra"]["init"]["file"] == "auto.safetensors"
+    automatic = build_network(TINY_MODEL.network).state_dict()
+    reading_input = [k for k, v in automatic.items() if v.shape != best.state_dict[k].shape]
+    first = [best.state_dict[k] for k in reading_input]
+    assert len(first) == 2 and all(v.shape[1] == 4 for v in first)
+    assert all(float(v[:, 2:].abs().max()) == 0.0 for v in first)
+    assert clicked.best_metrics["mean_dsc"] == pytest.approx(plain.best_metrics["mean_dsc"],
+                                                             abs=1e-6)
