@@ -76,7 +76,7 @@ def test_click_file_gives_points_in_itk_order(tmp_path) -> None:
     path = write_clicks(tmp_path / "lesion-clicks.json", [
         {"point": [19, 3, 11], "name": "tumor"},
         {"point": [0, 15, 2], "name": "background"},
-        {"point": [5, 6, 7], "name": "tumor"},
+        {"point": [5.0, 6, 7.0], "name": "tumor"},
     ])
     clicks = read_click_file(path, PET)
     assert clicks == Clicks(tumour=((19, 3, 11), (5, 6, 7)), background=((0, 15, 2),))
@@ -100,8 +100,8 @@ def test_point_outside_the_image_is_a_warning_and_ignored(tmp_path, caplog) -> N
 
 
 @pytest.mark.parametrize(("point", "shown"), [
-    ([1, 2], "[1, 2]"), ([1, 2, 3.5], "[1, 2, 3.5]"), (["1", 2, 3], '["1", 2, 3]'),
-    ([1, True, 3], "[1, true, 3]"), (None, "null"),
+    ([1, 2], "[1, 2]"), ([1, float("nan"), 3], "[1, NaN, 3]"), ([1, 2, 3.5], "[1, 2, 3.5]"),
+    (["1", 2, 3], '["1", 2, 3]'), ([1, True, 3], "[1, true, 3]"), (None, "null"),
 ])
 def test_point_not_three_integers_names_file_and_point(tmp_path, point, shown) -> None:
     path = write_clicks(tmp_path / "c.json", [{"point": [1, 1, 1], "name": "tumor"},
@@ -199,3 +199,21 @@ def test_clicks_on_the_same_grid_are_the_indices_reversed() -> None:
                                          geometry)
     np.testing.assert_allclose(tumour, [[11, 3, 19]], atol=1e-9)
     np.testing.assert_allclose(background, [[2, 15, 0]], atol=1e-9)
+
+
+def test_a_click_costs_its_box_not_the_volume(monkeypatch) -> None:
+    """Each click's Gaussian is evaluated in the 18 mm box around it only."""
+    from petseg.interactive import maps
+
+    sizes: list[int] = []
+    exp = np.exp
+
+    def recording_exp(values, *args, **kwargs):
+        sizes.append(np.size(values))
+        return exp(values, *args, **kwargs)
+
+    monkeypatch.setattr(maps.np, "exp", recording_exp)
+    points = np.array([[20.0, 30.0, 40.0], [60.0, 60.0, 60.0]])
+    result = render_click_maps(points, points[:1], (100, 120, 140), (2.0, 2.0, 2.0))
+    assert len(sizes) == 3 and max(sizes) <= 19 ** 3  # 2 * 9 + 1 voxels of 2 mm per axis
+    assert result[0, 20, 30, 40] == 1 and result[0, 60, 60, 60] == 1

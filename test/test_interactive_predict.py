@@ -79,7 +79,7 @@ def test_click_file_in_the_case_folder_makes_an_interactive_case(tmp_path, weigh
     interactive = tmp_path / "interactive"
     assert container_interactive.main(["write", str(inp), str(automatic_out),
                                        str(interactive)]) == 0
-    (tmp_path / "inputs.json").write_text("[]")  # the platform's other JSON: never read
+    (interactive / "inputs.json").write_text("[]")  # the platform's other JSON: never read
     out = tmp_path / "output"
     assert predict(interactive, out, weights, config) == 0
     assert files_under(out) == [str(INTERACTIVE / PET_NAME), "results.json"]

@@ -99,6 +99,18 @@ def test_background_click_removes_its_component_only() -> None:
     np.testing.assert_array_equal(unchanged, mask)
 
 
+def test_background_click_removes_a_component_far_beyond_its_first_box() -> None:
+    """A winding component 120 mm long, touching the image border: all of it goes."""
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3, 5, :] = 1  # along x, border to border
+    mask[3:28, 5, 59] = 1  # then along z at the far end
+    mask[27, 5:45, 59] = 1  # then along y
+    mask[10, 30, 10] = 1  # another component
+    out = apply_click_rule(mask, np.ones(SHAPE, np.float32), Clicks(background=((0, 5, 3),)),
+                           SPACING_XYZ)
+    assert out.sum() == 1 and out[10, 30, 10] == 1
+
+
 def test_tumour_and_background_click_in_one_component_are_both_honoured() -> None:
     bar = np.zeros(SHAPE, bool)
     bar[10, 20, 5:45] = True  # 40 voxels along x, 2 mm each
@@ -130,8 +142,9 @@ class TumourMapNetwork(torch.nn.Module):
         return torch.cat([torch.zeros_like(x[:, :1]), 20.0 * (x[:, 2:3] - 0.5)], dim=1)
 
 
-def predictor(network: torch.nn.Module, model: ModelConfig = TINY) -> Predictor:
-    config = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), mode="fast"))
+def predictor(network: torch.nn.Module, model: ModelConfig = TINY, tta: int = 1) -> Predictor:
+    config = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), mode="fast",
+                                                      tta=tta))
     return Predictor([network], model, config, device="cpu")
 
 
@@ -156,6 +169,10 @@ def test_click_aware_network_gets_the_click_maps_at_the_clicked_place() -> None:
     assert abs(volume_ml - 4 / 3 * np.pi * radius_cm ** 3) < 0.25 * 4 / 3 * np.pi * radius_cm ** 3
     unclicked = predictor(network, CLICK_MODEL).predict(pet, ct)
     assert not sitk.GetArrayFromImage(unclicked.mask).any()
+    # flipped passes flip the click maps with the images: the same mask
+    flipped = predictor(network, CLICK_MODEL, tta=8).predict(pet, ct,
+                                                             clicks=Clicks(tumour=(click,)))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(flipped.mask), mask)
 
 
 def test_predictor_applies_the_rule_for_automatic_weights() -> None:
@@ -176,3 +193,24 @@ def test_predictor_applies_the_rule_for_automatic_weights() -> None:
     added = predictor(Constant(0.01)).predict(pet, ct, clicks=Clicks(tumour=(xyz(peak),)))
     region = cc3d.connected_components(suv >= TUMOUR_FRACTION * suv[peak], connectivity=18)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(added.mask), region == region[peak])
+
+
+def test_background_click_labels_a_box_around_a_small_component(monkeypatch) -> None:
+    """A small component in a large image: labelled in the box around the click only."""
+    from petseg.interactive import rule
+
+    shapes: list[tuple[int, ...]] = []
+    label = rule.cc3d.connected_components
+
+    def recording(volume, *args, **kwargs):
+        shapes.append(volume.shape)
+        return label(volume, *args, **kwargs)
+
+    monkeypatch.setattr(rule.cc3d, "connected_components", recording)
+    mask = np.zeros((200, 200, 200), np.uint8)
+    mask[100:104, 100:104, 100:104] = 1
+    mask[10, 10, 10] = 1
+    out = apply_click_rule(mask, np.ones(mask.shape, np.float32),
+                           Clicks(background=((101, 101, 101),)), (2.0, 2.0, 2.0))
+    assert out.sum() == 1 and out[10, 10, 10] == 1
+    assert shapes == [(33, 33, 33)]  # 32 mm = 16 voxels of 2 mm either side

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,10 @@ FIX = "write it as {\"points\": [{\"point\": [x, y, z], \"name\": \"tumor\" or \
 def _voxel_index(entry: Any, path: Path, number: int) -> Index:
     """The (x, y, z) integer index of point entry `number` (1-based) of `path`."""
     point = entry.get("point") if isinstance(entry, dict) else None
+    # 109.0 is the integer 109 written by a tool that only has floats; 109.5 is no voxel
     valid = (isinstance(point, list) and len(point) == 3
-             and all(isinstance(v, int) and not isinstance(v, bool) for v in point))
+             and all(isinstance(v, int | float) and not isinstance(v, bool)
+                     and math.isfinite(v) and float(v).is_integer() for v in point))
     if not valid:
         raise PetsegError(f"{path}: point {number} {json_text(entry)} is not three integer "
                           f"voxel indices [x, y, z]; {FIX}")

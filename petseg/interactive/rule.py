@@ -13,8 +13,9 @@
   clicks are honoured.
 
 Tumour clicks act first, then background clicks. Everything happens on the PET grid,
-where the clicks were given; the cost grows with the number of clicks (a box per tumour
-click, one labelling of the mask's bounding box when a background click hits it).
+where the clicks were given; the cost grows with the number of clicks and the size of the
+components they hit, not with the image (a box per tumour click; a box around each
+background click that hits the mask, grown until it holds the component).
 """
 
 from __future__ import annotations
@@ -69,19 +70,55 @@ def tumour_region(suv_zyx: np.ndarray, click_zyx: np.ndarray,
     return box, region
 
 
-def _bounding_box(mask_zyx: np.ndarray) -> tuple[slice, ...]:
-    slices = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask_zyx.any(axis=tuple(a for a in range(3) if a != axis)))
-        slices.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(slices)
+START_REACH_MM = 32.0
+"""A background click's component is first labelled within this distance of the click."""
+
+def _reaches_inner_face(component: np.ndarray, box: tuple[slice, ...],
+                        shape: tuple[int, ...]) -> bool:
+    """True when `component` (bool, within `box`) touches a face of the box that is not the
+    image's border: it may continue outside the box."""
+    for axis, part in enumerate(box):
+        faces = ([0] if part.start > 0 else []) + ([-1] if part.stop < shape[axis] else [])
+        if any(np.take(component, face, axis=axis).any() for face in faces):
+            return True
+    return False
 
 
-def _nearest_sq_mm(voxels: np.ndarray, points: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
-    """Squared distance (mm^2) of each voxel `[M, 3]` to the nearest of `points` `[K, 3]`."""
-    best = np.full(len(voxels), np.inf)
-    for point in points:  # one pass per click: memory stays M, not M x K
-        best = np.minimum(best, ((((voxels - point) * spacing_zyx) ** 2).sum(axis=1)))
+def component_at(mask_zyx: np.ndarray, point_zyx: np.ndarray,
+                 spacing_zyx: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+    """(box, bool component within the box): the 18-connected component of `mask_zyx`
+    holding `point_zyx`, labelled in a box around the point that doubles until the
+    component stays inside it, so the cost follows the component, not the image."""
+    reach = START_REACH_MM
+    while True:
+        box = _box(point_zyx, reach, spacing_zyx, mask_zyx.shape)
+        labels = cc3d.connected_components(mask_zyx[box], connectivity=CONNECTIVITY)
+        origin = np.array([part.start for part in box])
+        component = labels == labels[tuple(point_zyx - origin)]
+        if not _reaches_inner_face(component, box, mask_zyx.shape):
+            return box, component
+        reach *= 2
+
+
+def _in_component(points: np.ndarray, box: tuple[slice, ...],
+                  component: np.ndarray) -> np.ndarray:
+    """The rows of `points` `[N, 3]` (zyx) that lie on `component` (bool, within `box`)."""
+    origin = np.array([part.start for part in box])
+    local = points - origin
+    inside = np.all((local >= 0) & (local < component.shape), axis=1)
+    hits = np.zeros(len(points), bool)
+    hits[inside] = component[tuple(local[inside].T)]
+    return points[hits]
+
+
+def _nearest_sq_mm(voxels_mm: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
+    """float32 `[M]`: squared distance (mm^2) of each voxel `[M, 3]` to the nearest point."""
+    best = np.full(len(voxels_mm), np.inf, np.float32)
+    offset = np.empty_like(voxels_mm)
+    for point in points_mm:  # one pass per click: memory stays M, not M x K
+        np.subtract(voxels_mm, point, out=offset)
+        np.square(offset, out=offset)
+        np.minimum(best, offset.sum(axis=1), out=best)
     return best
 
 
@@ -89,26 +126,24 @@ def _remove_components(mask_zyx: np.ndarray, background: np.ndarray, tumour: np.
                        spacing_zyx: np.ndarray) -> int:
     """Remove in place the components of `mask_zyx` holding a background click (`[N, 3]`
     zyx); voxels nearer a tumour click of the same component stay. Returns voxels removed."""
-    hits = np.array([p for p in background if mask_zyx[tuple(p)]], int).reshape(-1, 3)
-    if not len(hits):
-        return 0
-    box = _bounding_box(mask_zyx)
-    origin = np.array([s.start for s in box])
-    labels = cc3d.connected_components(mask_zyx[box], connectivity=CONNECTIVITY)
-    hit_labels = labels[tuple((hits - origin).T)]
-    tumour_in = tumour[mask_zyx[tuple(tumour.T)] > 0] - origin if len(tumour) else tumour
-    tumour_labels = labels[tuple(tumour_in.T)] if len(tumour_in) else np.zeros(0, int)
     removed = 0
-    for label in np.unique(hit_labels):
-        voxels = np.argwhere(labels == label)  # [M, 3] within the box
-        keep_near = tumour_in[tumour_labels == label]
-        drop = np.ones(len(voxels), bool)
+    for click in background:
+        if not mask_zyx[tuple(click)]:
+            continue  # outside the mask, or its component went with an earlier click
+        box, component = component_at(mask_zyx, click, spacing_zyx)
+        local = mask_zyx[box]  # a view: writes go to the mask
+        keep_near = _in_component(tumour, box, component)
         if len(keep_near):
-            drop = (_nearest_sq_mm(voxels, hits[hit_labels == label] - origin, spacing_zyx)
-                    < _nearest_sq_mm(voxels, keep_near, spacing_zyx))
-        gone = voxels[drop] + origin
-        mask_zyx[tuple(gone.T)] = 0
-        removed += len(gone)
+            origin = np.array([part.start for part in box])
+            voxels = np.argwhere(component)
+            voxels_mm = ((voxels + origin) * spacing_zyx).astype(np.float32)
+            near_background = _in_component(background, box, component) * spacing_zyx
+            drop = (_nearest_sq_mm(voxels_mm, near_background.astype(np.float32))
+                    < _nearest_sq_mm(voxels_mm, (keep_near * spacing_zyx).astype(np.float32)))
+            component = np.zeros_like(component)
+            component[tuple(voxels[drop].T)] = True
+        local[component] = 0
+        removed += int(component.sum())
     return removed
 
 
