@@ -20,6 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "calibrate",
     "demo",
     "evaluate",
+    "evaluate_interactive",
     "export_weights",
     "phantom",
     "predict",

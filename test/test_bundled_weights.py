@@ -26,12 +26,14 @@ from petseg.phantom import generate_case
 REPOSITORY = Path(__file__).resolve().parents[1]
 WEIGHTS = REPOSITORY / "weights"
 HELD_OUT_FLOOR = 0.45
-"""Dice floor of held-out seed 424242 (LYMPHOMA) in `fast` mode; measured 0.572."""
+"""Dice floor of held-out seed 424242 (LYMPHOMA) in `fast` mode; measured 0.540 for the
+click-aware folds at zero clicks (0.572 for the automatic folds they were tuned from)."""
 NEGATIVE_FPV_CEILING = 3.0
-"""False-positive ml ceiling of held-out negative seed 424243 in `fast` mode; measured 1.4
-at the calibrated threshold, 4.0 at 0.5."""
+"""False-positive ml ceiling of held-out negative seed 424243 in `fast` mode; measured 1.75
+at the calibrated threshold (automatic folds: 1.4, and 4.0 at 0.5)."""
 DEMO_FLOOR = 0.70
-"""Dice floor of the demo case (seed 20231, LYMPHOMA, `reference` mode); measured 0.827."""
+"""Dice floor of the demo case (seed 20231, LYMPHOMA, `reference` mode); measured 0.831
+(automatic folds: 0.827)."""
 
 
 def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -61,6 +63,31 @@ def test_bundled_weights_verify_and_describe_themselves() -> None:
     assert checkpoints[0].model_config.preprocessing.target_spacing_mm == 2.0
     assert all(0.0 < c.metrics["mean_dsc"] <= 1.0 for c in checkpoints)
     assert sum(p.stat().st_size for p in WEIGHTS.glob("*.safetensors")) < 15 * 2**20
+    assert checkpoints[0].model_config.takes_clicks  # PET, CT and two click maps
+
+
+@pytest.mark.slow
+def test_bundled_ensemble_honours_the_autopet_iv_clicks_of_a_held_out_phantom() -> None:
+    """10 + 10 clicks by the organisers' rule: no lesion missed, less false-positive volume
+    and a higher Dice than without clicks (measured: DSC 0.540 -> 0.600, FPV 72.4 -> 66.6
+    ml, all 4 lesions found both times)."""
+    from petseg.evaluation.metrics import case_metrics
+    from petseg.interactive.clicks import Clicks
+    from petseg.interactive.simulate import autopet_iv_clicks, zyx_to_xyz
+
+    case = generate_case(424242, "full", "LYMPHOMA")
+    truth = sitk.GetArrayFromImage(case.seg) > 0
+    tumour, background = autopet_iv_clicks(truth, sitk.GetArrayViewFromImage(case.pet))
+    clicks = Clicks(tumour=zyx_to_xyz(tumour), background=zyx_to_xyz(background))
+    config = dataclasses.replace(_shipped_config(), mode="fast")
+    predictor = Predictor.from_weights_dir(WEIGHTS, config, device="cpu")
+    spacing = case.pet.GetSpacing()
+    before, after = (case_metrics(truth, sitk.GetArrayFromImage(
+        predictor.predict(case.pet, case.ctres, clicks=given).mask) > 0, spacing)
+        for given in (None, clicks))
+    assert after.fnv_ml == 0.0 and after.detected == after.n_true_lesions
+    assert after.fpv_ml <= before.fpv_ml - 2.0
+    assert after.dsc >= before.dsc + 0.03
 
 
 def test_bundled_weights_carry_the_threshold_inference_uses() -> None:

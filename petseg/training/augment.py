@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -294,7 +295,9 @@ def adjust_intensity(image: torch.Tensor, params: SampleParams,
 
 def augment_sample(image: np.ndarray, label: np.ndarray, params: SampleParams,
                    config: AugmentationConfig, device: torch.device,
-                   pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   pin_memory: bool = False,
+                   box_maps: Callable[[tuple[int, ...], tuple[int, ...]], np.ndarray] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training patch from a cached volume.
 
     Args:
@@ -304,9 +307,13 @@ def augment_sample(image: np.ndarray, label: np.ndarray, params: SampleParams,
         config: patch size.
         device: where the resampling runs.
         pin_memory: copy the source box through pinned memory (CUDA).
+        box_maps: `(start [z, y, x], shape [d, h, w]) -> [K, d, h, w]` float32 maps drawn on
+            the source box (click maps); appended after the image channels, sampled by the
+            same grid (so they follow every spatial augmentation) and left out of the
+            intensity augmentation.
 
     Returns:
-        image `[C, *patch]` float32 and label `[*patch]` uint8 on `device`.
+        image `[C (+ K), *patch]` float32 and label `[*patch]` uint8 on `device`.
     """
     patch = tuple(config.patch_size)
     lo, hi = source_box(params, patch, image.shape[1:])
@@ -316,10 +323,17 @@ def augment_sample(image: np.ndarray, label: np.ndarray, params: SampleParams,
         lo = (-(10**6),) * 3
     img_box = _to_device(image[(slice(None), *region)], device, pin_memory)
     lab_box = _to_device(label[region], device, pin_memory)
+    channels = img_box.shape[0]
+    if box_maps is not None:
+        maps = box_maps(tuple(r.start for r in region), tuple(img_box.shape[1:]))
+        img_box = torch.cat([img_box.float(), torch.from_numpy(maps).to(device)])
     generator = torch.Generator(device=device)
     generator.manual_seed(params.seed)
     out, out_label = resample_patch(img_box, lab_box, lo, params, patch, generator)
-    out = adjust_intensity(out, params, generator)
+    if box_maps is None:
+        out = adjust_intensity(out, params, generator)
+    else:
+        out = torch.cat([adjust_intensity(out[:channels], params, generator), out[channels:]])
     return out, out_label  # type: ignore[return-value]
 
 

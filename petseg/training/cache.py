@@ -228,6 +228,8 @@ def check_cache_config(cache: str | Path, config: PreprocessingConfig, create: b
     """
     cache = Path(cache)
     info_path = cache / "cache.json"
+    # the cache holds the image channels; click maps are drawn per sample
+    config = dataclasses.replace(config, channel_order=config.image_channels)
     wanted = to_dict(config)
     if info_path.is_file():
         info = read_json(info_path, "cache description",

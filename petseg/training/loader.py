@@ -25,6 +25,7 @@ import torch
 
 from petseg.training.augment import augment_sample, draw_params
 from petseg.training.cache import Volume
+from petseg.training.clicks import TrainingClicks, click_rng
 from petseg.training.config import AugmentationConfig
 
 
@@ -47,14 +48,16 @@ def sample_rng(seed: int, fold: int, epoch: int, index: int) -> np.random.Genera
 
 
 class EpochLoader:
-    """Iterate over this process's batches of one epoch.
+    """Iterate over this process's batches of one epoch (with `clicks`: the click maps of
+    each sample's simulated clicks appended as the last channels).
 
     Yields `(image [B, C, *patch] float32, label [B, 1, *patch] uint8)` on `device`.
     """
 
     def __init__(self, volumes: Sequence[Volume], config: AugmentationConfig, batch_size: int,
                  seed: int, fold: int, epoch: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1, threads: int = 2, prefetch: int = 2) -> None:
+                 world_size: int = 1, threads: int = 2, prefetch: int = 2,
+                 clicks: TrainingClicks | None = None) -> None:
         if not volumes:
             raise ValueError("no training volumes")
         self.volumes = volumes
@@ -64,6 +67,7 @@ class EpochLoader:
         self.device = torch.device(device)
         self.threads = max(1, threads)
         self.prefetch = max(1, prefetch)
+        self.clicks = clicks
         order = epoch_order(len(volumes), batch_size, world_size, seed, fold, epoch)
         mine = np.arange(rank, len(order), world_size)
         self.samples = [(int(i), int(order[i])) for i in mine]
@@ -94,8 +98,11 @@ class EpochLoader:
                 rng = sample_rng(self.seed, self.fold, self.epoch, index)
                 params = draw_params(rng, volume.label.shape, self.config,
                                      volume.lesion_voxels, volume.hot_voxels)
+                maps = None if self.clicks is None else self.clicks.box_maps(
+                    case, click_rng(self.seed, self.fold, self.epoch, index))
                 image, label = augment_sample(volume.image, volume.label, params, self.config,
-                                              self.device, pin_memory=stream is not None)
+                                              self.device, pin_memory=stream is not None,
+                                              box_maps=maps)
                 images.append(image)
                 labels.append(label)
             image_batch = torch.stack(images)

@@ -188,7 +188,7 @@ class Trainer:
         set_lr(p.optimizer, lr)
         loader = EpochLoader(p.volumes, p.config.augmentation, opt.batch_size, p.config.seed,
                              p.fold, epoch, context.device, context.rank, context.world_size,
-                             p.config.loader_threads, p.config.prefetch_batches)
+                             p.config.loader_threads, p.config.prefetch_batches, p.clicks)
         bar = _progress_bar(loader, f"epoch {done}/{opt.epochs}",
                             self.progress and context.is_main)
         if self.recent is None:

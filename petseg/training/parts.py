@@ -20,6 +20,7 @@ from petseg.checkpoint import (
 from petseg.errors import PetsegError
 from petseg.model import build_network
 from petseg.training.cache import Volume, check_cache_config, load_volume
+from petseg.training.clicks import TrainingClicks, add_click_inputs, automatic_model
 from petseg.training.config import TrainingConfig
 from petseg.training.distributed import DistributedContext, unwrap, wrap_model
 from petseg.training.loss import build_loss
@@ -46,6 +47,7 @@ class TrainingParts:
         amp_dtype: autocast dtype of the step (None: fp32).
         channels_last: batches and weights in `channels_last_3d` (CUDA only).
         started_from: {"file", "sha256"} of the checkpoint a fine-tuning started from.
+        clicks: the training studies' click targets (click-aware models), else None.
     """
 
     config: TrainingConfig
@@ -62,6 +64,7 @@ class TrainingParts:
     amp_dtype: torch.dtype | None
     channels_last: bool
     started_from: dict[str, Any] | None
+    clicks: TrainingClicks | None = None
 
     def restore(self, state: TrainingState) -> None:
         """Load the weights, optimiser and scaler of a saved `state` (`--resume`)."""
@@ -82,7 +85,10 @@ def build_parts(config: TrainingConfig, cache: Path, splits_path: Path, fold: in
     network = build_network(config.model.network)
     started_from = None
     if start is not None:
-        network.load_state_dict({k: v.float() for k, v in start.state_dict.items()})
+        weights = start.state_dict
+        if start.model_config != config.model:  # automatic weights for a click-aware model
+            weights = add_click_inputs(weights, config.model)
+        network.load_state_dict({k: v.float() for k, v in weights.items()})
         started_from = {"file": start.path.name, "sha256": file_sha256(start.path)}
         log.info("starting from the weights of %s", start.path)
     network = network.to(device)
@@ -103,7 +109,16 @@ def build_parts(config: TrainingConfig, cache: Path, splits_path: Path, fold: in
                          volumes=volumes, validation=validation, network=unwrap(model),
                          model=model, loss_fn=build_loss(config.loss), optimizer=optimizer,
                          scaler=scaler, amp_dtype=amp_dtype, channels_last=channels_last,
-                         started_from=started_from)
+                         started_from=started_from, clicks=_training_clicks(config, volumes))
+
+
+def _training_clicks(config: TrainingConfig, volumes: list[Volume]) -> TrainingClicks | None:
+    """The click targets of the training studies when the model takes clicks."""
+    if not config.model.takes_clicks:
+        return None
+    pet_channel = config.model.preprocessing.channel_order.index("pet")
+    log.info("finding the click targets of %d training studies", len(volumes))
+    return TrainingClicks(volumes, config.clicks, pet_channel)
 
 
 def _load_fold(config: TrainingConfig, cache: Path, splits_path: Path, fold: int,
@@ -128,11 +143,13 @@ def _load_fold(config: TrainingConfig, cache: Path, splits_path: Path, fold: int
 
 
 def initial_checkpoint(init: Path, config: TrainingConfig) -> Checkpoint:
-    """Checkpoint `init`, checked to hold the network and preprocessing of `config`."""
+    """Checkpoint `init`, checked to hold the network and preprocessing of `config` (or, for
+    a click-aware model, of its automatic counterpart: its click inputs then start at zero)."""
     if not init.is_file():
         raise PetsegError(f"{init}: not found; pass a fold checkpoint (.safetensors) to --init")
     start = load_checkpoint(init)
-    if start.model_config != config.model:
+    widens = config.model.takes_clicks and start.model_config == automatic_model(config.model)
+    if start.model_config != config.model and not widens:
         raise PetsegError(
             f"{init}: was trained with another model "
             f"({config_difference(config.model, start.model_config, 'the config')}); "

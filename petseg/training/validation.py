@@ -50,8 +50,9 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
     A one-network `petseg.inference.predictor.Predictor` with `validation.inference` (the
     same windows, overlap, blending and thresholding as `petseg predict`; a null threshold
     is 0.5, as without a calibrated manifest) gives each mask on the 2 mm grid; metrics
-    come from `petseg.evaluation.metrics.case_metrics`. Each case's `probability_finite`
-    says whether every voxel's probability was finite.
+    come from `petseg.evaluation.metrics.case_metrics`. A click-aware network is validated
+    at zero clicks (empty click maps), so the kept epoch still works without clicks. Each case's
+    `probability_finite` says whether every voxel's probability was finite.
     """
     from petseg.config import resolve_inference_config
     from petseg.evaluation.metrics import case_metrics
@@ -64,6 +65,8 @@ def validate(network: torch.nn.Module, volumes: Sequence[Volume], config: Traini
     try:
         for volume in volumes:
             image = torch.from_numpy(np.asarray(volume.image, dtype=np.float32))
+            if config.model.takes_clicks:  # validated at zero clicks, the automatic case
+                image = torch.cat([image, image.new_zeros((2, *image.shape[1:]))])
             mask, probability = predictor.segment_volume(image)
             metrics = case_metrics(np.asarray(volume.label), mask.astype(bool),
                                    volume.spacing_mm)

@@ -1,0 +1,73 @@
+"""`petseg evaluate-interactive`: the autoPET IV click and autoPET V scribble protocols on
+cases with truth (logic in `petseg.interactive.evaluation`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+HELP = ("DSC, FPV and FNV per interaction step (autoPET IV clicks, autoPET V scribbles) "
+        "and the areas under the curves, on cases with truth")
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the command's options."""
+    from petseg.interactive.evaluation import EVALUATION_SEED, PROTOCOLS
+    from petseg.interactive.scribbles import SCRIBBLE_SHAPES
+
+    parser.add_argument("--data", type=Path, required=True, metavar="DIR",
+                        help="cases with truth: grand-challenge layout with <case>/truth/ "
+                        "(as `petseg phantom --layout challenge` writes) or autoPET layout")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="write steps.csv, summary.csv, summary.md and curves.png here")
+    parser.add_argument("--weights", type=Path, default=None, metavar="DIR",
+                        help="fold checkpoints + manifest.json (default: the bundled weights)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, action="append", default=None,
+                        help="protocol to run; repeat for both (default: both)")
+    parser.add_argument("--seed", type=int, default=EVALUATION_SEED,
+                        help=f"click and scribble seed (default {EVALUATION_SEED}, the "
+                        "organisers')")
+    parser.add_argument("--scribble-shape", choices=SCRIBBLE_SHAPES, default=None,
+                        help="autoPET V scribble shape (default: drawn at random per step)")
+    parser.add_argument("--config", type=Path, default=None, metavar="JSON",
+                        help="inference settings JSON (default: resources/inference.json)")
+    parser.add_argument("--mode", choices=("reference", "fast"), default=None,
+                        help="engine mode (default: the config's)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the ensemble, run the protocols, print the Markdown table."""
+    import SimpleITK as sitk
+
+    from petseg.checkpoint import find_weights_dir
+    from petseg.commands.predict import DEFAULT_CONFIG, REPOSITORY
+    from petseg.evaluation.calibration import inference_config
+    from petseg.inference.predictor import Predictor
+    from petseg.interactive.clicks import Clicks
+    from petseg.interactive.evaluation import (
+        PROTOCOLS,
+        RuleOnAutomatic,
+        evaluate_interactive,
+        markdown_table,
+    )
+
+    config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    weights = args.weights or find_weights_dir([Path.cwd() / "weights", REPOSITORY / "weights"])
+    predictor = Predictor.from_weights_dir(weights, inference_config(config_path, args.mode),
+                                           device=args.device)
+
+    def segment(pet: sitk.Image, ct: sitk.Image, clicks: Clicks | None) -> sitk.Image:
+        return predictor.predict(pet, ct, clicks=clicks).mask
+
+    if not predictor.model_config.takes_clicks:  # the network ignores clicks: run it once
+        segment = RuleOnAutomatic(lambda pet, ct: predictor.predict(pet, ct).mask)
+    summary = evaluate_interactive(args.data, segment, args.out,
+                                   protocols=tuple(args.protocol or PROTOCOLS), seed=args.seed,
+                                   shape=args.scribble_shape, label=str(weights))
+    print(markdown_table(summary), end="")
+    logger.info("wrote %s", args.out)
+    return 0

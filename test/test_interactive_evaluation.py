@@ -1,0 +1,209 @@
+"""The interactive protocols on cases with truth, with a segmenter that honours clicks
+exactly: the expected curves are known voxel by voxel."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from scipy import ndimage
+
+from petseg.interactive.clicks import Clicks
+from petseg.interactive.evaluation import (
+    EvaluationCase,
+    autopet_iv_steps,
+    autopet_v_steps,
+    curve_area,
+    evaluate_interactive,
+    markdown_table,
+    summarise,
+)
+from petseg.io.geometry import LAS_DIRECTION
+
+SHAPE_ZYX = (30, 36, 40)
+SPACING = (2.0364, 2.0364, 3.0)
+LESIONS = (((8, 10, 12), 3), ((20, 24, 28), 2), ((22, 8, 30), 2))
+HOT = ((6, 28, 8), 3)
+
+
+def ball(centre, radius) -> np.ndarray:
+    grid = np.ogrid[tuple(slice(0, s) for s in SHAPE_ZYX)]
+    return sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius ** 2
+
+
+def image(array: np.ndarray) -> sitk.Image:
+    result = sitk.GetImageFromArray(array)
+    result.SetSpacing(SPACING)
+    result.SetOrigin((10.0, -20.0, 30.0))
+    result.SetDirection(LAS_DIRECTION)
+    return result
+
+
+def make_case(name: str = "case") -> EvaluationCase:
+    truth = np.zeros(SHAPE_ZYX, bool)
+    for centre, radius in LESIONS:
+        truth |= ball(centre, radius)
+    hot = ball(*HOT)
+    depth = ndimage.distance_transform_edt(truth | hot)
+    pet = np.where(truth | hot, 5.0 + depth, 1.0).astype(np.float32)
+    ct = np.zeros(SHAPE_ZYX, np.float32)
+    return EvaluationCase(name=name, pet=image(pet), ct=image(ct), truth=truth)
+
+
+class ClickHonouring:
+    """Predicts the hot organ (a false positive) plus every truth lesion holding a tumour
+    point; a background point on a predicted component removes it."""
+
+    def __init__(self, truth: np.ndarray) -> None:
+        self.truth = truth
+        self.calls: list[Clicks | None] = []
+
+    def __call__(self, pet: sitk.Image, ct: sitk.Image, clicks: Clicks | None) -> sitk.Image:
+        self.calls.append(clicks)
+        clicks = clicks or Clicks()
+        labels, _ = ndimage.label(self.truth | ball(*HOT))
+        keep = {labels[z, y, x] for x, y, z in clicks.tumour} | {labels[HOT[0]]}
+        keep -= {labels[z, y, x] for x, y, z in clicks.background}
+        mask = np.isin(labels, [k for k in keep if k > 0]).astype(np.uint8)
+        return image(mask)
+
+
+def test_curve_area_is_the_trapezoid_rule_over_steps() -> None:
+    assert curve_area([0.0, 1.0, 1.0]) == pytest.approx(1.5)
+    assert curve_area([0.2] * 11) == pytest.approx(2.0)
+    assert curve_area([0.7]) == 0.0
+
+
+def test_autopet_iv_protocol_steps_and_metrics() -> None:
+    case = make_case()
+    segment = ClickHonouring(case.truth)
+    steps = autopet_iv_steps(case, segment)
+    assert [s.step for s in steps] == list(range(11))
+    assert [(s.tumour_points, s.background_points) for s in steps] == [(k, k) for k in range(11)]
+    voxel_ml = np.prod(SPACING) / 1000.0
+    hot_ml = ball(*HOT).sum() * voxel_ml
+    lesion_ml = sorted(ball(c, r).sum() * voxel_ml for c, r in LESIONS)
+    assert steps[0].dsc == 0.0 and steps[0].fpv_ml == pytest.approx(hot_ml)
+    assert steps[0].fnv_ml == pytest.approx(sum(lesion_ml))
+    # one background click removes the organ; three tumour clicks find the three lesions
+    assert steps[1].fpv_ml == 0.0
+    assert steps[3].dsc == pytest.approx(1.0) and steps[3].fnv_ml == 0.0
+    assert all(s.dsc == pytest.approx(1.0) for s in steps[3:])
+    assert segment.calls[0] == Clicks()  # step 0: an empty click set, the automatic case
+
+
+def test_autopet_v_protocol_scribbles_over_the_errors() -> None:
+    case = make_case()
+    segment = ClickHonouring(case.truth)
+    steps = autopet_v_steps(case, segment, shape="centre_line")
+    assert [s.step for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert steps[0].tumour_points == steps[0].background_points == 0
+    assert steps[-1].dsc == pytest.approx(1.0) and steps[-1].fpv_ml == 0.0
+    dsc = [s.dsc for s in steps]
+    assert dsc == sorted(dsc)  # every scribble corrects the largest error, never worsens
+    grown = [(s.tumour_points + s.background_points) for s in steps]
+    assert all(b > a for a, b in itertools.pairwise(grown[:5]))
+    first = segment.calls[1]  # the points of one scribble lie on one axial slice
+    assert len({z for _, _, z in (*first.tumour, *first.background)}) == 1
+
+
+def test_summary_table_csv_and_png(tmp_path: Path) -> None:
+    cases = tmp_path / "cases"
+    for name in ("a", "b"):
+        case = make_case(name)
+        folder = cases / name
+        for sub, array in (("images/pet", sitk.GetArrayFromImage(case.pet)),
+                           ("images/ct", sitk.GetArrayFromImage(case.ct) - 1000.0),
+                           ("truth", case.truth.astype(np.uint8))):
+            (folder / sub).mkdir(parents=True)
+            uid = f"{name}-ct" if sub == "images/ct" else f"{name}-pet"
+            sitk.WriteImage(image(array), str(folder / sub / f"{uid}.mha"))
+    truth = make_case().truth
+    summary = evaluate_interactive(cases, ClickHonouring(truth), tmp_path / "out")
+    rows = {(r["protocol"], r["step"]): r for r in summary}
+    assert rows[("autopet_iv", 0)]["cases"] == 2 and rows[("autopet_iv", 0)]["dsc"] == 0.0
+    assert rows[("autopet_iv", "auc")]["dsc"] == pytest.approx(
+        curve_area([s.dsc for s in autopet_iv_steps(make_case(), ClickHonouring(truth))]))
+    assert rows[("autopet_v", "auc")]["fpv_ml"] >= 0.0
+    with open(tmp_path / "out" / "steps.csv") as handle:
+        rows_csv = list(csv.DictReader(handle))
+    assert len(rows_csv) == 2 * (11 + 6) and rows_csv[0]["true_lesions"] == "3"
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert table == markdown_table(summary)
+    assert "| autopet_iv | area under curve | 2 |" in table
+    with Image.open(tmp_path / "out" / "curves.png") as picture:
+        assert picture.size[0] > 600 and picture.size[1] > 600
+        pixels = np.asarray(picture.convert("RGB"))
+    assert (pixels != 255).any(axis=2).mean() > 0.01  # drawn, not blank
+
+
+def test_summary_leaves_cases_without_lesions_out_of_the_dsc() -> None:
+    case = make_case()
+    empty = EvaluationCase(name="negative", pet=case.pet, ct=case.ct,
+                           truth=np.zeros(SHAPE_ZYX, bool))
+    blob = ball((15, 30, 30), 2).astype(np.uint8)  # a false positive no click removes
+    lesion_steps = autopet_iv_steps(case, ClickHonouring(case.truth))
+    negative_steps = autopet_iv_steps(empty, lambda pet, ct, clicks: image(blob))
+    assert all(s.dsc == 0.0 and s.true_lesions == 0 for s in negative_steps)
+    rows = {r["step"]: r for r in summarise([*lesion_steps, *negative_steps])}
+    for step in (1, 3, 10):  # the negative case's DSC 0 is left out, its FPV is not
+        assert rows[step]["dsc"] == pytest.approx(lesion_steps[step].dsc)
+        assert rows[step]["fpv_ml"] == pytest.approx(
+            (lesion_steps[step].fpv_ml + negative_steps[step].fpv_ml) / 2)
+    assert rows[10]["cases"] == 2 and rows[3]["dsc"] == pytest.approx(1.0)
+
+
+def write_cases(root: Path, names=("a", "b")) -> Path:
+    """Cases in the grand-challenge layout with `truth/` beside `images/` (CT soft tissue)."""
+    for name in names:
+        case = make_case(name)
+        for sub, array in (("images/pet", sitk.GetArrayFromImage(case.pet)),
+                           ("images/ct", np.zeros(SHAPE_ZYX, np.float32)),
+                           ("truth", case.truth.astype(np.uint8))):
+            (root / name / sub).mkdir(parents=True)
+            uid = f"{name}-ct" if sub == "images/ct" else f"{name}-pet"
+            sitk.WriteImage(image(array), str(root / name / sub / f"{uid}.mha"))
+    return root
+
+
+def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> None:
+    """Automatic weights: the command's one-network-pass-per-case path gives exactly the
+    masks of `Predictor.predict(..., clicks=...)` at every step."""
+    from random_weights import make_random_weights
+
+    from petseg.cli import main
+    from petseg.config import InferenceConfig
+    from petseg.inference.predictor import Predictor
+
+    weights = make_random_weights(tmp_path / "weights", folds=2)
+    cases = write_cases(tmp_path / "cases", names=("a",))
+    config = InferenceConfig(roi_size=(48, 48, 48), mode="fast")
+    (tmp_path / "inference.json").write_text(
+        '{"roi_size": [48, 48, 48], "mode": "fast"}')
+    assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "out"),
+                 "--weights", str(weights), "--device", "cpu", "--config",
+                 str(tmp_path / "inference.json"), "--protocol", "autopet_v"]) == 0
+    assert "| autopet_v | area under curve | 1 |" in capsys.readouterr().out
+    predictor = Predictor.from_weights_dir(weights, config, device="cpu")
+    direct = evaluate_interactive(
+        cases, lambda pet, ct, clicks: predictor.predict(pet, ct, clicks=clicks).mask,
+        tmp_path / "direct", protocols=("autopet_v",))
+    assert (tmp_path / "out" / "steps.csv").read_text() == \
+        (tmp_path / "direct" / "steps.csv").read_text()
+    assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+
+
+def test_cases_without_truth_are_refused(tmp_path: Path) -> None:
+    from petseg.errors import PetsegError
+
+    cases = write_cases(tmp_path / "cases", names=("a",))
+    truth = cases / "a" / "truth" / "a-pet.mha"
+    truth.unlink()
+    with pytest.raises(PetsegError, match=r"a-pet\.mha: no truth mask found"):
+        evaluate_interactive(cases, ClickHonouring(make_case().truth), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written

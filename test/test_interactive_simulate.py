@@ -1,0 +1,143 @@
+"""Click and scribble simulators: the autoPET IV rule, training clicks, autoPET V scribbles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from petseg.interactive.scribbles import SCRIBBLE_SHAPES, largest_error, next_scribble
+from petseg.interactive.simulate import (
+    ClickTrainingConfig,
+    autopet_iv_clicks,
+    click_targets,
+    draw_training_clicks,
+    high_uptake_mask,
+    zyx_to_xyz,
+)
+
+SHAPE = (40, 48, 56)
+CENTRES = ((10, 12, 14), (28, 30, 40), (20, 38, 12))
+RADII = (5, 3, 2)
+
+
+def ball(centre, radius, shape=SHAPE) -> np.ndarray:
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= radius ** 2
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth with three ball lesions, a PET with them and two hot organs outside them."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros(SHAPE, bool)
+    for centre, radius in zip(CENTRES, RADII, strict=True):
+        truth |= ball(centre, radius)
+    pet = 1.0 + 0.05 * rng.random(SHAPE)
+    pet[truth] = 8.0
+    organs = np.zeros(SHAPE, bool)
+    for centre, radius in (((6, 38, 46), 5), ((32, 9, 9), 4)):  # uptake peaked at the centre
+        inside = ball(centre, radius)
+        depth = ndimage.distance_transform_edt(inside)
+        pet[inside] = 10.0 + depth[inside]
+        organs |= inside
+    return truth, pet, organs
+
+
+def boundary_voxels(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def test_iv_rule_clicks_component_centres_then_boundaries(case) -> None:
+    truth, pet, organs = case
+    tumour, background = autopet_iv_clicks(truth, pet)
+    assert tumour.shape == (10, 3) and background.shape == (10, 3)
+    assert {tuple(p) for p in tumour[:3]} == set(CENTRES)  # the EDT maxima of the balls
+    edges = boundary_voxels(truth)
+    assert edges[tuple(tumour[3:].T)].all()  # the budget filled with boundary voxels
+    assert truth[tuple(tumour.T)].all()
+    assert not truth[tuple(background.T)].any()
+    assert high_uptake_mask(pet, truth)[tuple(background.T)].all()
+    assert organs[tuple(background[:2].T)].all()  # the hot organs' centres come first
+    again = autopet_iv_clicks(truth, pet)
+    np.testing.assert_array_equal(again[0], tumour)  # the fixed seed: the same clicks
+    other = autopet_iv_clicks(truth, pet, seed=7)[0]
+    assert {tuple(p) for p in other[:3]} == set(CENTRES)
+    assert not np.array_equal(other, tumour)
+
+
+def test_iv_rule_picks_ten_of_many_components_and_none_without_lesions(case) -> None:
+    _, pet, _ = case
+    many = np.zeros(SHAPE, bool)
+    many[2:38:3, 10, 10] = True  # 12 one-voxel lesions
+    tumour, _ = autopet_iv_clicks(many, pet)
+    assert len({tuple(p) for p in tumour}) == 10 and many[tuple(tumour.T)].all()
+    tumour, background = autopet_iv_clicks(np.zeros(SHAPE, bool), pet)
+    assert tumour.shape == (0, 3) and len(background) == 10
+
+
+def test_click_index_order_lands_on_the_lesion_in_itk_order(case) -> None:
+    truth, pet, _ = case
+    image = sitk.GetImageFromArray(truth.astype(np.uint8))  # size (x, y, z) = (56, 48, 40)
+    tumour, _ = autopet_iv_clicks(truth, pet)
+    for x, y, z in zyx_to_xyz(tumour):
+        assert image.GetPixel(x, y, z) == 1
+
+
+def test_training_clicks_centres_jitter_and_empty_share(case) -> None:
+    truth, pet, _ = case
+    config = ClickTrainingConfig(no_click_fraction=0.0, jitter_fraction=0.0)
+    targets = click_targets(truth, pet, config)
+    assert [p.size for p in targets.lesions] == sorted([int(ball(c, r).sum()) for c, r in
+                                                        zip(CENTRES, RADII, strict=True)],
+                                                       reverse=True)
+    counts = []
+    for seed in range(30):
+        tumour, background = draw_training_clicks(targets, np.random.default_rng(seed), config)
+        counts.append(len(tumour))
+        assert truth[tuple(tumour.T)].all() and not truth[tuple(background.T)].any()
+        assert {tuple(p) for p in tumour[:3]} <= set(CENTRES)  # unjittered: centres first
+        assert len(background) <= 10
+    assert min(counts) == 0 and max(counts) >= 8
+    jittered = ClickTrainingConfig(no_click_fraction=0.0, jitter_fraction=1.0)
+    off_centre = [tuple(p) for s in range(10) for p in draw_training_clicks(
+        targets, np.random.default_rng(s), jittered)[0]]
+    assert any(p not in CENTRES for p in off_centre)
+    assert all(truth[p] for p in off_centre)
+    never = ClickTrainingConfig(no_click_fraction=1.0)
+    assert all(sum(map(len, draw_training_clicks(targets, np.random.default_rng(s), never))) == 0
+               for s in range(10))
+
+
+def test_scribble_goes_to_the_largest_error_on_one_slice(case) -> None:
+    truth, _, _ = case
+    missed = ball(CENTRES[0], RADII[0])
+    prediction = truth & ~missed  # the largest lesion missed
+    prediction |= ball((30, 10, 30), 2)  # a smaller false positive
+    kind, error = largest_error(truth, prediction)
+    assert kind == "tumour" and np.array_equal(error, missed)
+    for shape in SCRIBBLE_SHAPES:
+        scribble = next_scribble(truth, prediction, np.random.default_rng(1), shape)
+        assert scribble.kind == "tumour" and scribble.shape == shape
+        assert len({int(z) for z in scribble.points[:, 0]}) == 1
+        assert scribble.points[0, 0] == CENTRES[0][0]  # the slice holding most of it
+        assert missed[tuple(scribble.points.T)].all()
+    line = next_scribble(truth, prediction, np.random.default_rng(1), "centre_line").points
+    assert len(line) >= 2 * RADII[0] - 1 and tuple(CENTRES[0]) in {tuple(p) for p in line}
+    contour = next_scribble(truth, prediction, np.random.default_rng(1), "boundary").points
+    section = missed[CENTRES[0][0]]
+    inner = ndimage.binary_erosion(section)
+    assert not inner[contour[:, 1], contour[:, 2]].any() and len(contour) >= 8
+
+
+def test_scribble_over_segmentation_is_background_and_none_when_perfect(case) -> None:
+    truth, _, _ = case
+    prediction = truth | ball((30, 10, 30), 4)
+    scribble = next_scribble(truth, prediction, np.random.default_rng(0))
+    assert scribble.kind == "background" and scribble.shape in SCRIBBLE_SHAPES
+    assert not truth[tuple(scribble.points.T)].any()
+    assert prediction[tuple(scribble.points.T)].all()
+    assert next_scribble(truth, truth, np.random.default_rng(0)) is None
+    with pytest.raises(ValueError, match="scribble shape 'zigzag'"):
+        next_scribble(truth, prediction, np.random.default_rng(0), "zigzag")
