@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "evaluate",
     "export_weights",
+    "merge_results",
     "phantom",
     "predict",
     "preprocess",
