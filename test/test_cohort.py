@@ -255,3 +255,42 @@ def test_folder_progress_counts_rate_and_time_left() -> None:
     now[0] = 100.0 + 900.0
     assert progress.case_done(failed=True) == ("2 of 10 case(s) done (1 failed), 8.0 cases/h, "
                                                "about 1 h 00 min left")
+
+
+def test_case_loop_writes_the_previous_case_while_the_next_runs(cohort, tmp_path,
+                                                                monkeypatch) -> None:
+    import threading
+
+    from tiny_models import TINY, SuvThreshold
+
+    from petseg import pipeline
+    from petseg.config import resolve_inference_config
+    from petseg.inference.predictor import Predictor
+
+    predictor = Predictor([SuvThreshold()], TINY, resolve_inference_config(
+        InferenceConfig(roi_size=(32, 32, 32), overlap=0.25)), device="cpu")
+    started: list[str] = []
+    second_running = threading.Event()
+    seen_while_writing: dict[str, bool] = {}
+    predict, write = Predictor.predict, pipeline.write_image
+
+    def predicting(self, pet, ct, **kwargs):
+        started.append(threading.current_thread().name)
+        if len(started) == 2:
+            second_running.set()
+        return predict(self, pet, ct, **kwargs)
+
+    def writing(image, path):
+        if path.stem == "case_a":  # the first case's mask waits for the second case to run
+            seen_while_writing[threading.current_thread().name] = second_running.wait(20)
+        return write(image, path)
+
+    monkeypatch.setattr(Predictor, "predict", predicting)
+    monkeypatch.setattr(pipeline, "write_image", writing)
+    entries: list[dict] = []
+    cases = find_cases(cohort).cases[:2]
+    pipeline.predict_each(cases, tmp_path, predictor, entries.append)
+    assert [t.startswith("petseg-write") for t in seen_while_writing] == [True]
+    assert list(seen_while_writing.values()) == [True]
+    assert [entry["name"] for entry in entries] == ["case_a", "case_b"]
+    assert all(not entry["error_messages"] for entry in entries)
