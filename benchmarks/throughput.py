@@ -20,6 +20,7 @@ The networks have random weights at a reduced width (one fold by default), so th
 stages weigh in the total as they do beside a GPU; timings do not depend on the weights.
 
     python benchmarks/throughput.py [--cases 8] [--channels 8 16 32 64 128] [--folds 1]
+        [--mode fast] [--profile-cases 4] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -180,9 +181,11 @@ def loop_before(cases: list[Any], output_dir: Path, predictor: Any) -> None:
             reading = ahead  # type: ignore[assignment]
 
 
-def stage_profile(input_dir: Path, work: Path, predictor: Any) -> list[list[object]]:
-    """Rows: stage, seconds per case before and now (wall per case last)."""
-    cases = find_cases(input_dir).cases
+def stage_profile(input_dir: Path, work: Path, predictor: Any,
+                  count: int) -> list[list[object]]:
+    """Rows: stage, seconds per case before and now (wall per case last), over the first
+    `count` cases."""
+    cases = find_cases(input_dir).cases[:count]
     targets = [(pipeline, "read_case", "read"),
                (predictor_module.Predictor, "predict", "predict (preprocess, network, mask)"),
                (pipeline, "write_image", "write")]
@@ -208,7 +211,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=1)
     parser.add_argument("--mode", choices=("reference", "fast"), default="fast")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument("--profile-cases", type=int, default=4,
+                        help="cases of the stage profile (default 4; 0 skips it)")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     with contextlib.ExitStack() as stack:
@@ -219,7 +223,7 @@ def main() -> None:
         print(f"# throughput: {args.cases} full-size phantoms ({time.perf_counter() - start:.0f}"
               f" s to make), {cores} cores, torch {torch.__version__}; {args.folds} fold(s), "
               f"channels {tuple(args.channels)}, mode {args.mode}, random weights\n")
-        model = make_weights(work / "weights", tuple(args.channels), args.folds)
+        make_weights(work / "weights", tuple(args.channels), args.folds)
         save_json(InferenceConfig(mode=args.mode), work / "inference.json")
         common = ["--input", str(work / "input"), "--weights", str(work / "weights"),
                   "--config", str(work / "inference.json"), "--save-probability"]
@@ -239,13 +243,13 @@ def main() -> None:
         differ, total, furthest = mask_agreement(*outputs, threshold=0.5)
         print(f"\nmasks of 1 and 2 workers: {differ} of {total} voxels differ"
               + (f" (probability within {furthest:.1e} of the threshold)" if differ else ""))
-        if not args.skip_profile:
+        if args.profile_cases:
             predictor = predictor_module.Predictor.from_weights_dir(
                 work / "weights", InferenceConfig(mode=args.mode), device="cpu")
-            del model
-            print("\n## stage profile, seconds per case (one process, 2 threads)\n")
+            print(f"\n## stage profile, seconds per case ({args.profile_cases} cases, one "
+                  f"process, {torch.get_num_threads()} threads)\n")
             print_table(["stage", "read ahead only (before)", "+ write behind (now)"],
-                        stage_profile(work / "input", work, predictor))
+                        stage_profile(work / "input", work, predictor, args.profile_cases))
 
 
 if __name__ == "__main__":
