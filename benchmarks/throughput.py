@@ -92,7 +92,7 @@ def _tree(pid: int) -> list[int]:
 
 def _peak_rss(pid: int) -> tuple[str, int] | None:
     """(command tail, VmHWM bytes) of `pid`."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, StopIteration):  # gone, or a zombie
         status = Path(f"/proc/{pid}/status").read_text()
         hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -169,15 +169,15 @@ class StageTimes:
 
 
 def loop_before(cases: list[Any], output_dir: Path, predictor: Any) -> None:
-    """The case loop as it was: the next case read ahead, each case written before the
-    next one starts."""
+    """The case loop as it was: the next case read ahead, each case written (mask and
+    probability) before the next one starts."""
     fill = predictor.model_config.preprocessing.ct_fill_hu
     with ThreadPoolExecutor(max_workers=1) as prefetch:
         reading = prefetch.submit(pipeline.read_case, cases[0], fill)
         for index, files in enumerate(cases):
             ahead = (prefetch.submit(pipeline.read_case, cases[index + 1], fill)
                      if index + 1 < len(cases) else None)
-            pipeline._predict_one(files, reading, output_dir, predictor, False, None, True, None)
+            pipeline._predict_one(files, reading, output_dir, predictor, True, None, True, None)
             reading = ahead  # type: ignore[assignment]
 
 
@@ -191,8 +191,8 @@ def stage_profile(input_dir: Path, work: Path, predictor: Any,
                (pipeline, "write_image", "write")]
     columns = []
     for name, loop in (("before", lambda out: loop_before(cases, out, predictor)),
-                       ("now", lambda out: pipeline.predict_each(cases, out, predictor,
-                                                                 lambda entry: None))):
+                       ("now", lambda out: pipeline.predict_each(
+                           cases, out, predictor, lambda entry: None, save_probability=True))):
         times = StageTimes()
         with times.wrapping(targets):
             start = time.perf_counter()
@@ -213,16 +213,21 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--profile-cases", type=int, default=4,
                         help="cases of the stage profile (default 4; 0 skips it)")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the stage profile, not the two predict runs")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     with contextlib.ExitStack() as stack:
         work = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         start = time.perf_counter()
+        missing = [seed for seed in range(args.cases)  # a --workdir keeps them for a rerun
+                   if not (work / "input" / f"case_{seed:02d}" / "images").is_dir()]
         with ProcessPoolExecutor(max_workers=cores) as pool:
-            list(pool.map(make_case, range(args.cases), [work / "input"] * args.cases))
-        print(f"# throughput: {args.cases} full-size phantoms ({time.perf_counter() - start:.0f}"
-              f" s to make), {cores} cores, torch {torch.__version__}; {args.folds} fold(s), "
-              f"channels {tuple(args.channels)}, mode {args.mode}, random weights\n")
+            list(pool.map(make_case, missing, [work / "input"] * len(missing)))
+        print(f"# throughput: {args.cases} full-size phantoms ({len(missing)} made in "
+              f"{time.perf_counter() - start:.0f} s), {cores} cores, torch {torch.__version__}; "
+              f"{args.folds} fold(s), channels {tuple(args.channels)}, mode {args.mode}, "
+              "random weights\n")
         make_weights(work / "weights", tuple(args.channels), args.folds)
         save_json(InferenceConfig(mode=args.mode), work / "inference.json")
         common = ["--input", str(work / "input"), "--weights", str(work / "weights"),
@@ -230,7 +235,7 @@ def main() -> None:
         runs = {"1 worker, 2 threads": ["--device", "cpu"],
                 "--devices cpu,cpu (1 thread each)": ["--devices", "cpu,cpu"]}
         rows, outputs, walls = [], [], []
-        for title, extra in runs.items():
+        for title, extra in ({} if args.profile_only else runs).items():
             out = work / f"out-{len(outputs)}"
             wall, peaks = run_predict([*common, "--output", str(out), *extra])
             outputs.append(out)
@@ -239,15 +244,17 @@ def main() -> None:
                             f"{peak / 2**30:.2f}" for cmd, peak in peaks.values())
             rows.append([title, f"{wall:.1f}", f"{3600 * args.cases / wall:.0f}",
                          f"{walls[0] / wall:.2f}", rss])
-        print_table(["run", "wall s", "cases/h", "ratio to 1 worker", "peak RSS GiB"], rows)
-        differ, total, furthest = mask_agreement(*outputs, threshold=0.5)
-        print(f"\nmasks of 1 and 2 workers: {differ} of {total} voxels differ"
-              + (f" (probability within {furthest:.1e} of the threshold)" if differ else ""))
+        if rows:
+            print_table(["run", "wall s", "cases/h", "ratio to 1 worker", "peak RSS GiB"], rows)
+            differ, total, furthest = mask_agreement(*outputs, threshold=0.5)
+            print(f"\nmasks of 1 and 2 workers: {differ} of {total} voxels differ" + (
+                f" (probability within {furthest:.1e} of the threshold)" if differ else ""))
         if args.profile_cases:
             predictor = predictor_module.Predictor.from_weights_dir(
                 work / "weights", InferenceConfig(mode=args.mode), device="cpu")
             print(f"\n## stage profile, seconds per case ({args.profile_cases} cases, one "
-                  f"process, {torch.get_num_threads()} threads)\n")
+                  f"process, {torch.get_num_threads()} threads, mask and probability "
+                  "written)\n")
             print_table(["stage", "read ahead only (before)", "+ write behind (now)"],
                         stage_profile(work / "input", work, predictor, args.profile_cases))
 

@@ -137,6 +137,43 @@ def test_a_killed_worker_fails_only_its_case(tmp_path, weights, config) -> None:
         entries["big"]["error_messages"][0]
 
 
+def test_sigterm_stops_every_worker_and_records_what_finished(tmp_path, weights, config,
+                                                              cohort, caplog) -> None:
+    pids: list[int] = []
+
+    class TerminateAfterFirst(logging.Handler):
+        """SIGTERM to this process (the parent) as the first case finishes."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("worker ") and "started (pid" in \
+                    record.getMessage():
+                pids.append(int(record.getMessage().split("pid ")[1].rstrip(")")))
+            if record.getMessage().startswith("folder: 1 of"):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    handler = TerminateAfterFirst(level=logging.INFO)
+    loggers = [logging.getLogger(name) for name in ("petseg.cohort.run", "petseg.cohort.workers")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO):
+            code = _predict(cohort, tmp_path / "out", weights, config, "--devices", "cpu,cpu")
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert code == 130 and len(pids) == 2
+    entries = _entries(tmp_path / "out/results.json")
+    assert list(entries) == sorted(SIZES)
+    finished = [n for n, e in entries.items() if not e["error_messages"]]
+    interrupted = [n for n, e in entries.items() if e["error_messages"] == [INTERRUPTED]]
+    assert len(finished) >= 1 and len(interrupted) >= 1
+    assert sorted(finished + interrupted) == sorted(SIZES)
+    assert sorted(p.stem for p in (tmp_path / "out" / MASKS).iterdir()) == sorted(finished)
+    for pid in pids:  # every worker ended and was reaped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_parts_cover_every_case_once_and_merging_names_a_missing_part(
         tmp_path, weights, config, cohort, caplog) -> None:
     out = tmp_path / "out"
