@@ -5,7 +5,8 @@ A folder of full-size synthetic cases (`petseg.phantom.generate_case(seed, "full
 on its own grid) goes through `petseg predict` twice in this run, as a user runs it:
 
 - one process with all the machine's threads (`--device cpu`, the stock way), and
-- `--devices cpu,cpu` (two worker processes, the cores split between them),
+- `--devices cpu,cpu` (two worker processes, the cores split between them); with `cuda`
+  one GPU against `--devices all` (one worker per GPU),
 
 printing cases per hour, their ratio, the peak RSS of every process (the parent's and
 each worker's, from the kernel's high-water mark) and whether the masks agree (voxels
@@ -19,7 +20,7 @@ each stage (read, predict, write) and the wall per case.
 The networks have random weights at a reduced width (one fold by default), so the CPU
 stages weigh in the total as they do beside a GPU; timings do not depend on the weights.
 
-    python benchmarks/throughput.py [--cases 8] [--channels 8 16 32 64 128] [--folds 1]
+    python benchmarks/throughput.py [cpu|cuda] [--cases 8] [--channels 8 16 32 64 128] [--folds 1]
         [--mode fast] [--profile-cases 4] [--workdir DIR]
 """
 
@@ -206,6 +207,9 @@ def stage_profile(input_dir: Path, work: Path, predictor: Any,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("device", nargs="?", choices=("cpu", "cuda"), default="cpu",
+                        help="cpu: 1 process against --devices cpu,cpu; cuda: 1 GPU against "
+                             "--devices all")
     parser.add_argument("--cases", type=int, default=8, help="full-size phantoms (default 8)")
     parser.add_argument("--channels", type=int, nargs="+", default=(8, 16, 32, 64, 128))
     parser.add_argument("--folds", type=int, default=1)
@@ -232,8 +236,10 @@ def main() -> None:
         save_json(InferenceConfig(mode=args.mode), work / "inference.json")
         common = ["--input", str(work / "input"), "--weights", str(work / "weights"),
                   "--config", str(work / "inference.json"), "--save-probability"]
-        runs = {"1 worker, 2 threads": ["--device", "cpu"],
-                "--devices cpu,cpu (1 thread each)": ["--devices", "cpu,cpu"]}
+        runs = ({"1 worker, 2 threads": ["--device", "cpu"],
+                 "--devices cpu,cpu (1 thread each)": ["--devices", "cpu,cpu"]}
+                if args.device == "cpu" else
+                {"1 worker, 1 GPU": ["--device", "cuda"], "--devices all": ["--devices", "all"]})
         rows, outputs, walls = [], [], []
         for title, extra in ({} if args.profile_only else runs).items():
             out = work / f"out-{len(outputs)}"
@@ -251,7 +257,7 @@ def main() -> None:
                 f" (probability within {furthest:.1e} of the threshold)" if differ else ""))
         if args.profile_cases:
             predictor = predictor_module.Predictor.from_weights_dir(
-                work / "weights", InferenceConfig(mode=args.mode), device="cpu")
+                work / "weights", InferenceConfig(mode=args.mode), device=args.device)
             print(f"\n## stage profile, seconds per case ({args.profile_cases} cases, one "
                   f"process, {torch.get_num_threads()} threads, mask and probability "
                   "written)\n")

@@ -118,7 +118,8 @@ def test_a_killed_worker_fails_only_its_case(tmp_path, weights, config) -> None:
     handler.addFilter(lambda record: record.msg == "worker %d (pid %d, %s): case %s")
     workers_log = logging.getLogger("petseg.cohort.workers")
     workers_log.addHandler(handler)
-    level, workers_log.level = workers_log.level, logging.INFO
+    level = workers_log.level
+    workers_log.setLevel(logging.INFO)
     try:
         code = _predict(inp, tmp_path / "out", weights, config, "--devices", "cpu,cpu")
     finally:
