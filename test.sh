@@ -8,6 +8,9 @@
 # Environment:
 #   PETSEG_REQUIRE_DOCKER=1   fail when no Docker daemon answers (default: skip the
 #                             container part with a message); .ci/run sets it
+#   PETSEG_REQUIRE_DCIODVFY=1 fail when dciodvfy (dicom3tools) is missing instead of skipping
+#                             the DICOM SEG validation; .ci/run sets it after
+#                             scripts/system_setup.sh installed it
 #   PETSEG_TEST_BASE          auto | pinned | cpu, see scripts/container_test.sh --help
 # Sets up the pinned virtual environment .venv on first use (scripts/bootstrap.sh).
 set -euo pipefail

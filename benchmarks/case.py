@@ -121,9 +121,8 @@ class RSSTrace:
 
 STAGES: list[tuple[Any, str, str, str | None]] = [
     (pipeline, "read_case", "read PET + CT", None),
-    (preprocessing, "ct_on_pet_grid", "resample CT onto the PET grid", None),
-    (preprocessing, "body_box", "body mask + crop box", None),
-    (preprocessing, "resample", "resample crop to 2 mm", "preprocessing, rest"),
+    (preprocessing, "locate_body", "CT onto the PET grid + body mask and crop box", None),
+    (preprocessing, "crop_to_grid", "crop to 2 mm", None),
     (predictor_module, "preprocess_case", "preprocessing, rest", None),
     (predictor_module, "body_mask_for_windows", "body mask for window skipping", None),
     (predictor_module, "run_ensemble", "infer (ensemble)", None),

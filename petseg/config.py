@@ -17,6 +17,13 @@ from petseg.errors import PetsegError
 
 T = TypeVar("T")
 
+IMAGE_CHANNELS: tuple[str, ...] = ("pet", "ct")
+"""Image channel names `PreprocessingConfig.channel_order` may use (PET in SUV, CT scaled)."""
+
+CLICK_CHANNELS: tuple[str, ...] = ("tumour_clicks", "background_clicks")
+"""Click map channel names of a click-aware model: both, in this order, after the images
+(e.g. `("pet", "ct", "tumour_clicks", "background_clicks")`, `in_channels=4`)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
@@ -40,7 +47,8 @@ class PreprocessingConfig:
     """How a case becomes the network's input tensor `[C, D, H, W]`.
 
     Attributes:
-        channel_order: names of the input channels, in order ("pet" in SUV, "ct" scaled).
+        channel_order: names of the input channels, in order ("pet" in SUV, "ct" scaled;
+            a click-aware model adds `CLICK_CHANNELS` last).
         target_spacing_mm: isotropic voxel size of the network's grid.
         ct_clip_hu: CT window in HU, min-max scaled to [0, 1] afterwards.
         ct_fill_hu: value for CT voxels outside its field of view when resampled.
@@ -58,6 +66,11 @@ class PreprocessingConfig:
     body_margin_mm: float = 10.0
     orientation: str = "RAS"
 
+    @property
+    def image_channels(self) -> tuple[str, ...]:
+        """The channels made from the images: `channel_order` without the click maps."""
+        return tuple(n for n in self.channel_order if n not in CLICK_CHANNELS)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -65,6 +78,27 @@ class ModelConfig:
 
     network: NetworkConfig = NetworkConfig()
     preprocessing: PreprocessingConfig = PreprocessingConfig()
+
+    def __post_init__(self) -> None:
+        order = tuple(self.preprocessing.channel_order)
+        if int(self.network.in_channels) != len(order):
+            raise PetsegError(
+                f"network.in_channels {self.network.in_channels} != {len(order)} channels in "
+                f"preprocessing.channel_order {order}; make them agree in the model config"
+            )
+        clicks = [name for name in order if name in CLICK_CHANNELS]
+        images = order[:len(order) - len(clicks)]
+        if clicks and (tuple(order[len(images):]) != CLICK_CHANNELS
+                       or any(name in CLICK_CHANNELS for name in images)):
+            raise PetsegError(
+                f"preprocessing.channel_order {order}: click channels come both, last and in "
+                f"the order {CLICK_CHANNELS}, e.g. {('pet', 'ct', *CLICK_CHANNELS)}"
+            )
+
+    @property
+    def takes_clicks(self) -> bool:
+        """True when the network takes a tumour and a background click map as input."""
+        return CLICK_CHANNELS[0] in self.preprocessing.channel_order
 
 
 DEFAULT_THRESHOLD = 0.5

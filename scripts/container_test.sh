@@ -12,11 +12,16 @@
 # a copy with mode 0600, so every uid must be able to read what the image holds); when it
 # does not, a tiny random-weights ensemble is written to out/test-weights, baked into the
 # image instead, and the expected mask comes from `petseg predict` on the host.
-# A second run mounts another random ensemble at /opt/ml/model (where grand-challenge
-# puts an uploaded model) and checks that the container uses it instead. Then as users
+# A second run packs another random ensemble as the model tarball (`export.sh
+# --model-only`), mounts its unpacked contents at /opt/ml/model (where grand-challenge
+# unpacks an uploaded model) and the input with the platform's inputs.json listing its
+# slots, and checks that the container uses that model. Then as users
 # run it: `--user` a uid without an account, writing into a folder that uid owns (the
-# same check); the fixture case as a DICOM study at /input (a mask and a DICOM SEG,
-# test/container_dicom.py); an output folder the image user cannot write, and
+# same check); the fixture case as an anonymised DICOM study at /input (a mask and a
+# DICOM SEG without dciodvfy errors, test/container_dicom.py); the fixture case with a
+# lesion-clicks.json in /input, a background click on the largest component of the
+# expected mask (the mask at images/tumor-lesion-segmentation/, that component removed,
+# test/container_interactive.py); an output folder the image user cannot write, and
 # `--read-only` without a tmpfs, each refused with exit 1 and one line.
 # Environment:
 #   PETSEG_REQUIRE_DOCKER=1  fail when no Docker daemon answers (default: skip, saying so)
@@ -122,10 +127,10 @@ run_case() {  # run_case NAME EXPECTED_DIR [extra docker run arguments]: run, co
   shift 2
   volumes+=("$volume")
   docker volume create "$volume" >/dev/null
-  say "$name: running $tag on test/input (${gpus[*]:-no GPU})"
+  say "$name: running $tag on ${case_input#"$root/"} (${gpus[*]:-no GPU})"
   docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
     --memory 30g --memory-swap 30g --shm-size 128m --pids-limit 256 "${gpus[@]}" \
-    --volume "$root/test/input:/input:ro" --volume "$volume:/output" "$@" "$tag" \
+    --volume "$case_input:/input:ro" --volume "$volume:/output" "$@" "$tag" \
     || fail "$name: the container exited with status $?"
   say "$name: the container ran in $((SECONDS - start)) s"
   # Copy /output out through tar, so the files belong to the caller, not the image's user.
@@ -136,20 +141,39 @@ run_case() {  # run_case NAME EXPECTED_DIR [extra docker run arguments]: run, co
     --expected "$expected_dir" || fail "$name: the container's output is wrong (in $work/$name)"
 }
 
+case_input="$root/test/input"
 run_case baked-weights "$expected"
 
-# A model mounted at /opt/ml/model (grand-challenge's model tarball) replaces the baked-in
-# weights: another random ensemble, read-only, one folder down as an unpacked tarball may be.
+# The model tarball of the Models page, unpacked at /opt/ml/model, replaces the baked-in
+# weights: another random ensemble, packed by export.sh (sha256 checked), read-only.
+PYTHONPATH="$root" "$python" test/random_weights.py "$work/model-weights" --folds 2 \
+  --seed 100 >&2
+PETSEG_PYTHON="$python" ./export.sh --model-only --weights "$work/model-weights" \
+  --model-output "$work/model.tar.gz" >/dev/null
 model="$work/model"
-PYTHONPATH="$root" "$python" test/random_weights.py "$model/petseg-model" --folds 2 --seed 100 >&2
-chmod -R a+rX "$model"  # checkpoints are written with private modes
-scripts/make_test_fixture.sh --expected-only --weights "$model/petseg-model" \
-  --expected "$work/model-expected"
+mkdir -p "$model"
+tar -C "$model" -xzf "$work/model.tar.gz"
+chmod -R a+rX "$model"
+scripts/make_test_fixture.sh --expected-only --weights "$model" --expected "$work/model-expected"
 mask() { echo "$1"/images/automated-petct-lesion-segmentation/*.mha; }
 if cmp -s "$(mask "$expected")" "$(mask "$work/model-expected")"; then
   fail "the mounted model predicts the same mask as the baked-in weights; the test cannot tell them apart"
 fi
+# The platform's /input/inputs.json lists the slots; here they lie in folders other than the
+# fixed images/pet and images/ct (left empty), so the run passes only if the slots are read.
+case_input="$work/input-slots"
+mkdir -p "$case_input/images/pet" "$case_input/images/ct"
+cp -r test/input/images/pet "$case_input/images/pet-slot"
+cp -r test/input/images/ct "$case_input/images/ct-slot"
+cat >"$case_input/inputs.json" <<'JSON'
+[{"socket": {"slug": "positron-emission-tomography-pet", "kind": "Image", "super_kind": "Image",
+             "relative_path": "images/pet-slot"}, "image": null, "file": null, "value": null},
+ {"socket": {"slug": "computed-tomography-ct", "kind": "Image", "super_kind": "Image",
+             "relative_path": "images/ct-slot"}, "image": null, "file": null, "value": null}]
+JSON
+chmod -R a+rX "$case_input"
 run_case mounted-model "$work/model-expected" --volume "$model:/opt/ml/model:ro"
+case_input="$root/test/input"
 
 # --- as users run it: their own folder under any uid; one-line refusals -----------------
 # A bind-mounted folder owned by a uid the image has no account for, `--user` that uid.
@@ -166,7 +190,8 @@ PYTHONPATH="$root" "$python" test/container_check.py "$own" --input test/input \
   --expected "$expected" || fail "as-user: the container's output is wrong (in $own)"
 # --- DICOM at /input: the fixture case as one scanner DICOM study -----------------------
 dicom="$work/dicom-input"
-PYTHONPATH="$root" "$python" test/container_dicom.py write test/input "$dicom" >&2
+PYTHONPATH="$root" "$python" test/container_dicom.py write test/input "$dicom" \
+  --anonymised >&2
 chmod -R a+rX "$dicom"
 volume="petseg-test-output-$$-dicom"
 volumes+=("$volume")
@@ -181,6 +206,26 @@ docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$
 PYTHONPATH="$root" "$python" test/container_dicom.py check "$work/dicom-output" \
   --dicom "$dicom" --expected "$expected" \
   || fail "dicom: the container's output is wrong (in $work/dicom-output)"
+
+# --- an interactive case: a click file in /input, the mask at the interactive slug --------
+interactive="$work/interactive-input"
+PYTHONPATH="$root" "$python" test/container_interactive.py write test/input "$expected" \
+  "$interactive" >&2
+chmod -R a+rX "$interactive"
+volume="petseg-test-output-$$-interactive"
+volumes+=("$volume")
+docker volume create "$volume" >/dev/null
+say "interactive: running $tag on the case with a background click"
+docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
+  --memory 30g --memory-swap 30g --shm-size 128m --pids-limit 256 "${gpus[@]}" \
+  --volume "$interactive:/input:ro" --volume "$volume:/output" "$tag" \
+  || fail "interactive: the container exited with status $? on a case with clicks"
+mkdir -p "$work/interactive-output"
+docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
+  -C /output -cf - . | tar -C "$work/interactive-output" -xf -
+PYTHONPATH="$root" "$python" test/container_interactive.py check "$work/interactive-output" \
+  --input "$interactive" --automatic "$expected" \
+  || fail "interactive: the container's output is wrong (in $work/interactive-output)"
 
 expect_refusal() {  # expect_refusal NAME MESSAGE_START [docker run arguments]: one line, exit 1
   local name="$1" message="$2" err status=0

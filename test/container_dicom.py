@@ -1,11 +1,12 @@
 """The container on DICOM: write the fixture case as scanner DICOM, then check what came out.
 
-    PYTHONPATH=. python test/container_dicom.py write test/input DICOM_DIR
+    PYTHONPATH=. python test/container_dicom.py write test/input DICOM_DIR [--anonymised]
     PYTHONPATH=. python test/container_dicom.py check OUTPUT --dicom DICOM_DIR \
         --expected test/expected_output
 
 `write` turns the fixture's PET (SUV) and CT (HU) into one DICOM study (PET in Bq/ml,
-CT in stored values, nested folders, meaningless names, an unrelated series beside them).
+CT in stored values, nested folders, meaningless names, an unrelated series beside them);
+`--anonymised` leaves out what anonymisers delete (`ANONYMISER_REMOVES`).
 `check` (each failure one line; exit status 1 if any):
 - the mask folder holds exactly one `.mha` with, in patient space, a Dice of at least
   `--min-dice` (default 0.98) with the expected mask of the `.mha` fixture: the PET passes
@@ -13,7 +14,9 @@ CT in stored values, nested folders, meaningless names, an unrelated series besi
   1e-4 of a slice's maximum, so a few voxels at the threshold may flip;
 - `dicom-seg/` holds exactly one DICOM Segmentation whose frames reference instances of
   the written PET series, placed on those slices equal the mask, and whose study and
-  patient equal the PET's;
+  patient equal the PET's (an attribute the PET lacks is present and empty in the SEG);
+- dciodvfy (dicom3tools), when on PATH, finds no error in the SEG (PETSEG_REQUIRE_DCIODVFY=1:
+  its absence is a failure);
 - `results.json` lists one case, without errors, with the SEG among its outputs.
 """
 
@@ -21,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,17 +37,19 @@ import SimpleITK as sitk
 
 from petseg.evaluation.metrics import dice
 from petseg.io.images import read_image
-from petseg.phantom.dicom import write_dicom_study
+from petseg.phantom.dicom import ANONYMISER_REMOVES, StudyTags, write_dicom_study
 
 MASK_FOLDER = Path("images", "automated-petct-lesion-segmentation")
 SEG_FOLDER = Path("dicom-seg")
 
 
-def write(input_dir: Path, dicom_dir: Path) -> int:
+def write(input_dir: Path, dicom_dir: Path, anonymised: bool = False) -> int:
     """Write `input_dir`'s single PET/CT case as a DICOM study under `dicom_dir`."""
     (pet_path,), (ct_path,) = (sorted((input_dir / "images" / kind).glob("*.mha"))
                                for kind in ("pet", "ct"))
-    written = write_dicom_study(dicom_dir, read_image(pet_path), read_image(ct_path), seed=7)
+    tags = StudyTags(removed=ANONYMISER_REMOVES if anonymised else ())
+    written = write_dicom_study(dicom_dir, read_image(pet_path), read_image(ct_path), tags,
+                                seed=7)
     count = sum(len(files) for files in written.files.values())
     print(f"container dicom: wrote {count} files of study {written.study_uid} to {dicom_dir}")
     return 0
@@ -85,6 +93,31 @@ def _seg_matches_mask(seg_path: Path, mask: sitk.Image, pets: dict[str, pydicom.
         failures.append(f"{seg_path}: its frames placed on the PET slices differ from the mask")
 
 
+def dciodvfy_errors(path: Path) -> list[str]:
+    """dciodvfy's "Error" lines for `path` (its report goes to stderr)."""
+    binary = shutil.which("dciodvfy")
+    assert binary is not None
+    report = subprocess.run([binary, str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (report.stdout + report.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+def _seg_is_valid(seg_path: Path, seg: pydicom.Dataset, pet: pydicom.Dataset | None,
+                  failures: list[str]) -> None:
+    """Patient and study as the PET's (empty where the PET lacks them); no dciodvfy error."""
+    for tag in ("StudyInstanceUID", "PatientID", *ANONYMISER_REMOVES):
+        if pet is not None and tag not in pet:
+            if tag not in seg or seg[tag].value not in ("", None):
+                failures.append(f"{seg_path}: {tag}, missing in the PET, is not empty")
+        elif pet is None or getattr(seg, tag, None) != getattr(pet, tag):
+            failures.append(f"{seg_path}: {tag} differs from the PET's")
+    if shutil.which("dciodvfy") is not None:
+        failures += [f"{seg_path}: dciodvfy: {line}" for line in dciodvfy_errors(seg_path)]
+    elif os.environ.get("PETSEG_REQUIRE_DCIODVFY") == "1":
+        failures.append("dciodvfy not on PATH and PETSEG_REQUIRE_DCIODVFY=1; run "
+                        "scripts/system_setup.sh")
+
+
 def check(output: Path, dicom_dir: Path, expected_dir: Path, min_dice: float) -> list[str]:
     """One line per violated rule of the module docstring; empty when all hold."""
     failures: list[str] = []
@@ -107,10 +140,7 @@ def check(output: Path, dicom_dir: Path, expected_dir: Path, min_dice: float) ->
             failures.append(f"{seg_path}: not a SEG whose frames reference the PET instances")
         if mask_path and not failures:
             _seg_matches_mask(seg_path, read_image(mask_path), pets, failures)
-        some_pet = next(iter(pets.values()), None)
-        for tag in ("StudyInstanceUID", "PatientID"):
-            if some_pet is None or getattr(seg, tag) != getattr(some_pet, tag):
-                failures.append(f"{seg_path}: {tag} differs from the PET's")
+        _seg_is_valid(seg_path, seg, next(iter(pets.values()), None), failures)
     results_path = output / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else []
     kinds = [o.get("type") for e in results for o in e.get("outputs", [])]
@@ -127,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     make = commands.add_parser("write")
     make.add_argument("input", type=Path)
     make.add_argument("dicom", type=Path)
+    make.add_argument("--anonymised", action="store_true",
+                      help="leave out what anonymisers delete (ANONYMISER_REMOVES)")
     inspect = commands.add_parser("check")
     inspect.add_argument("output", type=Path)
     inspect.add_argument("--dicom", type=Path, required=True)
@@ -134,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--min-dice", type=float, default=0.98)
     args = parser.parse_args(argv)
     if args.command == "write":
-        return write(args.input, args.dicom)
+        return write(args.input, args.dicom, args.anonymised)
     failures = check(args.output, args.dicom, args.expected, args.min_dice)
     for failure in failures:
         print(f"container dicom: FAIL {failure}", file=sys.stderr)

@@ -142,10 +142,10 @@ def test_a_pet_not_in_suv_is_refused_and_a_ct_without_air_warned_about(tmp_path,
 
 
 def test_read_case_cleans_non_finite_voxels_with_a_warning(tmp_path, caplog) -> None:
-    pet = np.ones((8, 9, 10), np.float32)
+    pet = body_suv()
     pet[0, 0, :3] = np.nan
     pet[1, 1, 1] = np.inf
-    ct = np.zeros((8, 9, 10), np.float32)
+    ct = body_ct().astype(np.float32)
     ct[2, 2, 2] = np.nan
     files = _case_files(tmp_path, pet, ct)
     with caplog.at_level(logging.WARNING, logger="petseg.io.cases"):
@@ -154,7 +154,7 @@ def test_read_case_cleans_non_finite_voxels_with_a_warning(tmp_path, caplog) -> 
     ct_out = sitk.GetArrayFromImage(case.ct)
     assert case.pet.GetPixelID() == sitk.sitkFloat32
     assert pet_out[0, 0, :3].tolist() == [0, 0, 0] and pet_out[1, 1, 1] == 0
-    assert pet_out.sum() == pet.size - 4
+    assert pet_out.sum() == pytest.approx(body_suv().sum(), rel=1e-6)  # those were air
     assert ct_out[2, 2, 2] == -1024.0 and np.isfinite(ct_out).all()
     assert f"{files.pet}: 4 non-finite voxel(s) (NaN/inf) set to 0" in caplog.text
     assert f"{files.ct}: 1 non-finite voxel(s) (NaN/inf) set to -1024" in caplog.text
@@ -228,3 +228,16 @@ def test_swapped_or_wrong_modalities_are_named(tmp_path) -> None:
         read_case(_case_files(tmp_path / "c", suv, suv))
 
 
+
+
+@pytest.mark.parametrize("depth", ["dataset", "patient", "study"])
+def test_an_autopet_case_is_named_after_its_patient(tmp_path, depth) -> None:
+    """Whichever folder --input names, the case is `PETCT_<id>_<date>`, the name the
+    evaluation gives its ground truth, never the date folder alone."""
+    date = "07-18-2006-NA-PET-CT Ganzkoerper  primaer mit KM-26153"
+    study = tmp_path / "PETCT_2910954e61" / date
+    pet, ct = touch(study / "SUV.nii.gz"), touch(study / "CTres.nii.gz")
+    root = {"dataset": tmp_path, "patient": study.parent, "study": study}[depth]
+    [case] = find_cases(root).cases
+    assert case == CaseFiles(
+        "PETCT_2910954e61_07-18-2006-NA-PET-CT_Ganzkoerper_primaer_mit_KM-26153", pet, ct)

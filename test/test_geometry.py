@@ -15,7 +15,9 @@ from petseg.io.geometry import (
     closest_axis_permutation,
     isotropic_grid,
     orientation_direction,
+    parallel_axes,
     resample,
+    resample_parallel,
     same_grid,
     uncrop,
 )
@@ -127,3 +129,58 @@ def test_same_grid_tolerates_rounding_only() -> None:
                                      a.direction))
     assert not same_grid(a, Geometry(a.size, a.spacing, a.origin, IDENTITY_DIRECTION))
     assert not same_grid(a, Geometry((30, 26, 21), a.spacing, a.origin, a.direction))
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_every_nth_voxel_grid_holds_the_same_physical_points(name: str) -> None:
+    parent = _geometry(DIRECTIONS[name])
+    coarse = parent.every((3, 2, 4))
+    assert coarse.size == (10, 13, 6)  # ceil(30 / 3), ceil(26 / 2), ceil(22 / 4)
+    assert coarse.spacing == (3 * PET_SPACING[0], 2 * PET_SPACING[1], 4 * PET_SPACING[2])
+    np.testing.assert_allclose(grid_points(coarse), grid_points(parent)[::4, ::2, ::3],
+                               rtol=0, atol=1e-9)
+    assert parent.every((1, 1, 1)) == parent
+
+
+def test_crop_box_between_two_voxels() -> None:
+    box = CropBox.between(np.array([2, 5, 3]), np.array([9, 17, 13]))  # [z, y, x], end excluded
+    assert box == CropBox(index=(3, 5, 2), size=(10, 12, 7))
+    assert box.slices_zyx == (slice(2, 9), slice(5, 17), slice(3, 13))
+
+
+PERMUTED_DIRECTION = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0)
+"""Axes reordered and flipped against RAS: the isotropic grid transposes the array."""
+
+
+@pytest.mark.parametrize("name", [*sorted(DIRECTIONS), "permuted"])
+@pytest.mark.parametrize("spacing", [2.0, 4.0, 1.3])
+def test_separable_resampling_equals_simpleitk_linear(name: str, spacing: float) -> None:
+    parent = _geometry(DIRECTIONS.get(name, PERMUTED_DIRECTION))
+    values = np.random.default_rng(1).standard_normal(tuple(reversed(parent.size)))
+    values = values.astype(np.float32)
+    grid = isotropic_grid(parent, spacing, "RAS")
+    # shifted 7 mm along each axis, so a band of the grid lies outside the parent: fill
+    shifted = Geometry(grid.size, grid.spacing,
+                       tuple(o + 7.0 for o in grid.origin), grid.direction)
+    for target in (grid, shifted):
+        expected = sitk.GetArrayFromImage(
+            resample(parent.image_from_array(values), target, sitk.sitkLinear, -7.0))
+        got = resample_parallel(values, parent, target, -7.0)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_array_equal(got == -7.0, expected == -7.0)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    assert (got == -7.0).any()
+    # and back onto the parent grid, as the probability goes back to the PET grid
+    expected_back = sitk.GetArrayFromImage(
+        resample(grid.image_from_array(expected), parent, sitk.sitkLinear, 0.0))
+    np.testing.assert_allclose(resample_parallel(expected, grid, parent), expected_back,
+                               rtol=0, atol=2e-6)
+
+
+def test_separable_resampling_refuses_grids_whose_axes_are_not_parallel() -> None:
+    parent = _geometry(LAS_DIRECTION)
+    oblique = _geometry(oblique_direction())
+    assert parallel_axes(parent, oblique) is None
+    assert parallel_axes(parent, parent) == [(0, 1.0, 0.0), (1, 1.0, 0.0), (2, 1.0, 0.0)]
+    with pytest.raises(ValueError, match="axes are not parallel; use resample"):
+        resample_parallel(np.zeros((22, 26, 30), np.float32), parent, oblique)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from image_fixtures import GEOMETRY, body_suv, touch
+from image_fixtures import GEOMETRY, body_ct, body_suv, touch, write_volume
 
 from petseg.errors import PetsegError
 from petseg.io.geometry import Geometry
-from petseg.io.images import read_image, write_image, write_json
+from petseg.io.images import read_image, read_images, write_image, write_json
 
 
 def _edit_header(path: Path, old: bytes, new: bytes) -> Path:
@@ -92,6 +92,24 @@ def test_truncated_empty_and_corrupt_files_say_so(tmp_path) -> None:
     with pytest.raises(PetsegError, match=r"junk\.nrrd: is not an image SimpleITK can read, or its "
                                           r"header is corrupt \(190 bytes\); replace the file"):
         read_image(junk)
+
+
+def test_read_images_reads_each_file_as_read_image_and_names_the_first_bad_one(
+        tmp_path) -> None:
+    pet = _mha(tmp_path / "pet.mha", compress=True)
+    ct = write_volume(tmp_path / "ct.mha", body_ct())
+    together = read_images(pet, ct)
+    for path, image in zip((pet, ct), together, strict=True):
+        alone = read_image(path)
+        assert Geometry.of(image) == Geometry.of(alone)
+        assert image.GetPixelID() == alone.GetPixelID()
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image),
+                                      sitk.GetArrayViewFromImage(alone))
+    empty = touch(tmp_path / "empty.mha")
+    with pytest.raises(PetsegError, match=f"^{empty}: is empty"):
+        read_images(pet, empty)
+    with pytest.raises(PetsegError, match=f"^{tmp_path / 'gone.mha'}: file not found"):
+        read_images(tmp_path / "gone.mha", empty)
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path) -> None:

@@ -7,17 +7,35 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from inference_synthetic import TABLE_GAP_MM, finer_ct_geometry, grid_points, make_case
+from inference_synthetic import (
+    TABLE_GAP_MM,
+    finer_ct_geometry,
+    grid_points,
+    image_on,
+    make_case,
+    oblique_direction,
+)
 
+from benchmarks.cpu_stages import (
+    lesion_probability,
+    previous_preprocess_case,
+    previous_probability_on_pet_grid,
+)
 from petseg.config import PreprocessingConfig
 from petseg.errors import PetsegError
-from petseg.io.geometry import CropBox, Geometry
+from petseg.evaluation.metrics import dice
+from petseg.inference.postprocessing import probability_on_pet_grid
+from petseg.io.geometry import LAS_DIRECTION, CropBox, Geometry
+from petseg.phantom import generate_case
 from petseg.preprocessing import (
+    CtOnPetGrid,
     body_mask,
     fill_holes,
+    locate_body,
     mask_box,
     preprocess_case,
     scale_ct,
+    search_step,
 )
 
 CONFIG = PreprocessingConfig()
@@ -141,3 +159,87 @@ def test_no_body_keeps_the_whole_image_with_a_warning(caplog) -> None:
         case = preprocess_case(pet, air, CONFIG)
     assert case.crop_box == CropBox((0, 0, 0), (20, 18, 16))
     assert "no body found" in caplog.text
+
+
+WHOLE_BODY_SIZE = (90, 80, 50)
+"""A PET grid (x, y, z) of 183 x 163 x 150 mm around the phantom (body 76 x 56 x 100 mm,
+table below), at autoPET's voxel size."""
+
+
+def _whole_grid_body(pet: sitk.Image, ct: sitk.Image) -> tuple[CropBox, np.ndarray]:
+    """The oracle: the CT on the whole PET grid by plain SimpleITK, the box of the full body
+    mask (largest component, holes filled) plus the margin; with that CT (HU)."""
+    hu = sitk.GetArrayFromImage(sitk.Resample(ct, pet, sitk.Transform(), sitk.sitkLinear,
+                                              CONFIG.ct_fill_hu, sitk.sitkFloat32))
+    body = body_mask(hu, CONFIG.body_threshold_hu)
+    return mask_box(body, Geometry.of(pet).spacing, CONFIG.body_margin_mm), hu
+
+
+@pytest.mark.parametrize(("ct_grid", "direction"), [
+    ("pet", LAS_DIRECTION), ("finer", LAS_DIRECTION), ("finer", oblique_direction())])
+def test_locate_body_gives_the_whole_grid_box_and_ct(ct_grid: str, direction, caplog) -> None:
+    pet = make_case(size=WHOLE_BODY_SIZE, direction=direction)[0]
+    pet, ct, _, _ = make_case(size=WHOLE_BODY_SIZE, direction=direction,
+                              ct_geometry=None if ct_grid == "pet" else finer_ct_geometry(pet))
+    assert search_step(Geometry.of(pet).spacing) == (3, 3, 2)
+    with caplog.at_level(logging.DEBUG, logger="petseg.preprocessing"):
+        box, hu = locate_body(CtOnPetGrid(ct, Geometry.of(pet), CONFIG.ct_fill_hu), CONFIG)
+    assert "whole grid" not in caplog.text  # settled by the coarse search and its refinement
+    expected_box, expected_hu = _whole_grid_body(pet, ct)
+    assert box == expected_box
+    assert np.prod(box.size) < 0.3 * np.prod(WHOLE_BODY_SIZE)
+    if ct_grid == "pet":  # sliced, not resampled: exactly the stored values
+        np.testing.assert_array_equal(hu, expected_hu[box.slices_zyx])
+    else:  # the same physical points resampled: float32 rounding apart
+        np.testing.assert_allclose(hu, expected_hu[box.slices_zyx], rtol=0, atol=1e-3)
+
+
+def test_a_part_the_coarse_search_misses_sends_it_to_the_whole_grid(caplog) -> None:
+    pet, ct, _, _ = make_case(size=WHOLE_BODY_SIZE)
+    hu = sitk.GetArrayFromImage(ct)
+    centre = np.array(hu.shape) // 2
+    z = centre[0] | 1  # odd slice, odd row: between the coarse search's samples
+    y = centre[1] - centre[1] % 3 + 1
+    assert hu[z, y, centre[2]] == 40  # the wire starts in soft tissue
+    hu[z, y, 3:centre[2]] = 40  # a 1-voxel wire from the body to 3 voxels off the grid's side
+    wired = image_on(Geometry.of(pet), hu)
+    with caplog.at_level(logging.DEBUG, logger="petseg.preprocessing"):
+        box, ct_box = locate_body(CtOnPetGrid(wired, Geometry.of(pet), CONFIG.ct_fill_hu),
+                                  CONFIG)
+    assert "body not settled on every (3, 3, 2)-th voxel: the whole grid is searched" in caplog.text
+    expected_box, expected_hu = _whole_grid_body(pet, wired)
+    assert box == expected_box and box.index[0] == 0  # 3 voxels of wire + a 5-voxel margin
+    np.testing.assert_array_equal(ct_box, expected_hu[box.slices_zyx])
+
+
+INPUT_TOLERANCE = {"rtol": 1e-6, "atol": 1e-6}
+"""Network input, current way vs SimpleITK's resampling: float32 rounding (SUV up to ~10,
+CT scaled to [0, 1])."""
+
+
+@pytest.mark.parametrize("ct_grid", ["pet", "finer"])
+def test_preprocessing_equals_the_whole_grid_way(ct_grid: str) -> None:
+    pet = make_case(size=WHOLE_BODY_SIZE)[0]
+    pet, ct, _, _ = make_case(size=WHOLE_BODY_SIZE, ct_geometry=None if ct_grid == "pet"
+                              else finer_ct_geometry(pet))
+    new, old = preprocess_case(pet, ct, CONFIG), previous_preprocess_case(pet, ct, CONFIG)
+    assert (new.crop_box, new.grid) == (old.crop_box, old.grid)
+    np.testing.assert_allclose(new.image, old.image, **INPUT_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_full_size_phantom_gives_the_previous_input_and_mask() -> None:
+    phantom = generate_case(3, "full", cohort="LYMPHOMA")  # CT 512 x 512 on its own grid
+    new = preprocess_case(phantom.pet, phantom.ct, CONFIG)
+    old = previous_preprocess_case(phantom.pet, phantom.ct, CONFIG)
+    assert (new.crop_box, new.grid) == (old.crop_box, old.grid)
+    np.testing.assert_allclose(new.image, old.image, **INPUT_TOLERANCE)
+    on_pet = [back(lesion_probability(case, CONFIG), case.grid, case.crop_box,
+                   case.pet_geometry)
+              for case, back in ((new, probability_on_pet_grid),
+                                 (old, previous_probability_on_pet_grid))]
+    masks = [p > 0.5 for p in on_pet]
+    assert masks[0].sum() > 10_000
+    assert dice(masks[0], masks[1]) >= 0.999
+    # any voxel that differs lies within float noise of the threshold
+    assert np.all(np.abs(on_pet[1][masks[0] != masks[1]] - 0.5) < 1e-5)

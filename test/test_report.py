@@ -364,9 +364,9 @@ def test_report_command_refuses_a_mask_on_another_grid(tmp_path, capsys) -> None
 
 # ----------------------------------------------------------------------------- predict --extras
 
-def _predict_with_extras(tmp_path: Path) -> tuple[sitk.Image, Path, Path]:
-    """`petseg predict --extras` on one synthetic case with three tiny folds; returns the
-    PET, the output and the extras folders."""
+def _predict_with_extras(tmp_path: Path, exit_code: int = 0) -> tuple[sitk.Image, Path, Path]:
+    """`petseg predict --extras` on one synthetic case with three tiny folds, exiting with
+    `exit_code`; returns the PET, the output and the extras folders."""
     from inference_synthetic import make_case
     from tiny_models import tiny_ensemble
 
@@ -381,7 +381,7 @@ def _predict_with_extras(tmp_path: Path) -> tuple[sitk.Image, Path, Path]:
     code = main(["predict", "--input", str(tmp_path / "in"), "--output", str(out),
                  "--weights", str(tmp_path / "weights"), "--config", str(tmp_path / "inf.json"),
                  "--device", "cpu", "--allow-missing-folds", "--extras", str(extras)])
-    assert code == 0  # extras never fail a case
+    assert code == exit_code  # failed extras leave the mask but count as an error
     return pet, out, extras
 
 
@@ -392,10 +392,12 @@ def test_extras_that_fail_midway_leave_none_of_the_case_behind(tmp_path, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(petseg.clinical.report, "mip_png", full)  # after uncertainty, JSON and CSV
-    _, out, extras = _predict_with_extras(tmp_path)
+    _, out, extras = _predict_with_extras(tmp_path, exit_code=1)
     assert list(extras.iterdir()) == []
     [entry] = json.loads((out / "results.json").read_text())
     assert entry["extras_error"] == "OSError: [Errno 28] No space left on device"
+    assert entry["error_messages"] == [
+        "extras not written: OSError: [Errno 28] No space left on device"]
     assert (out / "images" / "automated-petct-lesion-segmentation" / "c1-pet.mha").is_file()
 
 

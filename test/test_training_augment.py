@@ -313,3 +313,25 @@ def test_positive_plus_hot_fraction_above_one_is_refused() -> None:
 
     with pytest.raises(PetsegError, match=r"positive_fraction \+ hot_fraction = 1\.2"):
         TrainingConfig(augmentation=AugmentationConfig(positive_fraction=0.6, hot_fraction=0.6))
+
+
+def test_a_memory_mapped_cache_gives_no_warning_and_stays_untouched(volume, tmp_path) -> None:
+    """The cache is memory-mapped read-only: a sample from it gives the in-RAM sample's
+    values without PyTorch's "NumPy array is not writable" warning."""
+    import warnings
+
+    image, label = volume
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "label.npy", label)
+    mapped = np.load(tmp_path / "image.npy", mmap_mode="r")
+    mapped_label = np.load(tmp_path / "label.npy", mmap_mode="r")
+    # whole rows and columns: the label's box is a contiguous view of the memory map
+    config = AugmentationConfig(patch_size=(24, 44, 48))
+    params = SampleParams(start=(3, 0, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, out_label = augment_sample(mapped, mapped_label, params, config, CPU)
+    reference, reference_label = augment_sample(image, label, params, config, CPU)
+    np.testing.assert_array_equal(out.numpy(), reference.numpy())
+    np.testing.assert_array_equal(out_label.numpy(), reference_label.numpy())
+    np.testing.assert_array_equal(np.load(tmp_path / "image.npy"), image)

@@ -2,10 +2,12 @@
 settings.
 
 Every finished case's results entry records `run` = {"weights": sha256 of the weights'
-`manifest.json`, "settings": sha256 of the settings that shape the outputs} and
-`mask_sha256` (the mask file's bytes). With `--continue` such a case is skipped when its
-mask is still there with that sha256 and its other outputs exist; anything else (failed,
-interrupted, other weights or settings, a truncated or edited mask) is redone.
+`manifest.json`, "settings": sha256 of the settings that shape the outputs},
+`mask_sha256` (the mask file's bytes) and `input_stats` (size and modification time of
+each input file, the click file included). With `--continue` such a case is skipped when
+its inputs are unchanged and its mask is still there with that sha256 and its other
+outputs exist; anything else (failed, interrupted, other weights, settings or inputs, a
+truncated or edited mask) is redone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from petseg.checkpoint import MANIFEST_NAME, file_sha256, sha256_of
 from petseg.errors import PetsegError
 from petseg.io.cases import CaseList
 from petseg.io.images import read_json
-from petseg.pipeline import MASK_FOLDER, _entry
+from petseg.pipeline import _entry, mask_folder
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,28 @@ def run_fingerprint(weights_dir: Path, settings: Mapping[str, Any]) -> dict[str,
             "settings": sha256_of(text.encode())}
 
 
+def input_stats(entry: Mapping[str, Any]) -> dict[str, list[int] | None]:
+    """{file: [bytes, modification time in ns]} of an entry's inputs and click file (None
+    for a file that is gone)."""
+    files = [item["filename"] for item in entry["inputs"] if "filename" in item]
+    if entry.get("clicks"):
+        files.append(entry["clicks"]["file"])
+    stats: dict[str, list[int] | None] = {}
+    for name in files:
+        try:
+            found = Path(name).stat()
+            stats[name] = [found.st_size, found.st_mtime_ns]
+        except OSError:
+            stats[name] = None
+    return stats
+
+
 def stamp(entry: dict[str, Any], fingerprint: Mapping[str, str]) -> dict[str, Any]:
-    """Record the run's fingerprint and the mask's sha256 in a finished case's entry."""
+    """Record the run's fingerprint, the inputs' stats and the mask's sha256 in a finished
+    case's entry (the mask is its first output)."""
     if not entry["error_messages"] and entry["outputs"]:
         entry["run"] = dict(fingerprint)
+        entry["input_stats"] = input_stats(entry)
         entry["mask_sha256"] = file_sha256(entry["outputs"][0]["filename"])
     return entry
 
@@ -57,6 +77,8 @@ def redo_reason(entry: Mapping[str, Any] | None, mask: Path, inputs: list[Any],
         return "other weights or settings"
     if entry.get("inputs") != inputs:
         return "other input files"
+    if entry.get("input_stats") != input_stats(entry):
+        return "input files changed since (size or modification time)"
     if not mask.is_file():
         return "mask missing"
     if file_sha256(mask) != entry.get("mask_sha256"):
@@ -83,7 +105,7 @@ def finished_cases(cases: CaseList, results_path: Path, output_dir: Path,
     kept = {}
     for files in cases.cases:
         entry = by_name.get(files.name)
-        mask = output_dir.joinpath(*MASK_FOLDER, f"{files.name}.mha")
+        mask = output_dir.joinpath(*mask_folder(files), f"{files.name}.mha")
         reason = redo_reason(entry, mask, _entry(files, None, None, 0.0, None)["inputs"],
                              fingerprint)
         if reason is None:

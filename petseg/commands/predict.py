@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "files (any nesting; one case per study)")
     parser.add_argument("--output", required=True, type=Path,
                         help="output folder (masks under images/automated-petct-lesion-"
-                             "segmentation/, results.json beside)")
+                             "segmentation/, or images/tumor-lesion-segmentation/ for a case "
+                             "with clicks; results.json beside)")
+    parser.add_argument("--clicks", type=Path, default=None, metavar="FILE",
+                        help="click file (lesion-clicks.json schema: tumour and background "
+                             "points, PET voxel indices x, y, z) for a single input case; a "
+                             "case folder holding lesion-clicks.json uses it without this")
     parser.add_argument("--weights", type=Path, default=None,
                         help=f"folder with fold checkpoints and manifest.json (default: "
                              f"{MODEL_DIR} if it holds a manifest, else ./weights or the "
@@ -158,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
     from petseg.cohort.parts import check_part, select_part
     from petseg.cohort.run import predict_cohort
-    from petseg.io.cases import find_cases
+    from petseg.io.cases import find_cases, with_click_file
     from petseg.io.images import check_writable
-    from petseg.pipeline import MASK_FOLDER, PROBABILITY_FOLDER
+    from petseg.pipeline import INTERACTIVE_MASK_FOLDER, MASK_FOLDER, PROBABILITY_FOLDER
 
     if args.extras is not None:
         mask_dir = args.output.joinpath(*MASK_FOLDER).resolve()
@@ -181,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.extras)
     with _interrupt_on_sigterm():
         cases = find_cases(args.input, weight_kg=args.weight_kg)
+        if args.clicks is not None:
+            cases = with_click_file(cases, args.clicks)
+        if any(files.clicks is not None for files in cases.cases):
+            check_writable(args.output.joinpath(*INTERACTIVE_MASK_FOLDER))
         if args.dicom_seg and any(files.dicom is not None for files in cases.cases):
             from petseg.io.dicom_seg import SEG_FOLDER
 

@@ -12,7 +12,7 @@ import cc3d
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.io.geometry import CropBox, Geometry, resample, uncrop
+from petseg.io.geometry import CropBox, Geometry, resample_parallel, uncrop
 
 CONNECTIVITY = 18
 """Lesion components use 18-connectivity, as the challenge's evaluation."""
@@ -23,11 +23,11 @@ def probability_on_pet_grid(
 ) -> np.ndarray:
     """Probability `[D, H, W]` on `grid` -> float32 `[z, y, x]` on the full PET grid.
 
-    Linear interpolation onto the cropped PET region (`crop_box`), zeros outside it.
+    Linear interpolation onto the cropped PET region (`crop_box`), zeros outside it; the
+    grids' axes are parallel (`isotropic_grid`), so separable (`resample_parallel`).
     """
-    image = grid.image_from_array(np.ascontiguousarray(probability, dtype=np.float32))
-    cropped = resample(image, crop_box.geometry(pet_geometry), sitk.sitkLinear, 0.0)
-    return uncrop(sitk.GetArrayFromImage(cropped), crop_box, pet_geometry, fill=0.0)
+    cropped = resample_parallel(probability, grid, crop_box.geometry(pet_geometry), 0.0)
+    return uncrop(cropped, crop_box, pet_geometry, fill=0.0)
 
 
 def threshold_mask(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The fold ensemble as one object: a case's PET + CT in, a mask on the PET grid out.
 
-    preprocess_case -> run_ensemble (every fold, one pass) -> probability_on_pet_grid
-      -> probability_to_mask
+    preprocess_case [+ click maps] -> run_ensemble (every fold, one pass)
+      -> probability_on_pet_grid -> probability_to_mask [-> click rule]
 
 `Predictor(networks, model_config, config, weights, device)` reads nothing from disk;
 `Predictor.from_weights_dir` loads and verifies the checkpoints listed in a manifest and
@@ -30,6 +30,9 @@ from petseg.inference.postprocessing import (
     probability_to_mask,
     threshold_mask,
 )
+from petseg.interactive.clicks import Clicks
+from petseg.interactive.maps import click_maps_on_grid
+from petseg.interactive.rule import apply_click_rule
 from petseg.model import build_network, size_divisor
 from petseg.preprocessing import PreparedCase, body_mask_for_windows, preprocess_case
 from petseg.progress import CaseProgress
@@ -147,10 +150,15 @@ class Predictor:
 
     def predict(self, pet: sitk.Image, ct: sitk.Image, probability: bool = False,
                 fold_probabilities: bool = False,
-                progress: CaseProgress | None = None) -> Prediction:
+                progress: CaseProgress | None = None, clicks: Clicks | None = None) -> Prediction:
         """Mask (and on request probabilities) on the PET grid for one PET (SUV) + CT (HU);
         stages and window batches are reported to `progress`. The fold maps come from the
-        same engine pass as the ensemble."""
+        same engine pass as the ensemble.
+
+        `clicks` (PET voxel indices): a click-aware network (`ModelConfig.takes_clicks`)
+        gets them as click maps (zeros without clicks); with any weights the mask then
+        honours every click (`petseg.interactive.rule`). The probabilities stay the
+        network's."""
         started = time.perf_counter()
         progress = progress or CaseProgress("-")
         progress.stage("preprocessing")
@@ -163,12 +171,18 @@ class Predictor:
                 if config.skip_empty_windows else None)
         progress.stage(f"{len(self.networks)} network(s) on {tuple(case.image.shape[1:])} voxels")
         with progress.listening():
-            result = self.probability(case.image, body_mask=body, config=config,
-                                      per_network=fold_probabilities)
+            result = self.probability(self._network_input(case, pet, clicks), body_mask=body,
+                                      config=config, per_network=fold_probabilities)
         progress.stage("probability to the PET grid, mask")
         on_pet = self._on_pet_grid(result.probability, case)
         mask = probability_to_mask(on_pet, case.pet_geometry, self.threshold,
                                    self.min_component_ml)
+        if clicks:
+            progress.stage(f"click rule ({clicks.counts()['tumour']} tumour, "
+                           f"{clicks.counts()['background']} background)")
+            mask = case.pet_geometry.image_from_array(apply_click_rule(
+                sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(pet), clicks,
+                case.pet_geometry.spacing))
         as_image = case.pet_geometry.image_from_array
         folds = result.fold_probabilities
         return Prediction(
@@ -177,6 +191,14 @@ class Predictor:
             fold_probabilities=[as_image(self._on_pet_grid(f, case)) for f in folds]
             if folds is not None else None,
         )
+
+    def _network_input(self, case: PreparedCase, pet: sitk.Image,
+                       clicks: Clicks | None) -> np.ndarray:
+        """`case.image`, with the click maps appended when the network takes clicks."""
+        if not self.model_config.takes_clicks:
+            return case.image
+        maps = click_maps_on_grid(clicks, pet, case.grid)
+        return np.concatenate([case.image, maps])
 
     @staticmethod
     def _on_pet_grid(probability: torch.Tensor, case: PreparedCase) -> np.ndarray:

@@ -19,7 +19,9 @@ import SimpleITK as sitk
 
 from petseg.errors import PetsegError
 from petseg.io.geometry import Geometry
-from petseg.io.images import image_stem, image_suffix, read_image
+from petseg.io.images import image_stem, image_suffix, read_images
+from petseg.io.interfaces import image_slot_folders, read_slots
+from petseg.io.plausibility import check_extent, check_value_ranges
 
 if TYPE_CHECKING:
     from petseg.io.dicom_study import DicomStudy
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 GC_PET = ("images", "pet")
 GC_CT = ("images", "ct")
+GC_CLICKS = "lesion-clicks.json"
+"""A case folder holding this click file (beside `images/`) is an interactive case."""
 AUTOPET_PET = "SUV"
 AUTOPET_CT = "CTres"
 _MODALITY_TOKEN = re.compile(r"(?:^|[_.\-])(?:pet|suv|ctres|ct|0000|0001)(?=$|[_.\-])")
@@ -50,6 +54,7 @@ class CaseFiles:
         ct: CT (HU) image file, None if not found.
         error: why the case cannot run (found while pairing), else None.
         dicom: for DICOM input, the study and its chosen series (`pet`, `ct` are None).
+        clicks: the case's click file (`petseg.interactive.clicks`), None for automatic.
     """
 
     name: str
@@ -57,6 +62,7 @@ class CaseFiles:
     ct: Path | None
     error: str | None = None
     dicom: DicomStudy | None = None
+    clicks: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +123,41 @@ def _pair(folder: Path, pets: list[Path], cts: list[Path]) -> list[CaseFiles]:
     )
 
 
+def _with_clicks(folder: Path, cases: list[CaseFiles]) -> list[CaseFiles]:
+    """`cases` of one challenge-layout `folder`, the one case given `folder`'s click file."""
+    path = folder / GC_CLICKS
+    if not path.exists():
+        return cases
+    if len(cases) != 1:
+        raise PetsegError(f"{path}: one click file for {len(cases)} cases; put each case "
+                          "with its click file in its own folder")
+    return [dataclasses.replace(cases[0], clicks=path)]
+
+
+def with_click_file(cases: CaseList, path: Path) -> CaseList:
+    """The single case of `cases` with click file `path` (`petseg predict --clicks`)."""
+    if len(cases.cases) != 1:
+        raise PetsegError(f"--clicks {path}: the input holds {len(cases.cases)} cases; give "
+                          f"--clicks for a single case, or put a {GC_CLICKS} into each case "
+                          "folder")
+    if not path.is_file():
+        raise PetsegError(f"--clicks {path}: not found; pass the case's click file")
+    return CaseList([dataclasses.replace(cases.cases[0], clicks=path)], cases.single)
+
+
 def _challenge_layout(folder: Path) -> bool:
     return folder.joinpath(*GC_PET).is_dir() or folder.joinpath(*GC_CT).is_dir()
+
+
+def autopet_case_name(pet: Path, root: Path) -> str:
+    """`PETCT_<id>_<date>` for `<root>/.../PETCT_<id>/<date>/SUV.nii.gz`: the folders from
+    `root` down to the image, and at least the patient and study folders even when `root`
+    is one of them, so a case is named as `petseg.evaluation.pairing` names its truth and
+    a person finds the patient."""
+    relative = pet.parent.relative_to(root).parts
+    above = pet.parent.resolve().parts[1:]  # without the file system's root
+    parts = relative if len(relative) >= 2 else above[-2:]
+    return safe_name("_".join(parts) if parts else root.resolve().name)
 
 
 def _autopet_cases(root: Path) -> list[CaseFiles]:
@@ -127,8 +166,7 @@ def _autopet_cases(root: Path) -> list[CaseFiles]:
         if image_stem(pet) != AUTOPET_PET or not image_suffix(pet):
             continue
         cts = [p for p in image_files(pet.parent) if image_stem(p) == AUTOPET_CT]
-        relative = pet.parent.relative_to(root)
-        name = safe_name("_".join(relative.parts) if relative.parts else root.resolve().name)
+        name = autopet_case_name(pet, root)
         if not cts:
             cases.append(CaseFiles(name, pet, None, f"{pet.parent}: no {AUTOPET_CT} image "
                                    f"beside {pet.name}; add the CT resampled to the PET grid"))
@@ -192,16 +230,25 @@ def _input_of(files: CaseFiles) -> str:
 def _find_cases(root: Path, weight_kg: float | None) -> CaseList:
     if not root.is_dir():
         raise PetsegError(f"{root}: input folder not found; check --input")
+    slots = read_slots(root)  # grand-challenge's inputs.json: its slots, not fixed folders
+    if slots is not None:
+        folders = image_slot_folders(slots, root)
+        for folder in folders:
+            if not image_files(folder):
+                raise PetsegError(f"{folder}: no image (.mha, .nii.gz, .nrrd) in this slot of "
+                                  f"{root / 'inputs.json'}; put the slot's image there")
+        cases = _with_clicks(root, _pair(root, *map(image_files, folders)))
+        return CaseList(cases, single=len(cases) == 1)
     if _challenge_layout(root):
         cases = _pair(root, image_files(root.joinpath(*GC_PET)), image_files(root.joinpath(*GC_CT)))
-        return CaseList(cases, single=len(cases) == 1)
+        return CaseList(_with_clicks(root, cases), single=len(cases) == 1)
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and _challenge_layout(p))
     if subfolders:
         cases = []
         for folder in subfolders:
             try:
-                found = _pair(folder, image_files(folder.joinpath(*GC_PET)),
-                              image_files(folder.joinpath(*GC_CT)))
+                found = _with_clicks(folder, _pair(folder, image_files(folder.joinpath(*GC_PET)),
+                                                   image_files(folder.joinpath(*GC_CT))))
             except PetsegError as exc:
                 cases.append(CaseFiles(safe_name(folder.name), None, None, str(exc)))
                 continue
@@ -378,7 +425,8 @@ def check_units(pet: sitk.Image, ct: sitk.Image, pet_path: Path, ct_path: Path,
 def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
     """Read and check one case: both 3D and readable with plausible headers (or a DICOM
     study's chosen series converted, `petseg.io.dicom_study`), NaNs cleaned, the PET plausibly
-    in SUV and the CT in HU (`check_units`), the CT covering the PET (`check_overlap`).
+    in SUV and the CT in HU (`check_units`), the CT covering the PET (`check_overlap`), both
+    of a plausible extent, dynamic range and value range (`petseg.io.plausibility`).
 
     The PET comes back as float32 SUV with non-finite voxels set to 0; the CT keeps its
     pixel type, non-finite voxels set to `ct_fill_hu`.
@@ -393,9 +441,15 @@ def read_case(files: CaseFiles, ct_fill_hu: float = -1024.0) -> Case:
         raise PetsegError(f"case {files.name}: PET or CT file missing; {LAYOUTS_HELP}")
     else:
         pet_path, ct_path = files.pet, files.ct
-        pet_raw, ct_raw = read_image(pet_path), read_image(ct_path)
-    pet = clean_non_finite(sitk.Cast(pet_raw, sitk.sitkFloat32), pet_path, 0.0)
+        pet_raw, ct_raw = read_images(pet_path, ct_path)
+    check_extent(pet_raw, pet_path, "PET")
+    check_extent(ct_raw, ct_path, "CT", smallest=False)  # the PET's: `check_overlap`
+    pet = (pet_raw if pet_raw.GetPixelID() == sitk.sitkFloat32  # as read: no copy
+           else sitk.Cast(pet_raw, sitk.sitkFloat32))
+    pet = clean_non_finite(pet, pet_path, 0.0)
     ct = clean_non_finite(ct_raw, ct_path, ct_fill_hu)
     check_units(pet, ct, pet_path, ct_path, pet_raw.GetPixelIDTypeAsString())
     check_overlap(pet, ct, pet_path, ct_path)
+    check_value_ranges(tuple(_percentiles(pet, [1, 99.9])),  # type: ignore[arg-type]
+                       tuple(_percentiles(ct, [1, 99.9])), pet_path, ct_path)
     return Case(files=files, pet=pet, ct=ct)

@@ -5,7 +5,9 @@ Structure", type SCT 108369006 "Neoplasm", algorithm type AUTOMATIC, identified 
 petseg with its version (family DCM 123110 "Artificial Intelligence"). Frames lie on the
 PET slices and reference the PET instances (SOPInstanceUID) they were made from; slices
 without lesion are left out (highdicom's `omit_empty_frames`); an empty mask keeps all
-frames. Patient, study and frame-of-reference attributes are copied from the PET.
+frames. Patient, study and frame-of-reference attributes are copied from the PET; a
+type-2 attribute of those modules that an anonymiser deleted is written empty
+(`complete_type2_attributes`), so the SEG stays valid and highdicom does not fail on it.
 
 Series and instance UIDs are fresh for each run. With a seed they are derived from the
 seed, the study, the PET series and the mask's bytes instead, so a rerun on the same
@@ -14,6 +16,7 @@ inputs with the same weights writes the same UIDs, and a different mask never re
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from pathlib import Path
@@ -21,6 +24,8 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -37,6 +42,48 @@ SEG_FOLDER: tuple[str, ...] = ("dicom-seg",)
 SEGMENT_LABEL = "FDG-avid lesion"
 SERIES_NUMBER = 901
 SERIES_DESCRIPTION = "petseg lesion segmentation"
+
+
+SEGMENTATION_IOD = "segmentation"
+PATIENT_SEXES = ("M", "F", "O")
+"""PatientSex's defined terms; another value (anonymisers write e.g. "X") is written empty."""
+
+
+def module_attributes(iod: str = SEGMENTATION_IOD) -> dict[str, dict[str, str]]:
+    """Root attributes of each Patient and Study module of `iod` with their type ("1", "2",
+    "3", ...), by module key (`patient`, `general-study`, `clinical-trial-subject`, ...), from
+    the standard's tables that highdicom ships and copies by."""
+    attributes = get_module_attribute_map()
+    return {module["key"]: {item["keyword"]: item["type"] for item in attributes[module["key"]]
+                            if not item["path"]}
+            for module in get_iod_module_map()[iod] if module["ie"] in ("Patient", "Study")}
+
+
+def type2_attributes(iod: str = SEGMENTATION_IOD) -> dict[str, tuple[str, ...]]:
+    """The type-2 attributes (present, maybe empty) of `module_attributes`, by module key."""
+    return {key: tuple(k for k, kind in found.items() if kind == "2")
+            for key, found in module_attributes(iod).items()}
+
+
+def complete_type2_attributes(source: Dataset) -> Dataset:
+    """`source`, or a copy of it in which every type-2 Patient/Study attribute the SEG copies
+    is present: empty where missing (an anonymised study), PatientSex empty where not a
+    defined term. Modules used only when present (clinical trial) are completed only when
+    `source` holds one of their attributes."""
+    mandatory = {module["key"] for module in get_iod_module_map()[SEGMENTATION_IOD]
+                 if module["usage"] == "M"}
+    missing = [keyword for key, found in module_attributes().items()
+               if key in mandatory or any(k in source for k in found)
+               for keyword, kind in found.items() if kind == "2" and keyword not in source]
+    bad_sex = str(source.get("PatientSex", "") or "") not in ("", *PATIENT_SEXES)
+    if not missing and not bad_sex:
+        return source
+    completed = copy.deepcopy(source)
+    for keyword in missing:
+        setattr(completed, keyword, None)
+    if bad_sex:
+        completed.PatientSex = None
+    return completed
 
 
 def seg_uids(study: DicomStudy, mask_zyx: np.ndarray, seed: str | None) -> tuple[str, str]:
@@ -67,7 +114,7 @@ def build_dicom_seg(study: DicomStudy, mask: sitk.Image, seed: str | None = None
         raise PetsegError(f"{study.folder}: no PET series to reference; cannot write a DICOM SEG")
     pet = study.pet
     order = slice_geometry(pet.paths, pet.headers).order
-    source = [pet.headers[i] for i in order]
+    source = [complete_type2_attributes(pet.headers[i]) for i in order]
     array = sitk.GetArrayFromImage(mask).astype(np.uint8)
     expected = (len(source), int(source[0].Rows), int(source[0].Columns))
     if array.shape != expected:

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,16 @@ def read_image(path: str | Path) -> sitk.Image:
         _check_gzip_complete(path, image)
     check_geometry(image, path)
     return image
+
+
+def read_images(*paths: str | Path) -> list[sitk.Image]:
+    """`read_image` of each path, all at once: SimpleITK releases the GIL while it reads
+    and decompresses, so a PET and its CT take the time of the larger file, not the sum.
+    The first failing path (in the given order) raises."""
+    if len(paths) < 2:
+        return [read_image(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=len(paths), thread_name_prefix="petseg-image") as pool:
+        return list(pool.map(read_image, paths))
 
 
 def process_umask() -> int:

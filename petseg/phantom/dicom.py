@@ -39,6 +39,11 @@ CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 F18_HALF_LIFE_S: float = 6586.2
 CT_INTERCEPT: float = -1024.0
+ANONYMISER_REMOVES: tuple[str, ...] = (
+    "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+    "ReferringPhysicianName", "StudyID")
+"""What anonymisers delete besides names and IDs (`StudyTags.removed` of an anonymised
+study); all type 2 in the DICOM SEG."""
 AC_CORRECTIONS: tuple[str, ...] = ("DECY", "ATTN", "SCAT", "DTIM", "RAN", "NORM")
 """CorrectedImage (0028,0051) of an attenuation-corrected PET series."""
 
@@ -57,6 +62,8 @@ class StudyTags:
         series_start: PET SeriesTime, the decay-correction reference (START).
         dose_bq: RadionuclideTotalDose at injection.
         half_life_s: RadionuclideHalfLife.
+        removed: patient and study attributes left out of every file, as an anonymiser
+            deletes them (e.g. "PatientBirthDate", "StudyTime").
     """
 
     patient_name: str = "PHANTOM^PETSEG"
@@ -71,6 +78,7 @@ class StudyTags:
     series_start: dt.time = dt.time(11, 3, 0)
     dose_bq: float = 350e6
     half_life_s: float = F18_HALF_LIFE_S
+    removed: tuple[str, ...] = ()
 
     def bqml_per_suv(self, weight_kg: float) -> float:
         """Bq/ml of one SUV: the decayed dose per gram of `weight_kg`."""
@@ -125,6 +133,8 @@ def _base(tags: StudyTags, study_uid: str, modality: str, sop_class: str) -> Dat
     ds.ReferringPhysicianName = ""
     ds.Modality = modality
     ds.Manufacturer = "petseg phantom"
+    for keyword in tags.removed:
+        delattr(ds, keyword)
     return ds
 
 

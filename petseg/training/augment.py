@@ -329,6 +329,10 @@ def _to_device(array: np.ndarray, device: torch.device, pin_memory: bool) -> tor
                               pin_memory=True)
         staging.numpy()[...] = array
         return staging.to(device, non_blocking=True)
+    # A read-only box (the cache's memory map) is copied into RAM the process owns: a tensor
+    # on read-only memory would be written through if anything worked in place on it.
+    if not array.flags.writeable:
+        array = np.array(array, order="C")
     return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
 

@@ -1,0 +1,126 @@
+"""DICOM SEG of studies as anonymisers leave them, checked by an independent validator
+(dciodvfy of Debian's dicom3tools)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+import SimpleITK as sitk
+from container_dicom import dciodvfy_errors
+from inference_synthetic import finer_ct_geometry, make_case
+
+from petseg.io.dicom_seg import complete_type2_attributes, type2_attributes, write_dicom_seg
+from petseg.io.dicom_study import find_dicom_studies
+from petseg.phantom.dicom import ANONYMISER_REMOVES, StudyTags, write_dicom_study
+
+ANONYMISED = ANONYMISER_REMOVES
+DCIODVFY = shutil.which("dciodvfy")
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[sitk.Image, sitk.Image, sitk.Image]:
+    pet, _, seg, _ = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0))
+    ct = make_case(size=(30, 30, 24), spacing=(4.0, 4.0, 6.0),
+                   ct_geometry=finer_ct_geometry(pet, spacing=(2.5, 2.5, 3.0)))[1]
+    return pet, ct, seg
+
+
+def _seg_of(root: Path, images, removed: tuple[str, ...]) -> Path:
+    """The SEG of a study written without `removed`; returns its path."""
+    pet, ct, mask = images
+    write_dicom_study(root / "study", pet, ct, StudyTags(removed=removed), seed=5)
+    [study] = find_dicom_studies(root / "study")
+    assert all(key not in study.pet.headers[0] for key in removed)
+    return write_dicom_seg(study, mask, root / "seg.dcm")
+
+
+def test_the_type2_attributes_come_from_the_standard() -> None:
+    found = type2_attributes()
+    assert found["patient"] == ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
+    assert set(found["general-study"]) == {"StudyDate", "StudyTime", "AccessionNumber",
+                                           "ReferringPhysicianName", "StudyID"}
+    assert set(ANONYMISED) <= {k for keys in found.values() for k in keys}
+
+
+@pytest.mark.parametrize("removed", [(key,) for key in ANONYMISED]
+                         + [ANONYMISED, ("PatientName", "PatientID", *ANONYMISED)],
+                         ids=[*ANONYMISED, "all", "all-and-identity"])
+def test_a_seg_of_an_anonymised_study_has_them_empty(tmp_path, images, removed) -> None:
+    path = _seg_of(tmp_path, images, removed)
+    ds = pydicom.dcmread(path)
+    pet = pydicom.dcmread(next(p for p in (tmp_path / "study").rglob("*") if p.is_file()
+                               and pydicom.dcmread(p, stop_before_pixels=True).Modality == "PT"))
+    for key in ("PatientName", "PatientID", *ANONYMISED):
+        if key in removed:
+            assert key in ds and ds[key].value in ("", None), key
+        else:
+            assert ds[key].value == pet[key].value, key
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    assert frames.sum() == sitk.GetArrayViewFromImage(images[2]).sum()
+
+
+def test_an_undefined_patient_sex_is_written_empty() -> None:
+    source = pydicom.Dataset()
+    source.PatientSex, source.StudyInstanceUID = "X", "1.2.3"
+    completed = complete_type2_attributes(source)
+    assert completed.PatientSex in ("", None) and source.PatientSex == "X"
+    assert completed.PatientBirthDate in ("", None) and "PatientBirthDate" not in source
+    whole = complete_type2_attributes(completed)
+    assert whole is completed  # nothing left to complete: no copy
+
+
+def test_clinical_trial_modules_are_completed_only_when_present() -> None:
+    source = pydicom.Dataset()
+    for key in ("PatientName", "PatientID", *ANONYMISED):
+        setattr(source, key, "")
+    assert complete_type2_attributes(source) is source
+    source.ClinicalTrialSponsorName = "Sponsor"
+    completed = complete_type2_attributes(source)
+    assert {"ClinicalTrialProtocolName", "ClinicalTrialSiteID", "ClinicalTrialSiteName"} <= set(
+        completed.dir())
+
+
+@pytest.mark.skipif(DCIODVFY is None and os.environ.get("PETSEG_REQUIRE_DCIODVFY") != "1",
+                    reason="dciodvfy not installed (Debian package dicom3tools; "
+                           "scripts/system_setup.sh installs it)")
+@pytest.mark.parametrize("removed", [(), ("PatientName", "PatientID", *ANONYMISED)],
+                         ids=["complete", "anonymised"])
+def test_dciodvfy_finds_no_error_in_the_seg(tmp_path, images, removed) -> None:
+    assert DCIODVFY is not None, "PETSEG_REQUIRE_DCIODVFY=1 but dciodvfy is not on PATH"
+    path = _seg_of(tmp_path, images, removed)
+    assert dciodvfy_errors(path) == []
+    broken = pydicom.dcmread(path)
+    del broken.SegmentSequence  # the validator is awake: a SEG without segments is an error
+    broken.save_as(tmp_path / "broken.dcm")
+    assert dciodvfy_errors(tmp_path / "broken.dcm") != []
+
+
+@pytest.mark.skipif(DCIODVFY is None and os.environ.get("PETSEG_REQUIRE_DCIODVFY") != "1",
+                    reason="dciodvfy not installed (Debian package dicom3tools; "
+                           "scripts/system_setup.sh installs it)")
+def test_predict_on_an_anonymised_study_writes_mask_and_valid_seg(tmp_path, images) -> None:
+    from random_weights import make_random_weights
+
+    from petseg.cli import main
+    from petseg.config import InferenceConfig, save_json
+    from petseg.io.dicom_study import study_name
+
+    assert DCIODVFY is not None, "PETSEG_REQUIRE_DCIODVFY=1 but dciodvfy is not on PATH"
+    pet, ct, _ = images
+    written = write_dicom_study(tmp_path / "dicom", pet, ct, StudyTags(removed=ANONYMISED), seed=3)
+    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25, threshold=0.5),
+              tmp_path / "inference.json")
+    assert main(["predict", "--input", str(tmp_path / "dicom"), "--output", str(tmp_path / "out"),
+                 "--weights", str(make_random_weights(tmp_path / "weights", folds=1)),
+                 "--config", str(tmp_path / "inference.json"), "--device", "cpu"]) == 0
+    name = study_name(written.study_uid)
+    mask = sitk.ReadImage(str(tmp_path / "out/images/automated-petct-lesion-segmentation"
+                              / f"{name}.mha"))
+    assert mask.GetSize() == pet.GetSize()
+    seg = tmp_path / "out" / "dicom-seg" / f"{name}.dcm"
+    assert dciodvfy_errors(seg) == []
+    assert pydicom.dcmread(seg).PatientBirthDate in ("", None)

@@ -1,0 +1,216 @@
+"""The click rule on masks, and clicks through the Predictor (click maps, the rule)."""
+
+from __future__ import annotations
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+import torch
+from inference_synthetic import make_case, oblique_direction
+from tiny_models import TINY, Constant, SuvThreshold
+
+from petseg.config import (
+    CLICK_CHANNELS,
+    InferenceConfig,
+    ModelConfig,
+    NetworkConfig,
+    PreprocessingConfig,
+    resolve_inference_config,
+)
+from petseg.inference.predictor import Predictor
+from petseg.interactive.clicks import Clicks
+from petseg.interactive.maps import CLICK_RADIUS_MM
+from petseg.interactive.rule import REGION_RADIUS_MM, TUMOUR_FRACTION, apply_click_rule
+
+SPACING_XYZ = (2.0, 2.0, 3.0)
+
+
+def ball(shape_zyx, centre_zyx, radius_mm, spacing_xyz=SPACING_XYZ) -> np.ndarray:
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape_zyx), indexing="ij"), -1)
+    d = (grid - np.asarray(centre_zyx)) * np.asarray(spacing_xyz[::-1])
+    return (d ** 2).sum(-1) <= radius_mm ** 2
+
+
+def xyz(zyx) -> tuple[int, int, int]:
+    return (int(zyx[2]), int(zyx[1]), int(zyx[0]))
+
+
+SHAPE = (30, 50, 60)
+HOT = ball(SHAPE, (10, 20, 15), 9.0)
+OTHER_HOT = ball(SHAPE, (10, 20, 32), 9.0)  # 34 mm away along x: a separate lesion
+
+
+def suv_volume() -> np.ndarray:
+    suv = np.ones(SHAPE, np.float32)
+    suv[HOT] = 10.0
+    suv[OTHER_HOT] = 12.0
+    return suv
+
+
+def test_tumour_click_outside_the_mask_adds_its_hot_region_only() -> None:
+    suv, mask = suv_volume(), np.zeros(SHAPE, np.uint8)
+    click = xyz(np.argwhere(HOT)[0])  # an edge voxel of the lesion; its maximum lies within
+    out = apply_click_rule(mask, suv, Clicks(tumour=(click,)), SPACING_XYZ)
+    np.testing.assert_array_equal(out.astype(bool), HOT)
+    assert not mask.any()  # the input is left alone
+
+
+def test_tumour_click_region_follows_the_fraction_of_the_local_maximum() -> None:
+    """A Gaussian lesion: the region is its 41 % isocontour of the peak, not a fixed SUV."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij"), -1)
+    d2 = (((grid - np.array([15, 25, 30])) * np.array([3.0, 2.0, 2.0])) ** 2).sum(-1)
+    suv = (1.0 + 9.0 * np.exp(-d2 / (2 * 6.0 ** 2))).astype(np.float32)
+    out = apply_click_rule(np.zeros(SHAPE, np.uint8), suv, Clicks(tumour=((33, 24, 15),)),
+                           SPACING_XYZ)
+    expected = suv >= TUMOUR_FRACTION * suv.max()
+    np.testing.assert_array_equal(out.astype(bool), expected)
+    assert 50 < expected.sum() < 1000
+
+
+def test_tumour_region_stays_near_the_click() -> None:
+    """A hot slab through the whole volume (an organ): only the box around the click."""
+    suv = np.ones(SHAPE, np.float32)
+    suv[:, 20:30, :] = 20.0
+    out = apply_click_rule(np.zeros(SHAPE, np.uint8), suv, Clicks(tumour=((5, 25, 15),)),
+                           SPACING_XYZ)
+    reach_x = int(np.ceil(REGION_RADIUS_MM / SPACING_XYZ[0]))
+    assert out[15, 25, : 5 + reach_x + 1].all() and not out[15, 25, 5 + reach_x + 1 :].any()
+    assert out.sum() < suv[suv > 10].size
+
+
+def test_tumour_click_inside_the_mask_or_on_cold_tissue() -> None:
+    suv, mask = suv_volume(), HOT.astype(np.uint8)
+    inside = xyz(np.argwhere(HOT)[5])
+    np.testing.assert_array_equal(apply_click_rule(mask, suv, Clicks(tumour=(inside,)),
+                                                   SPACING_XYZ), mask)
+    cold = np.zeros(SHAPE, np.float32)
+    out = apply_click_rule(np.zeros(SHAPE, np.uint8), cold, Clicks(tumour=((3, 4, 5),)),
+                           SPACING_XYZ)
+    assert out.sum() == 1 and out[5, 4, 3] == 1
+
+
+def test_background_click_removes_its_component_only() -> None:
+    mask = (HOT | OTHER_HOT).astype(np.uint8)
+    click = xyz(np.argwhere(OTHER_HOT)[-1])
+    out = apply_click_rule(mask, suv_volume(), Clicks(background=(click,)), SPACING_XYZ)
+    np.testing.assert_array_equal(out.astype(bool), HOT)
+    unchanged = apply_click_rule(mask, suv_volume(), Clicks(background=((0, 0, 0),)),
+                                 SPACING_XYZ)
+    np.testing.assert_array_equal(unchanged, mask)
+
+
+def test_background_click_removes_a_component_far_beyond_its_first_box() -> None:
+    """A winding component 120 mm long, touching the image border: all of it goes."""
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3, 5, :] = 1  # along x, border to border
+    mask[3:28, 5, 59] = 1  # then along z at the far end
+    mask[27, 5:45, 59] = 1  # then along y
+    mask[10, 30, 10] = 1  # another component
+    out = apply_click_rule(mask, np.ones(SHAPE, np.float32), Clicks(background=((0, 5, 3),)),
+                           SPACING_XYZ)
+    assert out.sum() == 1 and out[10, 30, 10] == 1
+
+
+def test_tumour_and_background_click_in_one_component_are_both_honoured() -> None:
+    bar = np.zeros(SHAPE, bool)
+    bar[10, 20, 5:45] = True  # 40 voxels along x, 2 mm each
+    tumour, background = (8, 20, 10), (40, 20, 10)
+    out = apply_click_rule(bar.astype(np.uint8), np.ones(SHAPE, np.float32),
+                           Clicks(tumour=(tumour,), background=(background,)), SPACING_XYZ)
+    kept = np.flatnonzero(out[10, 20])
+    assert kept.tolist() == list(range(5, 25))  # not nearer x = 40 than x = 8: x <= 24
+    assert out.sum() == len(kept)
+
+
+# --- through the Predictor ------------------------------------------------------------------
+
+
+CLICK_MODEL = ModelConfig(
+    network=NetworkConfig(in_channels=4, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
+    preprocessing=PreprocessingConfig(channel_order=("pet", "ct", *CLICK_CHANNELS)))
+
+
+class TumourMapNetwork(torch.nn.Module):
+    """Lesion where the tumour click map exceeds 0.5; records the channels it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channels: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.channels.append(int(x.shape[1]))
+        return torch.cat([torch.zeros_like(x[:, :1]), 20.0 * (x[:, 2:3] - 0.5)], dim=1)
+
+
+def predictor(network: torch.nn.Module, model: ModelConfig = TINY, tta: int = 1) -> Predictor:
+    config = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), mode="fast",
+                                                      tta=tta))
+    return Predictor([network], model, config, device="cpu")
+
+
+def oblique_case():
+    flip = np.diag([-1.0, 1.0, 1.0])
+    direction = tuple((flip @ np.asarray(oblique_direction(25.0)).reshape(3, 3)).ravel())
+    return make_case(size=(56, 48, 36), direction=direction)
+
+
+def test_click_aware_network_gets_the_click_maps_at_the_clicked_place() -> None:
+    pet, ct, _, _ = oblique_case()
+    network = TumourMapNetwork()
+    click = (30, 20, 14)
+    clicked = predictor(network, CLICK_MODEL).predict(pet, ct, clicks=Clicks(tumour=(click,)))
+    mask = sitk.GetArrayFromImage(clicked.mask)
+    assert set(network.channels) == {4}
+    assert mask[click[::-1]] == 1
+    assert cc3d.connected_components(mask, connectivity=18).max() == 1
+    # the map is above 0.5 within sigma * sqrt(2 ln 2) of the click: a 7.06 mm ball
+    radius_cm = CLICK_RADIUS_MM / 3 * np.sqrt(2 * np.log(2)) / 10
+    volume_ml = mask.sum() * np.prod(pet.GetSpacing()) / 1000
+    assert abs(volume_ml - 4 / 3 * np.pi * radius_cm ** 3) < 0.25 * 4 / 3 * np.pi * radius_cm ** 3
+    unclicked = predictor(network, CLICK_MODEL).predict(pet, ct)
+    assert not sitk.GetArrayFromImage(unclicked.mask).any()
+    # flipped passes flip the click maps with the images: the same mask
+    flipped = predictor(network, CLICK_MODEL, tta=8).predict(pet, ct,
+                                                             clicks=Clicks(tumour=(click,)))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(flipped.mask), mask)
+
+
+def test_predictor_applies_the_rule_for_automatic_weights() -> None:
+    pet, ct, seg, _ = oblique_case()
+    suv, truth = sitk.GetArrayFromImage(pet), sitk.GetArrayFromImage(seg)
+    lesions = cc3d.connected_components(truth, connectivity=18)
+    assert lesions.max() == 2
+    automatic = sitk.GetArrayFromImage(predictor(SuvThreshold()).predict(pet, ct).mask)
+    assert all((automatic[lesions == k]).any() for k in (1, 2))
+    background = xyz(np.argwhere(lesions == 2)[0])
+    corrected = predictor(SuvThreshold()).predict(pet, ct, clicks=Clicks(background=(background,)))
+    out = sitk.GetArrayFromImage(corrected.mask)
+    assert not out[lesions == 2].any()
+    np.testing.assert_array_equal(out[lesions != 2], automatic[lesions != 2])
+    assert corrected.mask.GetDirection() == pet.GetDirection()
+    # a network that finds nothing: a tumour click on a lesion centre adds its 41 % region
+    peak = np.unravel_index(np.argmax(np.where(lesions == 1, suv, 0)), suv.shape)
+    added = predictor(Constant(0.01)).predict(pet, ct, clicks=Clicks(tumour=(xyz(peak),)))
+    region = cc3d.connected_components(suv >= TUMOUR_FRACTION * suv[peak], connectivity=18)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(added.mask), region == region[peak])
+
+
+def test_background_click_labels_a_box_around_a_small_component(monkeypatch) -> None:
+    """A small component in a large image: labelled in the box around the click only."""
+    from petseg.interactive import rule
+
+    shapes: list[tuple[int, ...]] = []
+    label = rule.cc3d.connected_components
+
+    def recording(volume, *args, **kwargs):
+        shapes.append(volume.shape)
+        return label(volume, *args, **kwargs)
+
+    monkeypatch.setattr(rule.cc3d, "connected_components", recording)
+    mask = np.zeros((200, 200, 200), np.uint8)
+    mask[100:104, 100:104, 100:104] = 1
+    mask[10, 10, 10] = 1
+    out = apply_click_rule(mask, np.ones(mask.shape, np.float32),
+                           Clicks(background=((101, 101, 101),)), (2.0, 2.0, 2.0))
+    assert out.sum() == 1 and out[10, 10, 10] == 1
+    assert shapes == [(33, 33, 33)]  # 32 mm = 16 voxels of 2 mm either side
