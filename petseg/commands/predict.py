@@ -81,14 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override an inference setting, e.g. tta=2 or roi_size=[96,96,96] "
                              "(VALUE is JSON; repeatable; --ensemble, --threshold, --mode and "
                              "--time-budget are shorthands)")
+    _add_probability_and_cohort_arguments(parser)
+
+
+def _add_probability_and_cohort_arguments(parser: argparse.ArgumentParser) -> None:
+    """--save-probability, and the options for many cases: devices, parts for array jobs,
+    continuing a run."""
     parser.add_argument("--save-probability", action="store_true",
                         help="also write the ensemble probability (float32, PET grid) under "
                              "OUTPUT/probabilities/")
-    _add_cohort_arguments(parser)
-
-
-def _add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options for many cases: devices, parts for array jobs, continuing a run."""
     parser.add_argument("--devices", default=None, metavar="LIST",
                         help="one worker process per device, taking cases from one queue: "
                              "cuda:0,cuda:1,... or all (every CUDA device); cpu,cpu runs two "
