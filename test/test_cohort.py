@@ -332,3 +332,31 @@ def test_case_loop_writes_the_previous_case_while_the_next_runs(cohort, tmp_path
     assert list(seen_while_writing.values()) == [True]
     assert [entry["name"] for entry in entries] == ["case_a", "case_b"]
     assert all(not entry["error_messages"] for entry in entries)
+
+
+def test_continue_redoes_a_case_whose_inputs_or_mask_changed(tmp_path) -> None:
+    from petseg.cohort.resume import redo_reason, stamp
+
+    pet, ct, mask = (tmp_path / name for name in ("pet.mha", "ct.mha", "mask.mha"))
+    for path in (pet, ct, mask):
+        path.write_bytes(b"0123456789")
+    inputs = [{"type": "metaio_image", "filename": str(p)} for p in (pet, ct)]
+    fingerprint = {"weights": "a" * 64, "settings": "b" * 64}
+    entry = json.loads(json.dumps(stamp(
+        {"name": "x", "inputs": inputs, "error_messages": [],
+         "outputs": [{"type": "metaio_image", "filename": str(mask)}]}, fingerprint)))
+    assert redo_reason(entry, mask, inputs, fingerprint) is None
+    assert redo_reason(entry, mask, inputs, {**fingerprint, "settings": "c" * 64}) == \
+        "other weights or settings"
+    assert redo_reason(entry, mask, inputs[::-1], fingerprint) == "other input files"
+    os.utime(ct, ns=(1, 1))
+    assert redo_reason(entry, mask, inputs, fingerprint) == \
+        "input files changed since (size or modification time)"
+    entry = json.loads(json.dumps(stamp(entry, fingerprint)))
+    mask.write_bytes(b"0123456780")
+    assert redo_reason(entry, mask, inputs, fingerprint) == \
+        "mask changed since it was written (sha256 differs)"
+    mask.unlink()
+    assert redo_reason(entry, mask, inputs, fingerprint) == "mask missing"
+    assert redo_reason({**entry, "error_messages": ["x"]}, mask, inputs, fingerprint) == \
+        "did not finish"
