@@ -246,7 +246,7 @@ def test_continue_redoes_only_unfinished_and_corrupted_masks(tmp_path, weights, 
     assert not (out / MASKS / f"{names[2]}.mha").exists()
     caplog.clear()
     kept_mask = out / MASKS / f"{names[1]}.mha"
-    kept_inode, kept_array = kept_mask.stat().st_ino, _mask(out, names[1])
+    kept_inode = kept_mask.stat().st_ino
     corrupt = out / MASKS / f"{names[0]}.mha"
     original = _mask(out, names[0])
     corrupt.write_bytes(corrupt.read_bytes()[:-10])  # truncated
@@ -263,11 +263,6 @@ def test_continue_redoes_only_unfinished_and_corrupted_masks(tmp_path, weights, 
             in caplog.text)
     assert "continuing: 1 of 3 case(s) finished earlier, 2 to run" in caplog.text
     assert Geometry.of(sitk.ReadImage(str(corrupt))).size == SIZES[names[0]]
-
-    # other settings: every case runs again
-    assert _predict(inp, out, weights, config, "--continue", "--threshold", "0.6") == 0
-    assert kept_mask.stat().st_ino != kept_inode
-    assert np.all(_mask(out, names[1]) <= kept_array)  # a higher threshold, fewer voxels
 
 
 def test_devices_are_checked() -> None:
