@@ -1,8 +1,9 @@
 """Grand-challenge entry point: segment the case in /input, write the mask to /output.
 
 Weights come from /opt/ml/model when a model tarball holding a manifest was mounted there,
-else from the image's own weights/ folder. Extra arguments are passed on to
-`petseg predict` (later options override these defaults).
+else from the image's own weights/ folder. Every GPU the container is given runs a worker
+(`--devices all`) unless the extra arguments name `--device` or `--devices`. Extra
+arguments are passed on to `petseg predict` (later options override these defaults).
 """
 
 import sys
@@ -22,8 +23,10 @@ def arguments(extra: list[str]) -> list[str]:
         weights = find_weights_dir([Path("/opt/ml/model"), HERE / "weights"])
     except PetsegError:
         weights = HERE / "weights"  # `petseg predict` then says what is missing there
+    named = {argument.split("=")[0] for argument in extra}
+    devices = [] if named & {"--device", "--devices"} else ["--devices", "all"]
     return ["predict", "--input", "/input", "--output", "/output", "--weights", str(weights),
-            "--config", str(HERE / "resources" / "inference.json"), *extra]
+            "--config", str(HERE / "resources" / "inference.json"), *devices, *extra]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "evaluate_interactive",
     "export_weights",
+    "merge_results",
     "phantom",
     "predict",
     "preprocess",

@@ -13,9 +13,11 @@ Outputs (grand-challenge contract, evalutils-compatible `results.json`):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -152,15 +154,21 @@ def _dicom_seg_output(files: CaseFiles, prediction: Prediction, predictor: Predi
     return {"type": "dicom_seg", "filename": str(seg_path)}
 
 
-def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
-                 predictor: Predictor, save_probability: bool,
-                 extras_dir: str | Path | None, dicom_seg: bool,
-                 seg_uid_seed: str | None) -> dict[str, Any]:
-    """Predict one case and write its outputs; returns its results.json entry.
+@dataclasses.dataclass
+class _Computed:
+    """A case's prediction, ready to be written (`_write_one`)."""
 
-    The mask is written first; a failing optional output (DICOM SEG, probability, extras)
-    is recorded in the entry's `error_messages` and never takes the mask with it."""
-    start = time.perf_counter()
+    files: CaseFiles
+    pet: sitk.Image
+    prediction: Prediction
+    clicks: Any
+    start: float
+
+
+def _compute_one(files: CaseFiles, reading: Future[Case], predictor: Predictor,
+                 save_probability: bool, extras_dir: str | Path | None,
+                 start: float) -> _Computed:
+    """Wait for the case's read (and its clicks) and predict it; nothing is written."""
     progress = CaseProgress(files.name)
     progress.stage("reading the DICOM study's PET and CT series" if files.dicom is not None
                    else f"reading {files.pet} and {files.ct}")
@@ -170,15 +178,26 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
         case.pet, case.ct, probability=save_probability,
         fold_probabilities=extras_dir is not None and len(predictor.networks) > 1,
         progress=progress, clicks=clicks)
-    progress.stage("writing the mask")
+    return _Computed(files, case.pet, prediction, clicks, start)
+
+
+def _write_one(computed: _Computed, output_dir: Path, predictor: Predictor,
+               extras_dir: str | Path | None, dicom_seg: bool,
+               seg_uid_seed: str | None) -> dict[str, Any]:
+    """Write a computed case's outputs; returns its results.json entry.
+
+    The mask is written first; a failing optional output (DICOM SEG, probability, extras)
+    is recorded in the entry's `error_messages` and never takes the mask with it."""
+    files, prediction, clicks = computed.files, computed.prediction, computed.clicks
+    CaseProgress(files.name).stage("writing the mask")
     target = write_image(prediction.mask,
                          output_dir.joinpath(*mask_folder(files), f"{files.name}.mha"))
     lesion_ml = float(sitk.GetArrayViewFromImage(prediction.mask).sum()
                       * np.prod(prediction.mask.GetSpacing()) / 1000.0)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - computed.start
     log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds, target)
     entry = _entry(files, target, None, seconds, round(lesion_ml, 3))
-    implausible = implausible_result(prediction.mask, case.pet)
+    implausible = implausible_result(prediction.mask, computed.pet)
     if implausible is not None:
         log.warning("case %s: implausible result: %s", files.name, implausible)
         entry["implausible"] = implausible
@@ -196,10 +215,21 @@ def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
     if clicks is not None:  # the points used: those inside the PET image
         entry["clicks"] = {"file": str(files.clicks), **clicks.counts()}
     if extras_dir is not None:
-        entry.update(_extras(files, case.pet, prediction, Path(extras_dir)))
+        entry.update(_extras(files, computed.pet, prediction, Path(extras_dir)))
         if "extras_error" in entry:
             entry["error_messages"].append(f"extras not written: {entry['extras_error']}")
     return entry
+
+
+def _predict_one(files: CaseFiles, reading: Future[Case], output_dir: Path,
+                 predictor: Predictor, save_probability: bool,
+                 extras_dir: str | Path | None, dicom_seg: bool,
+                 seg_uid_seed: str | None) -> dict[str, Any]:
+    """Predict one case and write its outputs (`_write_one`); returns its results.json
+    entry."""
+    computed = _compute_one(files, reading, predictor, save_probability, extras_dir,
+                            time.perf_counter())
+    return _write_one(computed, output_dir, predictor, extras_dir, dicom_seg, seg_uid_seed)
 
 
 def _record_interruption(cases: CaseList, results: list[dict[str, Any]],
@@ -253,38 +283,115 @@ def predict_cases(
     """
     output_dir = Path(output_dir)
     results: list[dict[str, Any]] = []
-    fill_hu = predictor.model_config.preprocessing.ct_fill_hu
-    # one case ahead: the next case is read (SimpleITK releases the GIL) while this one runs
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="petseg-read") as prefetch:
-        reads: list[Future[Case] | None] = [
-            prefetch.submit(read_case, files, fill_hu) if index == 0 else None
-            for index, files in enumerate(cases.cases)
-        ]
-        try:
-            for index, files in enumerate(cases.cases):
-                if index + 1 < len(cases.cases):
-                    reads[index + 1] = prefetch.submit(read_case, cases.cases[index + 1],
-                                                       fill_hu)
-                reading, reads[index] = reads[index], None
-                start = time.perf_counter()
-                try:
-                    entry = _predict_one(files, reading,  # type: ignore[arg-type]
-                                         output_dir, predictor, save_probability, extras_dir,
-                                         dicom_seg, seg_uid_seed)
-                except Exception as exc:
-                    results.append(_failure(files, exc, output_dir, extras_dir, start,
-                                            not cases.single))
-                    if cases.single:
-                        write_json(results, output_dir / RESULTS_NAME)
-                        raise
-                    continue
-                entry["seconds"] = round(time.perf_counter() - start, 3)
-                results.append(entry)
-        except KeyboardInterrupt:
-            for pending in reads:
-                if pending is not None:
-                    pending.cancel()
-            _record_interruption(cases, results, output_dir, extras_dir)
-            raise
+    try:
+        predict_each(cases.cases, output_dir, predictor, results.append, single=cases.single,
+                     save_probability=save_probability, extras_dir=extras_dir,
+                     dicom_seg=dicom_seg, seg_uid_seed=seg_uid_seed)
+    except KeyboardInterrupt:
+        _record_interruption(cases, results, output_dir, extras_dir)
+        raise
+    except Exception:
+        write_json(results, output_dir / RESULTS_NAME)  # the single case's failure
+        raise
     write_json(results, output_dir / RESULTS_NAME)
     return results
+
+
+def _nothing(files: CaseFiles) -> None:
+    """No-op `on_start`."""
+
+
+class _WriteBehind:
+    """The outputs of one case written in a thread while the next case runs; entries go to
+    `on_entry` in case order (a failure's entry too, raised again when `single`)."""
+
+    def __init__(self, writer: ThreadPoolExecutor, write: Callable[[_Computed], dict[str, Any]],
+                 output_dir: Path, extras_dir: str | Path | None,
+                 on_entry: Callable[[dict[str, Any]], None], single: bool) -> None:
+        self.writer, self.write = writer, write
+        self.output_dir, self.extras_dir = output_dir, extras_dir
+        self.on_entry, self.single = on_entry, single
+        self.writing: tuple[CaseFiles, float, Future[dict[str, Any]]] | None = None
+
+    def submit(self, computed: _Computed) -> None:
+        """Report the case written before, then start writing `computed`."""
+        self.finish()
+        self.writing = (computed.files, computed.start, self.writer.submit(self.write, computed))
+
+    def fail(self, files: CaseFiles, exc: Exception, start: float) -> None:
+        """Report the case written before, then `files`' failure."""
+        self.finish()
+        self.on_entry(_failure(files, exc, self.output_dir, self.extras_dir, start,
+                               not self.single))
+        if self.single:
+            raise exc
+
+    def finish(self) -> None:
+        """Wait for the case being written (if any) and report it."""
+        if self.writing is None:
+            return
+        files, start, future = self.writing
+        self.writing = None
+        try:
+            entry = future.result()
+        except Exception as exc:
+            self.fail(files, exc, start)
+            return
+        self.on_entry(entry)
+
+
+def predict_each(
+    cases: Iterable[CaseFiles],
+    output_dir: Path,
+    predictor: Predictor,
+    on_entry: Callable[[dict[str, Any]], None],
+    *,
+    single: bool = False,
+    on_start: Callable[[CaseFiles], None] = _nothing,
+    save_probability: bool = False,
+    extras_dir: str | Path | None = None,
+    dicom_seg: bool = True,
+    seg_uid_seed: str | None = None,
+) -> None:
+    """The case loop: while case n runs, case n+1 is read and case n-1 written (one thread
+    each; SimpleITK and torch release the GIL). `cases` may be a lazy iterator (a worker's
+    share of a queue): the next case is asked for right after `on_start(case n)`.
+
+    Each case's results.json entry goes to `on_entry` in the order of `cases`; a failing
+    case's entry carries its error and its earlier outputs are removed. With `single` the
+    error then propagates. On an interruption the case being written is finished (and
+    reported), the read ahead is dropped, and KeyboardInterrupt propagates.
+    """
+    fill_hu = predictor.model_config.preprocessing.ct_fill_hu
+    write = functools.partial(_write_one, output_dir=output_dir, predictor=predictor,
+                              extras_dir=extras_dir, dicom_seg=dicom_seg,
+                              seg_uid_seed=seg_uid_seed)
+    upcoming = iter(cases)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="petseg-read") as reader, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="petseg-write") as writer:
+        behind = _WriteBehind(writer, write, output_dir, extras_dir, on_entry, single)
+        current = next(upcoming, None)
+        reading = reader.submit(read_case, current, fill_hu) if current is not None else None
+        ahead: Future[Case] | None = None
+        try:
+            while current is not None:
+                on_start(current)
+                following = next(upcoming, None)
+                ahead = (reader.submit(read_case, following, fill_hu)
+                         if following is not None else None)
+                start = time.perf_counter()
+                try:
+                    computed = _compute_one(current, reading,  # type: ignore[arg-type]
+                                            predictor, save_probability, extras_dir, start)
+                except Exception as exc:
+                    behind.fail(current, exc, start)
+                else:
+                    behind.submit(computed)
+                current, reading = following, ahead
+            behind.finish()
+        except KeyboardInterrupt:
+            for pending in (reading, ahead):
+                if pending is not None:
+                    pending.cancel()
+            behind.finish()
+            raise

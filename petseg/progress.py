@@ -74,3 +74,41 @@ class CaseProgress:
         finally:
             window_progress.reset(token)
             self.close()
+
+
+def _duration(seconds: float) -> str:
+    """'42 s', '7 min', '3 h 05 min'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class FolderProgress:
+    """Progress of a folder of cases, a line per finished case: cases done of the total,
+    cases per hour so far and the time left at that rate.
+
+    Args:
+        total: cases this run computes.
+        clock: seconds, monotonic (the rate counts from construction).
+    """
+
+    def __init__(self, total: int, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self._clock = clock or time.monotonic
+        self._start = self._clock()
+
+    def case_done(self, failed: bool = False) -> str:
+        """Count a finished case; returns the progress line."""
+        self.done += 1
+        self.failed += int(failed)
+        elapsed = max(self._clock() - self._start, 1e-9)
+        per_hour = 3600.0 * self.done / elapsed
+        left = (self.total - self.done) * elapsed / self.done
+        line = (f"{self.done} of {self.total} case(s) done ({self.failed} failed), "
+                f"{per_hour:.1f} cases/h, about {_duration(left)} left")
+        return line

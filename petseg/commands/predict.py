@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 from petseg.errors import PetsegError
 
 if TYPE_CHECKING:
+    from petseg.cohort.run import CohortRequest
     from petseg.config import InferenceConfig
-    from petseg.inference.predictor import Predictor
-    from petseg.io.cases import CaseList
 
 HELP = ("segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout, "
         "or DICOM studies)")
@@ -82,9 +81,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override an inference setting, e.g. tta=2 or roi_size=[96,96,96] "
                              "(VALUE is JSON; repeatable; --ensemble, --threshold, --mode and "
                              "--time-budget are shorthands)")
+    _add_probability_and_cohort_arguments(parser)
+
+
+def _add_probability_and_cohort_arguments(parser: argparse.ArgumentParser) -> None:
+    """--save-probability, and the options for many cases: devices, parts for array jobs,
+    continuing a run."""
     parser.add_argument("--save-probability", action="store_true",
                         help="also write the ensemble probability (float32, PET grid) under "
                              "OUTPUT/probabilities/")
+    parser.add_argument("--devices", default=None, metavar="LIST",
+                        help="one worker process per device, taking cases from one queue: "
+                             "cuda:0,cuda:1,... or all (every CUDA device); cpu,cpu runs two "
+                             "CPU workers (default: one device, --device)")
+    parser.add_argument("--num-parts", type=int, default=None, metavar="N",
+                        help="split the sorted case list into N parts (every N-th case), for "
+                             "array jobs; with --part-id; each part writes "
+                             "results.part-K-of-N.json (join them with petseg merge-results)")
+    parser.add_argument("--part-id", type=int, default=None, metavar="K",
+                        help="which part this run is, 0 to N-1 (with --num-parts)")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="skip the cases an earlier run into --output finished with the "
+                             "same weights and settings and whose mask is unchanged; redo "
+                             "the rest (default: redo every case)")
 
 
 @contextlib.contextmanager
@@ -125,41 +144,29 @@ def settings(args: argparse.Namespace) -> InferenceConfig:
     return with_overrides(config, overrides, "resources/inference.json", "tta=2")
 
 
-def _load_predictor(args: argparse.Namespace, config: InferenceConfig,
-                    cases: CaseList) -> Predictor:
-    """The ensemble of --weights (or the default folders). When it cannot be loaded, or
-    the run is interrupted meanwhile, every case is recorded as failed in results.json."""
-    from petseg.checkpoint import find_weights_dir
-    from petseg.errors import describe_os_error
-    from petseg.inference.predictor import Predictor
-    from petseg.pipeline import INTERRUPTED, record_failure
+def _request(args: argparse.Namespace, config: InferenceConfig) -> CohortRequest:
+    """What the folder run does, from the command line."""
+    from petseg.cohort.run import CohortRequest
+    from petseg.cohort.workers import parse_devices
 
-    try:
-        weights = args.weights or find_weights_dir([MODEL_DIR, Path.cwd() / "weights",
-                                                    REPOSITORY / "weights"])
-        return Predictor.from_weights_dir(weights, config, device=args.device,
-                                          allow_missing=args.allow_missing_folds,
-                                          min_component_ml=args.min_lesion_ml)
-    except (PetsegError, OSError) as exc:
-        message = (str(exc) if isinstance(exc, PetsegError)
-                   else describe_os_error(exc, reading=True))
-        record_failure(cases, args.output, message, args.extras)
-        raise PetsegError(message) from None
-    except KeyboardInterrupt:
-        record_failure(cases, args.output, INTERRUPTED, args.extras)
-        raise
+    outputs = {"save_probability": args.save_probability, "extras_dir": args.extras,
+               "dicom_seg": args.dicom_seg, "seg_uid_seed": args.seg_uid_seed}
+    return CohortRequest(
+        output_dir=args.output, weights_dir=args.weights, config=config,
+        devices=parse_devices(args.devices) if args.devices else [args.device],
+        settings={**outputs, "weight_kg": args.weight_kg}, outputs=outputs,
+        allow_missing=args.allow_missing_folds, min_component_ml=args.min_lesion_ml,
+        num_parts=args.num_parts, part_id=args.part_id, resume=args.resume,
+        weights_candidates=(MODEL_DIR, Path.cwd() / "weights", REPOSITORY / "weights"))
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
+    from petseg.cohort.parts import check_part, select_part
+    from petseg.cohort.run import predict_cohort
     from petseg.io.cases import find_cases, with_click_file
     from petseg.io.images import check_writable
-    from petseg.pipeline import (
-        INTERACTIVE_MASK_FOLDER,
-        MASK_FOLDER,
-        PROBABILITY_FOLDER,
-        predict_cases,
-    )
+    from petseg.pipeline import INTERACTIVE_MASK_FOLDER, MASK_FOLDER, PROBABILITY_FOLDER
 
     if args.extras is not None:
         mask_dir = args.output.joinpath(*MASK_FOLDER).resolve()
@@ -169,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if args.weight_kg is not None and not args.weight_kg > 0:
         raise PetsegError(f"--weight-kg {args.weight_kg}: must be a positive weight in kg")
     config = settings(args)  # settings first: a usage error touches no output
+    check_part(args.num_parts, args.part_id)
+    request = _request(args, config)
     # every folder this run writes, before any computation
     check_writable(args.output)
     check_writable(args.output.joinpath(*MASK_FOLDER))
@@ -186,14 +195,11 @@ def run(args: argparse.Namespace) -> int:
             from petseg.io.dicom_seg import SEG_FOLDER
 
             check_writable(args.output.joinpath(*SEG_FOLDER))
-        predictor = _load_predictor(args, config, cases)
-        results = predict_cases(cases, args.output, predictor,
-                                save_probability=args.save_probability, extras_dir=args.extras,
-                                dicom_seg=args.dicom_seg, seg_uid_seed=args.seg_uid_seed)
+        results = predict_cohort(select_part(cases, args.num_parts, args.part_id), request)
     failed = [entry["name"] for entry in results if entry["error_messages"]]
     if failed:
         logging.getLogger(__name__).error("%d of %d case(s) failed: %s (see %s)", len(failed),
                                           len(results), ", ".join(failed),
-                                          args.output / "results.json")
+                                          request.results_path)
         return 1
     return 0

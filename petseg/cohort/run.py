@@ -1,0 +1,214 @@
+"""A folder run of `petseg predict`: the cases of a part (`parts`), less those an earlier run
+finished with the same weights and settings (`--continue`, `resume`), on one device in
+this process or on one worker process per device (`workers`).
+
+The parent writes one results file (`results.json`, or the part's), every case in the
+order of the case list, each finished entry stamped for a later `--continue`, and logs the
+folder's progress (cases done of total, cases per hour, time left).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from petseg.cohort.parts import results_name
+from petseg.cohort.resume import finished_cases, run_fingerprint, stamp
+from petseg.config import InferenceConfig
+from petseg.errors import PetsegError, describe_os_error
+from petseg.io.cases import CaseFiles, CaseList
+from petseg.io.images import write_json
+from petseg.pipeline import INTERRUPTED, _entry, predict_each, remove_outputs
+from petseg.progress import FolderProgress
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortRequest:
+    """What a folder run does.
+
+    Attributes:
+        output_dir: the output folder.
+        weights_dir: fold checkpoints + manifest.json; None: the first of
+            `weights_candidates` holding a manifest.
+        config: inference settings as given (threshold may be null: the manifest's).
+        devices: one device runs in this process; more start one worker each.
+        settings: the command line's other settings that shape the outputs (recorded,
+            as a sha256, for `--continue`).
+        outputs: `pipeline.predict_each`'s output options.
+        allow_missing: run on the folds present.
+        min_component_ml: remove smaller predicted lesions (ml; 0 = off).
+        num_parts, part_id: the part this run is (results.part-K-of-N.json), or None.
+        resume: skip the cases an earlier run finished (`--continue`).
+    """
+
+    output_dir: Path
+    weights_dir: Path | None
+    config: InferenceConfig
+    devices: Sequence[str]
+    settings: dict[str, Any]
+    outputs: dict[str, Any]
+    allow_missing: bool = False
+    min_component_ml: float = 0.0
+    num_parts: int | None = None
+    part_id: int | None = None
+    resume: bool = False
+    weights_candidates: tuple[Path, ...] = ()
+
+    @property
+    def results_path(self) -> Path:
+        """`results.json`, or this part's results file."""
+        return self.output_dir / results_name(self.num_parts, self.part_id)
+
+
+class _Results:
+    """The run's results file: entries kept from an earlier run and this run's."""
+
+    def __init__(self, cases: CaseList, request: CohortRequest, kept: dict[str, Any],
+                 fingerprint: dict[str, str] | None) -> None:
+        self.cases, self.request, self.fingerprint = cases, request, fingerprint
+        self.entries: dict[str, dict[str, Any]] = dict(kept)
+        self.progress = FolderProgress(len(cases.cases) - len(kept))
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """One case finished (or failed) in this run."""
+        if self.fingerprint is not None:
+            stamp(entry, self.fingerprint)
+        self.entries[entry["name"]] = entry
+        log.info("folder: %s", self.progress.case_done(failed=bool(entry["error_messages"])))
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """The entries in the order of the case list."""
+        return [self.entries[f.name] for f in self.cases.cases if f.name in self.entries]
+
+    def write(self) -> list[dict[str, Any]]:
+        """Write the results file (atomically); returns its entries."""
+        entries = self.ordered()
+        write_json(entries, self.request.results_path)
+        return entries
+
+    def fail_rest(self, message: str) -> None:
+        """Every case without an entry gets `message` (and loses earlier outputs)."""
+        for files in self.cases.cases:
+            if files.name not in self.entries:
+                remove_outputs(self.request.output_dir, files.name,
+                               self.request.outputs.get("extras_dir"))
+                self.entries[files.name] = _entry(files, None, message, 0.0, None)
+        self.write()
+
+
+def settled_config(config: InferenceConfig, weights_dir: Path) -> InferenceConfig:
+    """The inference settings with the threshold settled as `Predictor.from_weights_dir`
+    does: the given one, else the manifest's for the ensemble, else 0.5."""
+    from petseg.checkpoint import calibrated_threshold
+    from petseg.config import resolve_inference_config
+
+    calibrated = (calibrated_threshold(weights_dir, config.ensemble)
+                  if config.threshold is None else None)
+    return resolve_inference_config(config, calibrated)
+
+
+def _user_error(exc: Exception) -> str | None:
+    """The one-line message of an error a user can fix, else None."""
+    if isinstance(exc, PetsegError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return describe_os_error(exc, reading=True)
+    return None
+
+
+def predict_cohort(cases: CaseList, request: CohortRequest) -> list[dict[str, Any]]:
+    """Run `cases` as `request` says; returns the results file's entries.
+
+    Weights or settings that cannot be loaded fail every case (recorded, then
+    `PetsegError`); an interruption records the finished cases and `INTERRUPTED` for the
+    rest, then propagates; with `cases.single` a failing case's error propagates.
+    """
+    results = _Results(cases, request, {}, None)
+    try:
+        try:
+            if request.weights_dir is None:
+                from petseg.checkpoint import find_weights_dir
+
+                request = dataclasses.replace(
+                    request, weights_dir=find_weights_dir(request.weights_candidates))
+            weights_dir = Path(request.weights_dir)  # type: ignore[arg-type]
+            config = settled_config(request.config, weights_dir)
+            settings = {**request.settings, "inference": dataclasses.asdict(config),
+                        "min_lesion_ml": request.min_component_ml,
+                        "allow_missing_folds": request.allow_missing}
+            fingerprint = run_fingerprint(weights_dir, settings)
+        except (PetsegError, OSError) as exc:
+            message = _user_error(exc)
+            if message is None:
+                raise
+            results.fail_rest(message)
+            raise PetsegError(message) from None
+        kept = (finished_cases(cases, request.results_path, request.output_dir, fingerprint)
+                if request.resume else {})
+        results = _Results(cases, request, kept, fingerprint)
+        to_run = [files for files in cases.cases if files.name not in kept]
+        if len(request.devices) > 1 and len(to_run) > 1:
+            _on_workers(to_run, request, config, results)
+        else:
+            _in_process(to_run, cases.single, request, config, results)
+    except KeyboardInterrupt:
+        results.fail_rest(INTERRUPTED)
+        log.error("interrupted after %d of %d case(s); %s lists them",
+                  results.progress.done, results.progress.total, request.results_path)
+        raise
+    except Exception:
+        results.write()  # the single case's failure, or no worker could load the ensemble
+        raise
+    return results.write()
+
+
+def _in_process(to_run: list[CaseFiles], single: bool, request: CohortRequest,
+                config: InferenceConfig, results: _Results) -> None:
+    """The cases on `request.devices[0]`, in this process."""
+    from petseg.inference.predictor import Predictor
+
+    if not to_run:
+        return
+    try:
+        predictor = Predictor.from_weights_dir(
+            request.weights_dir, config, device=request.devices[0],
+            allow_missing=request.allow_missing, min_component_ml=request.min_component_ml)
+    except (PetsegError, OSError) as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        results.fail_rest(message)
+        raise PetsegError(message) from None
+    results.progress = FolderProgress(results.progress.total)  # the rate counts from here
+    predict_each(to_run, request.output_dir, predictor, results.add, single=single,
+                 **request.outputs)
+
+
+def case_size(files: CaseFiles) -> int:
+    """Bytes of the case's PET and CT files (0 for DICOM): handing out the largest cases
+    first keeps a worker from starting a big one last."""
+    return sum(path.stat().st_size for path in (files.pet, files.ct)
+               if path is not None and path.is_file())
+
+
+def _on_workers(to_run: list[CaseFiles], request: CohortRequest, config: InferenceConfig,
+                results: _Results) -> None:
+    """The cases over one worker process per device, largest first."""
+    from petseg.cohort.workers import WorkerPool, WorkerSpec
+
+    count = min(len(request.devices), len(to_run))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    spec = WorkerSpec(request.weights_dir, config, request.allow_missing,
+                      request.min_component_ml, request.output_dir, dict(request.outputs),
+                      threads=max(1, (cores or 1) // count),
+                      log_level=logging.getLogger().getEffectiveLevel())
+    largest_first = sorted(to_run, key=case_size, reverse=True)
+    log.info("%d case(s) on %d worker(s) (%s), %d CPU thread(s) each", len(to_run), count,
+             ", ".join(request.devices[:count]), spec.threads)
+    WorkerPool(request.devices[:count], spec, largest_first, results.add).run()
