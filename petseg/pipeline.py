@@ -41,8 +41,8 @@ PROBABILITY_FOLDER = ("probabilities",)
 RESULTS_NAME = "results.json"
 
 
-def _entry(files: CaseFiles, output: Path | None, error: str | None,
-           seconds: float, lesion_ml: float | None) -> dict[str, Any]:
+def results_entry(files: CaseFiles, output: Path | None, error: str | None,
+                  seconds: float, lesion_ml: float | None) -> dict[str, Any]:
     """One results.json entry (evalutils' layout plus name, timing and lesion volume)."""
     dicom = {} if files.dicom is None else {"dicom": files.dicom.summary()}
     return {
@@ -110,17 +110,6 @@ def remove_outputs(output_dir: Path, name: str, extras_dir: str | Path | None = 
         paths += extras_paths(extras_dir, name).values()
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def record_failure(cases: CaseList, output_dir: str | Path, message: str,
-                   extras_dir: str | Path | None = None) -> None:
-    """Every case failed with `message` before it ran: remove their earlier outputs (and
-    extras) and write `results.json` saying so."""
-    output_dir = Path(output_dir)
-    for files in cases.cases:
-        remove_outputs(output_dir, files.name, extras_dir)
-    write_json([_entry(files, None, message, 0.0, None) for files in cases.cases],
-               output_dir / RESULTS_NAME)
 
 
 def _optional(entry: dict[str, Any], name: str, what: str, stale: Path | None,
@@ -196,7 +185,7 @@ def _write_one(computed: _Computed, output_dir: Path, predictor: Predictor,
                       * np.prod(prediction.mask.GetSpacing()) / 1000.0)
     seconds = time.perf_counter() - computed.start
     log.info("case %s: %.1f ml of lesion, %.1f s -> %s", files.name, lesion_ml, seconds, target)
-    entry = _entry(files, target, None, seconds, round(lesion_ml, 3))
+    entry = results_entry(files, target, None, seconds, round(lesion_ml, 3))
     implausible = implausible_result(prediction.mask, computed.pet)
     if implausible is not None:
         log.warning("case %s: implausible result: %s", files.name, implausible)
@@ -240,7 +229,7 @@ def _record_interruption(cases: CaseList, results: list[dict[str, Any]],
     for files in cases.cases:
         if files.name not in done:
             remove_outputs(output_dir, files.name, extras_dir)
-            results.append(_entry(files, None, INTERRUPTED, 0.0, None))
+            results.append(results_entry(files, None, INTERRUPTED, 0.0, None))
     write_json(results, output_dir / RESULTS_NAME)
     log.error("interrupted after %d of %d case(s); %s lists them", len(done),
               len(cases.cases), output_dir / RESULTS_NAME)
@@ -255,7 +244,7 @@ def _failure(files: CaseFiles, exc: Exception, output_dir: Path,
     if log_it:
         log.error("case %s failed: %s", files.name, message,
                   exc_info=not isinstance(exc, PetsegError))
-    return _entry(files, None, message, time.perf_counter() - start, None)
+    return results_entry(files, None, message, time.perf_counter() - start, None)
 
 
 def predict_cases(

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from inference_synthetic import make_case
-from tiny_models import tiny_ensemble
 
 from petseg.cli import main
 from petseg.cohort.parts import select_part
 from petseg.cohort.workers import death_cause, parse_devices
-from petseg.config import InferenceConfig, save_json
+from petseg.config import InferenceConfig
 from petseg.errors import PetsegError
 from petseg.io.cases import find_cases
 from petseg.io.geometry import Geometry
@@ -29,20 +28,6 @@ MASKS = Path("images/automated-petct-lesion-segmentation")
 SIZES = {"case_a": (30, 30, 24), "case_b": (36, 32, 24), "case_c": (28, 28, 20),
          "case_d": (34, 30, 22), "case_e": (26, 30, 20)}
 """PET sizes of the cohort's cases (voxels), so each case differs and sizes vary."""
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model") / "weights"
-    tiny_ensemble(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "inference.json"
-    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25), path)
-    return path
 
 
 def _cohort(folder: Path, sizes: dict[str, tuple[int, int, int]]) -> Path:
@@ -61,8 +46,9 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _predict(inp: Path, out: Path, weights: Path, config: Path, *extra: str) -> int:
+    device = [] if "--devices" in extra else ["--device", "cpu"]
     return main(["predict", "--input", str(inp), "--output", str(out), "--weights", str(weights),
-                 "--config", str(config), "--device", "cpu", *extra])
+                 "--config", str(config), *device, *extra])
 
 
 def _entries(path: Path) -> dict[str, dict]:
@@ -277,6 +263,17 @@ def test_devices_are_checked() -> None:
     with pytest.raises(PetsegError, match=r"^--devices cpu,gpu: 'gpu' is not a device; use "
                                           r"cpu, cuda:N or all$"):
         parse_devices("cpu,gpu")
+
+
+def test_device_and_devices_together_are_refused(tmp_path, weights, config, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["predict", "--input", str(tmp_path), "--output", str(out), "--weights",
+                 str(weights), "--config", str(config), "--device", "cpu",
+                 "--devices", "cpu,cpu"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "petseg predict: error: --device cpu and --devices cpu,cpu: give one; --devices "
+        "lists every device the run uses")
+    assert not out.exists()
 
 
 def test_folder_progress_counts_rate_and_time_left() -> None:

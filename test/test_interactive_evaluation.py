@@ -51,8 +51,16 @@ def make_case(name: str = "case") -> EvaluationCase:
     hot = ball(*HOT)
     depth = ndimage.distance_transform_edt(truth | hot)
     pet = np.where(truth | hot, 5.0 + depth, 1.0).astype(np.float32)
-    ct = np.zeros(SHAPE_ZYX, np.float32)
-    return EvaluationCase(name=name, pet=image(pet), ct=image(ct), truth=truth)
+    return EvaluationCase(name=name, pet=image(pet), ct=image(body_ct()), truth=truth)
+
+
+def body_ct() -> np.ndarray:
+    """HU `[z, y, x]`: air around a soft-tissue cylinder along z with a bone rod inside."""
+    _, y, x = np.indices(SHAPE_ZYX)
+    centre_y, centre_x = (SHAPE_ZYX[1] - 1) / 2, (SHAPE_ZYX[2] - 1) / 2
+    radius = np.hypot(y - centre_y, x - centre_x)
+    ct = np.where(radius <= 0.45 * min(SHAPE_ZYX[1:]), 40.0, -1000.0)
+    return np.where(radius <= 2.0, 700.0, ct).astype(np.float32)
 
 
 class ClickHonouring:
@@ -118,7 +126,7 @@ def test_summary_table_csv_and_png(tmp_path: Path) -> None:
         case = make_case(name)
         folder = cases / name
         for sub, array in (("images/pet", sitk.GetArrayFromImage(case.pet)),
-                           ("images/ct", sitk.GetArrayFromImage(case.ct) - 1000.0),
+                           ("images/ct", sitk.GetArrayFromImage(case.ct)),
                            ("truth", case.truth.astype(np.uint8))):
             (folder / sub).mkdir(parents=True)
             uid = f"{name}-ct" if sub == "images/ct" else f"{name}-pet"
@@ -159,11 +167,11 @@ def test_summary_leaves_cases_without_lesions_out_of_the_dsc() -> None:
 
 
 def write_cases(root: Path, names=("a", "b")) -> Path:
-    """Cases in the grand-challenge layout with `truth/` beside `images/` (CT soft tissue)."""
+    """Cases in the grand-challenge layout with `truth/` beside `images/`."""
     for name in names:
         case = make_case(name)
         for sub, array in (("images/pet", sitk.GetArrayFromImage(case.pet)),
-                           ("images/ct", np.zeros(SHAPE_ZYX, np.float32)),
+                           ("images/ct", sitk.GetArrayFromImage(case.ct)),
                            ("truth", case.truth.astype(np.uint8))):
             (root / name / sub).mkdir(parents=True)
             uid = f"{name}-ct" if sub == "images/ct" else f"{name}-pet"

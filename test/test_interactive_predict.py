@@ -11,30 +11,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from inference_synthetic import make_case
-from tiny_models import tiny_ensemble
 
 from petseg.cli import main
-from petseg.config import InferenceConfig, save_json
 from petseg.errors import PetsegError
 from petseg.io.cases import find_cases
 
 AUTOMATIC = Path("images/automated-petct-lesion-segmentation")
 INTERACTIVE = Path("images/tumor-lesion-segmentation")
 PET_NAME = "1b7c5f4e-pet.mha"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model") / "weights"
-    tiny_ensemble(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "inference.json"
-    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25), path)
-    return path
 
 
 def challenge_input(folder: Path) -> Path:
@@ -122,6 +106,7 @@ def test_zero_points_is_the_automatic_mask_at_the_new_slug(tmp_path, weights, co
     out = tmp_path / "output"
     assert predict(inp, out, weights, config, "--clicks", str(clicks)) == 0
     assert files_under(out) == [str(INTERACTIVE / PET_NAME), "results.json"]
+    assert not (out / AUTOMATIC).exists()  # no empty 2023 folder beside the new slug
     assert (out / INTERACTIVE / PET_NAME).read_bytes() != b""
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(sitk.ReadImage(str(out / INTERACTIVE / PET_NAME))),
@@ -173,3 +158,15 @@ def test_case_folders_with_and_without_click_files(tmp_path) -> None:
     click_file(two / "lesion-clicks.json", [])
     with pytest.raises(PetsegError, match=r"lesion-clicks.json: one click file for 2 cases"):
         find_cases(two)
+
+
+@pytest.mark.parametrize("slug", [AUTOMATIC, INTERACTIVE])
+def test_extras_may_lie_in_neither_mask_folder(tmp_path, weights, config, capsys,
+                                               slug) -> None:
+    out = tmp_path / "output"
+    extras = out / slug / "reports"
+    assert predict(tmp_path / "absent", out, weights, config, "--extras", str(extras)) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"petseg predict: error: --extras {extras}: lies in the challenge mask folder "
+        f"{(out / slug).resolve()}, which must hold only masks; choose another folder")
+    assert not out.exists()

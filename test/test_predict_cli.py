@@ -15,25 +15,11 @@ from inference_synthetic import finer_ct_geometry, make_case
 from tiny_models import tiny_ensemble
 
 from petseg.cli import main
-from petseg.config import InferenceConfig, load_json, save_json
+from petseg.config import InferenceConfig, load_json
 from petseg.io.geometry import Geometry
 
 ROOT = Path(__file__).resolve().parents[1]
 MASKS = Path("images/automated-petct-lesion-segmentation")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model") / "weights"
-    tiny_ensemble(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "inference.json"
-    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25), path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -433,6 +433,6 @@ def test_predict_refuses_extras_inside_the_mask_folder(tmp_path, capsys) -> None
                  "--extras", str(inside)])
     assert code == 1
     assert capsys.readouterr().err == (
-        f"petseg predict: error: --extras {inside}: lies in the challenge mask folder, which "
-        f"must hold only masks; choose another folder\n")
+        f"petseg predict: error: --extras {inside}: lies in the challenge mask folder "
+        f"{inside.parent.resolve()}, which must hold only masks; choose another folder\n")
     assert not out.exists()

@@ -13,7 +13,7 @@ from typing import Any
 from petseg.errors import PetsegError
 from petseg.io.cases import CaseList
 from petseg.io.images import read_json
-from petseg.pipeline import RESULTS_NAME, _entry
+from petseg.pipeline import RESULTS_NAME, results_entry
 
 _PART_FILE = re.compile(r"^results\.part-(\d+)-of-(\d+)\.json$")
 
@@ -110,7 +110,8 @@ def merge_parts(output_dir: str | Path, cases: CaseList | None = None) -> Merged
         entry = by_name.get(files.name)
         if entry is None:
             missing_cases.append(files.name)
-            entry = _entry(files, None, f"not run: {results_name(num_parts, index % num_parts)} "
-                           "has no result for this case; run that part again", 0.0, None)
+            part = results_name(num_parts, index % num_parts)
+            entry = results_entry(files, None, f"not run: {part} has no result for this case; "
+                                  "run that part again", 0.0, None)
         ordered.append(entry)
     return MergedParts(ordered, num_parts, missing_parts, missing_cases)

@@ -22,7 +22,7 @@ from petseg.checkpoint import MANIFEST_NAME, file_sha256, sha256_of
 from petseg.errors import PetsegError
 from petseg.io.cases import CaseList
 from petseg.io.images import read_json
-from petseg.pipeline import _entry, mask_folder
+from petseg.pipeline import mask_folder, results_entry
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def finished_cases(cases: CaseList, results_path: Path, output_dir: Path,
     for files in cases.cases:
         entry = by_name.get(files.name)
         mask = output_dir.joinpath(*mask_folder(files), f"{files.name}.mha")
-        reason = redo_reason(entry, mask, _entry(files, None, None, 0.0, None)["inputs"],
+        reason = redo_reason(entry, mask, results_entry(files, None, None, 0.0, None)["inputs"],
                              fingerprint)
         if reason is None:
             kept[files.name] = entry

@@ -22,7 +22,7 @@ from petseg.config import InferenceConfig
 from petseg.errors import PetsegError, describe_os_error
 from petseg.io.cases import CaseFiles, CaseList
 from petseg.io.images import write_json
-from petseg.pipeline import INTERRUPTED, _entry, predict_each, remove_outputs
+from petseg.pipeline import INTERRUPTED, predict_each, remove_outputs, results_entry
 from petseg.progress import FolderProgress
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class _Results:
             if files.name not in self.entries:
                 remove_outputs(self.request.output_dir, files.name,
                                self.request.outputs.get("extras_dir"))
-                self.entries[files.name] = _entry(files, None, message, 0.0, None)
+                self.entries[files.name] = results_entry(files, None, message, 0.0, None)
         self.write()
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from petseg.config import InferenceConfig
 from petseg.errors import PetsegError
 from petseg.io.cases import CaseFiles
-from petseg.pipeline import _entry, remove_outputs
+from petseg.pipeline import remove_outputs, results_entry
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class WorkerPool:
         """Record `files` as failed with `message` (earlier outputs removed)."""
         log.error("case %s failed: %s", files.name, message)
         remove_outputs(self.spec.output_dir, files.name, self.spec.outputs.get("extras_dir"))
-        self._report(_entry(files, None, message, seconds, None))
+        self._report(results_entry(files, None, message, seconds, None))
 
     def _drain(self) -> None:
         """Handle every message already sent."""

@@ -42,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"folder with fold checkpoints and manifest.json (default: "
                              f"{MODEL_DIR} if it holds a manifest, else ./weights or the "
                              "repository's weights/)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the network runs (default: auto = CUDA if available)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where the network runs (default: auto = CUDA if available; "
+                             "--devices instead for several)")
     parser.add_argument("--ensemble", choices=("mean", "weighted"), default=None,
                         help="plain mean or validation-DSC-weighted mean of the folds "
                              "(default: from --config)")
@@ -153,7 +154,7 @@ def _request(args: argparse.Namespace, config: InferenceConfig) -> CohortRequest
                "dicom_seg": args.dicom_seg, "seg_uid_seed": args.seg_uid_seed}
     return CohortRequest(
         output_dir=args.output, weights_dir=args.weights, config=config,
-        devices=parse_devices(args.devices) if args.devices else [args.device],
+        devices=parse_devices(args.devices) if args.devices else [args.device or "auto"],
         settings={**outputs, "weight_kg": args.weight_kg}, outputs=outputs,
         allow_missing=args.allow_missing_folds, min_component_ml=args.min_lesion_ml,
         num_parts=args.num_parts, part_id=args.part_id, resume=args.resume,
@@ -168,19 +169,23 @@ def run(args: argparse.Namespace) -> int:
     from petseg.io.images import check_writable
     from petseg.pipeline import INTERACTIVE_MASK_FOLDER, MASK_FOLDER, PROBABILITY_FOLDER
 
+    if args.devices is not None and args.device is not None:
+        raise PetsegError(f"--device {args.device} and --devices {args.devices}: give one; "
+                          "--devices lists every device the run uses")
     if args.extras is not None:
-        mask_dir = args.output.joinpath(*MASK_FOLDER).resolve()
-        if args.extras.resolve() == mask_dir or mask_dir in args.extras.resolve().parents:
-            raise PetsegError(f"--extras {args.extras}: lies in the challenge mask folder, "
-                              "which must hold only masks; choose another folder")
+        for folder in (MASK_FOLDER, INTERACTIVE_MASK_FOLDER):
+            mask_dir = args.output.joinpath(*folder).resolve()
+            if args.extras.resolve() == mask_dir or mask_dir in args.extras.resolve().parents:
+                raise PetsegError(f"--extras {args.extras}: lies in the challenge mask folder "
+                                  f"{mask_dir}, which must hold only masks; choose another "
+                                  "folder")
     if args.weight_kg is not None and not args.weight_kg > 0:
         raise PetsegError(f"--weight-kg {args.weight_kg}: must be a positive weight in kg")
     config = settings(args)  # settings first: a usage error touches no output
     check_part(args.num_parts, args.part_id)
     request = _request(args, config)
     # every folder this run writes, before any computation
-    check_writable(args.output)
-    check_writable(args.output.joinpath(*MASK_FOLDER))
+    check_writable(args.output)  # each mask folder once the cases say which slug they use
     if args.save_probability:
         check_writable(args.output.joinpath(*PROBABILITY_FOLDER))
     if args.extras is not None:
@@ -189,8 +194,9 @@ def run(args: argparse.Namespace) -> int:
         cases = find_cases(args.input, weight_kg=args.weight_kg)
         if args.clicks is not None:
             cases = with_click_file(cases, args.clicks)
-        if any(files.clicks is not None for files in cases.cases):
-            check_writable(args.output.joinpath(*INTERACTIVE_MASK_FOLDER))
+        for folder in {INTERACTIVE_MASK_FOLDER if files.clicks is not None else MASK_FOLDER
+                       for files in cases.cases}:
+            check_writable(args.output.joinpath(*folder))
         if args.dicom_seg and any(files.dicom is not None for files in cases.cases):
             from petseg.io.dicom_seg import SEG_FOLDER
 
