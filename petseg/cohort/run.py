@@ -9,10 +9,11 @@ folder's progress (cases done of total, cases per hour, time left).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,20 @@ def _user_error(exc: Exception) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _failing_the_rest(results: _Results) -> Iterator[None]:
+    """An error a user can fix (`_user_error`) inside the block fails every case not yet
+    done with its message and is raised again as one-line `PetsegError`; others propagate."""
+    try:
+        yield
+    except (PetsegError, OSError) as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        results.fail_rest(message)
+        raise PetsegError(message) from None
+
+
 def predict_cohort(cases: CaseList, request: CohortRequest) -> list[dict[str, Any]]:
     """Run `cases` as `request` says; returns the results file's entries.
 
@@ -131,7 +146,7 @@ def predict_cohort(cases: CaseList, request: CohortRequest) -> list[dict[str, An
     """
     results = _Results(cases, request, {}, None)
     try:
-        try:
+        with _failing_the_rest(results):
             if request.weights_dir is None:
                 from petseg.checkpoint import find_weights_dir
 
@@ -143,12 +158,6 @@ def predict_cohort(cases: CaseList, request: CohortRequest) -> list[dict[str, An
                         "min_lesion_ml": request.min_component_ml,
                         "allow_missing_folds": request.allow_missing}
             fingerprint = run_fingerprint(weights_dir, settings)
-        except (PetsegError, OSError) as exc:
-            message = _user_error(exc)
-            if message is None:
-                raise
-            results.fail_rest(message)
-            raise PetsegError(message) from None
         kept = (finished_cases(cases, request.results_path, request.output_dir, fingerprint)
                 if request.resume else {})
         results = _Results(cases, request, kept, fingerprint)
@@ -175,16 +184,10 @@ def _in_process(to_run: list[CaseFiles], single: bool, request: CohortRequest,
 
     if not to_run:
         return
-    try:
+    with _failing_the_rest(results):
         predictor = Predictor.from_weights_dir(
             request.weights_dir, config, device=request.devices[0],
             allow_missing=request.allow_missing, min_component_ml=request.min_component_ml)
-    except (PetsegError, OSError) as exc:
-        message = _user_error(exc)
-        if message is None:
-            raise
-        results.fail_rest(message)
-        raise PetsegError(message) from None
     results.progress = FolderProgress(results.progress.total)  # the rate counts from here
     predict_each(to_run, request.output_dir, predictor, results.add, single=single,
                  **request.outputs)
