@@ -122,9 +122,10 @@ volumes=()
 cleanup() { ((${#volumes[@]} == 0)) || docker volume rm -f "${volumes[@]}" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-run_case() {  # run_case NAME EXPECTED_DIR [extra docker run arguments]: run, copy out, check
-  local name="$1" expected_dir="$2" volume="petseg-test-output-$$-$RANDOM" start=$SECONDS
-  shift 2
+run_image() {  # run_image NAME [extra docker run arguments]: the image on $case_input,
+  # with the platform's limits; its /output copied to $work/NAME
+  local name="$1" volume="petseg-test-output-$$-$RANDOM" start=$SECONDS
+  shift
   volumes+=("$volume")
   docker volume create "$volume" >/dev/null
   say "$name: running $tag on ${case_input#"$root/"} (${gpus[*]:-no GPU})"
@@ -137,6 +138,12 @@ run_case() {  # run_case NAME EXPECTED_DIR [extra docker run arguments]: run, co
   mkdir -p "$work/$name"
   docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
     -C /output -cf - . | tar -C "$work/$name" -xf -
+}
+
+run_case() {  # run_case NAME EXPECTED_DIR [extra docker run arguments]: run_image, then check
+  local name="$1" expected_dir="$2"
+  shift 2
+  run_image "$name" "$@"
   PYTHONPATH="$root" "$python" test/container_check.py "$work/$name" --input test/input \
     --expected "$expected_dir" || fail "$name: the container's output is wrong (in $work/$name)"
 }
@@ -193,39 +200,23 @@ dicom="$work/dicom-input"
 PYTHONPATH="$root" "$python" test/container_dicom.py write test/input "$dicom" \
   --anonymised >&2
 chmod -R a+rX "$dicom"
-volume="petseg-test-output-$$-dicom"
-volumes+=("$volume")
-docker volume create "$volume" >/dev/null
-say "dicom: running $tag on a DICOM study"
-docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges "${gpus[@]}" \
-  --volume "$dicom:/input:ro" --volume "$volume:/output" "$tag" \
-  || fail "dicom: the container exited with status $? on DICOM input"
-mkdir -p "$work/dicom-output"
-docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
-  -C /output -cf - . | tar -C "$work/dicom-output" -xf -
-PYTHONPATH="$root" "$python" test/container_dicom.py check "$work/dicom-output" \
+case_input="$dicom"
+run_image dicom
+PYTHONPATH="$root" "$python" test/container_dicom.py check "$work/dicom" \
   --dicom "$dicom" --expected "$expected" \
-  || fail "dicom: the container's output is wrong (in $work/dicom-output)"
+  || fail "dicom: the container's output is wrong (in $work/dicom)"
 
 # --- an interactive case: a click file in /input, the mask at the interactive slug --------
 interactive="$work/interactive-input"
 PYTHONPATH="$root" "$python" test/container_interactive.py write test/input "$expected" \
   "$interactive" >&2
 chmod -R a+rX "$interactive"
-volume="petseg-test-output-$$-interactive"
-volumes+=("$volume")
-docker volume create "$volume" >/dev/null
-say "interactive: running $tag on the case with a background click"
-docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges \
-  --memory 30g --memory-swap 30g --shm-size 128m --pids-limit 256 "${gpus[@]}" \
-  --volume "$interactive:/input:ro" --volume "$volume:/output" "$tag" \
-  || fail "interactive: the container exited with status $? on a case with clicks"
-mkdir -p "$work/interactive-output"
-docker run --rm --network none --volume "$volume:/output:ro" --entrypoint tar "$tag" \
-  -C /output -cf - . | tar -C "$work/interactive-output" -xf -
-PYTHONPATH="$root" "$python" test/container_interactive.py check "$work/interactive-output" \
+case_input="$interactive"
+run_image interactive
+PYTHONPATH="$root" "$python" test/container_interactive.py check "$work/interactive" \
   --input "$interactive" --automatic "$expected" \
-  || fail "interactive: the container's output is wrong (in $work/interactive-output)"
+  || fail "interactive: the container's output is wrong (in $work/interactive)"
+case_input="$root/test/input"
 
 expect_refusal() {  # expect_refusal NAME MESSAGE_START [docker run arguments]: one line, exit 1
   local name="$1" message="$2" err status=0

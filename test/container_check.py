@@ -159,13 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-dice", type=float, default=0.99)
     args = parser.parse_args(argv)
     report = check_output(args.output, args.input, args.expected, args.min_dice)
-    for failure in report.failures:
-        print(f"container check: FAIL {failure}", file=sys.stderr)
-    if report.ok:
-        print(f"container check: ok: one mask on the PET grid, Dice {report.dice:.4f} "
-              f"({report.voxels} voxels, expected {report.expected_voxels}), results.json "
-              "names the case")
-    return 0 if report.ok else 1
+    return verdict("check", report.failures,
+                   f"one mask on the PET grid, Dice {report.dice or 0.0:.4f} ({report.voxels} "
+                   f"voxels, expected {report.expected_voxels}), results.json names the case")
+
+
+def verdict(check: str, failures: list[str], ok: str) -> int:
+    """Print each failure as `container CHECK: FAIL ...` on stderr, else `container CHECK:
+    ok: OK` on stdout; the exit code (1 when something failed)."""
+    for failure in failures:
+        print(f"container {check}: FAIL {failure}", file=sys.stderr)
+    if not failures:
+        print(f"container {check}: ok: {ok}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from container_check import verdict
 
 from petseg.evaluation.metrics import dice
 from petseg.io.images import read_image
@@ -167,13 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "write":
         return write(args.input, args.dicom, args.anonymised)
-    failures = check(args.output, args.dicom, args.expected, args.min_dice)
-    for failure in failures:
-        print(f"container dicom: FAIL {failure}", file=sys.stderr)
-    if not failures:
-        print("container dicom: ok: one mask on the PET grid, one SEG referencing the PET, "
-              "results.json lists the case")
-    return 1 if failures else 0
+    return verdict("dicom", check(args.output, args.dicom, args.expected, args.min_dice),
+                   "one mask on the PET grid, one SEG referencing the PET, results.json lists "
+                   "the case")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import cc3d
 import numpy as np
 import SimpleITK as sitk
+from container_check import verdict
 from scipy.ndimage import distance_transform_edt
 
 from petseg.errors import PetsegError
@@ -139,13 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "write":
         return write(args.input, args.automatic, args.dest)
-    failures = check(args.output, args.input, args.automatic)
-    for failure in failures:
-        print(f"container interactive: FAIL {failure}", file=sys.stderr)
-    if not failures:
-        print("container interactive: ok: the mask at the tumor-lesion-segmentation slug on "
-              "the PET grid, the background-clicked component removed")
-    return 1 if failures else 0
+    return verdict("interactive", check(args.output, args.input, args.automatic),
+                   "the mask at the tumor-lesion-segmentation slug on the PET grid, the "
+                   "background-clicked component removed")
 
 
 if __name__ == "__main__":
