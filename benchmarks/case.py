@@ -3,7 +3,7 @@ and peak RAM; then a 512 x 512 x 1000 PET for peak RAM (target < 8 GB).
 
 The case is a synthetic whole body (`petseg.phantom.generate_case(seed, "full")`: PET
 400 x 400 x ~327 at 2.0364 x 2.0364 x 3 mm, LAS; CT 512 x 512 on its own finer grid),
-written in the grand-challenge layout and run through `petseg.pipeline.predict_cases`,
+written in the grand-challenge layout and run through `petseg.runs.predict_folder`,
 the function `petseg predict` and process.py call. Stage times are exclusive (a stage's
 time excludes the stages it calls); the read runs in the one-case-ahead prefetch thread.
 The networks have random weights (time and memory do not depend on them).
@@ -37,12 +37,14 @@ from common import (
     rss_bytes,
 )
 
-from petseg import pipeline, preprocessing
+from petseg import preprocessing
 from petseg.config import InferenceConfig, ModelConfig, NetworkConfig, resolve_inference_config
 from petseg.inference import predictor as predictor_module
 from petseg.io.cases import find_cases
 from petseg.io.geometry import Geometry, resample
 from petseg.phantom import generate_case, write_challenge_case
+from petseg.runs import loop, predict_folder
+from petseg.runs import writers as writers_module
 
 RAM_TARGET_GB = 8.0
 
@@ -120,7 +122,7 @@ class RSSTrace:
 
 
 STAGES: list[tuple[Any, str, str, str | None]] = [
-    (pipeline, "read_case", "read PET + CT", None),
+    (loop, "read_case", "read PET + CT", None),
     (preprocessing, "locate_body", "CT onto the PET grid + body mask and crop box", None),
     (preprocessing, "crop_to_grid", "crop to 2 mm", None),
     (predictor_module, "preprocess_case", "preprocessing, rest", None),
@@ -128,7 +130,7 @@ STAGES: list[tuple[Any, str, str, str | None]] = [
     (predictor_module, "run_ensemble", "infer (ensemble)", None),
     (predictor_module, "probability_on_pet_grid", "probability back to the PET grid", None),
     (predictor_module, "probability_to_mask", "threshold + mask image", None),
-    (pipeline, "write_image", "write mask (atomic)", None),
+    (writers_module, "write_image", "write mask (atomic)", None),
 ]
 
 
@@ -141,7 +143,7 @@ def run_case(input_dir: Path, output_dir: Path, predictor: predictor_module.Pred
     try:
         with RSSTrace() as trace:
             start = time.perf_counter()
-            results = pipeline.predict_cases(find_cases(input_dir), output_dir, predictor)
+            results = predict_folder(find_cases(input_dir), output_dir, predictor)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             wall = time.perf_counter() - start

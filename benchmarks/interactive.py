@@ -2,7 +2,7 @@
 
 The full-size synthetic case (`petseg.phantom.generate_case(seed, "full")`, PET 400 x 400 x
 ~327, CT on its own grid) in the grand-challenge layout, run through
-`petseg.pipeline.predict_cases` (what `petseg predict` and process.py call) once without
+`petseg.runs.predict_folder` (what `petseg predict` and process.py call) once without
 and once with a `lesion-clicks.json` of 10 tumour + 10 background clicks (autoPET IV's
 last step: tumour clicks on lesion voxels, background clicks on the hottest non-lesion
 voxels), alternating, `--repeat` times each; the medians are compared. Two ensembles:
@@ -37,7 +37,6 @@ import SimpleITK as sitk
 import torch
 from common import CPU_CHANNELS, PAPER_CHANNELS, describe_machine, device_from, print_table
 
-from petseg import pipeline
 from petseg.config import (
     CLICK_CHANNELS,
     InferenceConfig,
@@ -47,12 +46,14 @@ from petseg.config import (
     resolve_inference_config,
 )
 from petseg.inference import predictor as predictor_module
+from petseg.interactive import session as session_module
 from petseg.io.cases import GC_CLICKS, find_cases
 from petseg.model import build_network
 from petseg.phantom import generate_case, write_challenge_case
+from petseg.runs import loop, predict_folder
 
-CLICK_STAGES = ((pipeline, "read_click_file"), (predictor_module, "click_maps_on_grid"),
-                (predictor_module, "apply_click_rule"))
+CLICK_STAGES = ((loop, "read_click_file"), (session_module, "click_maps_on_grid"),
+                (session_module, "apply_click_rule"))
 
 
 def click_points(pet: sitk.Image, seg: sitk.Image, count: int, seed: int) -> list[dict]:
@@ -92,9 +93,9 @@ def timed_stages(totals: dict[str, float]) -> list[tuple[Any, str, Any]]:
 
 def run(folder: Path, output: Path, predictor: predictor_module.Predictor,
         device: torch.device) -> float:
-    """Seconds for `predict_cases` on the case in `folder`."""
+    """Seconds for `predict_folder` on the case in `folder`."""
     start = time.perf_counter()
-    results = pipeline.predict_cases(find_cases(folder), output, predictor)
+    results = predict_folder(find_cases(folder), output, predictor)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

@@ -45,13 +45,14 @@ import SimpleITK as sitk
 import torch
 from common import print_table
 
-from petseg import pipeline
 from petseg.checkpoint import DSC_KEY, save_checkpoint, write_manifest
 from petseg.config import InferenceConfig, ModelConfig, NetworkConfig, save_json
 from petseg.inference import predictor as predictor_module
 from petseg.io.cases import find_cases
 from petseg.model import build_network
 from petseg.phantom import generate_case, write_challenge_case
+from petseg.runs import loop
+from petseg.runs import writers as writers_module
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -174,11 +175,13 @@ def loop_before(cases: list[Any], output_dir: Path, predictor: Any) -> None:
     probability) before the next one starts."""
     fill = predictor.model_config.preprocessing.ct_fill_hu
     with ThreadPoolExecutor(max_workers=1) as prefetch:
-        reading = prefetch.submit(pipeline.read_case, cases[0], fill)
+        reading = prefetch.submit(loop.read_case, cases[0], fill)
+        writers = writers_module.output_writers(save_probability=True)
         for index, files in enumerate(cases):
-            ahead = (prefetch.submit(pipeline.read_case, cases[index + 1], fill)
+            ahead = (prefetch.submit(loop.read_case, cases[index + 1], fill)
                      if index + 1 < len(cases) else None)
-            pipeline._predict_one(files, reading, output_dir, predictor, True, None, True, None)
+            writers_module.write_outputs(writers, loop.predict_case(
+                files, reading, predictor, writers, output_dir, time.perf_counter()))
             reading = ahead  # type: ignore[assignment]
 
 
@@ -187,14 +190,15 @@ def stage_profile(input_dir: Path, work: Path, predictor: Any,
     """Rows: stage, seconds per case before and now (wall per case last), over the first
     `count` cases, each loop run twice in the order before, now, now, before."""
     cases = find_cases(input_dir).cases[:count]
-    targets = [(pipeline, "read_case", "read"),
+    targets = [(loop, "read_case", "read"),
                (predictor_module.Predictor, "predict", "predict (preprocess, network, mask)"),
-               (pipeline, "write_image", "write")]
-    first = pipeline.read_case(cases[0], predictor.model_config.preprocessing.ct_fill_hu)
+               (writers_module, "write_image", "write")]
+    first = loop.read_case(cases[0], predictor.model_config.preprocessing.ct_fill_hu)
     predictor.predict(first.pet, first.ct)  # warm-up, so neither loop pays first-call costs
     loops = {"before": lambda out: loop_before(cases, out, predictor),
-             "now": lambda out: pipeline.predict_each(
-                 cases, out, predictor, lambda entry: None, save_probability=True)}
+             "now": lambda out: loop.run_cases(
+                 cases, out, predictor, writers_module.output_writers(save_probability=True),
+                 lambda entry: None)}
     columns: dict[str, dict[str, float]] = {name: {} for name in loops}
     for name in ("before", "now", "now", "before"):  # ABBA: drifting load hits both alike
         times = StageTimes()

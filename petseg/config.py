@@ -72,12 +72,47 @@ class PreprocessingConfig:
         return tuple(n for n in self.channel_order if n not in CLICK_CHANNELS)
 
 
+CLICK_SHAPES: tuple[str, ...] = ("gaussian",)
+"""How a click may be drawn into its map."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClickEncoding:
+    """How a click-aware network wants its clicks drawn (`petseg.interactive.maps`).
+
+    Attributes:
+        shape: "gaussian": each click a 3D Gaussian of sigma `radius_mm / 3`, peak 1 at
+            the click, cut to zero beyond `radius_mm`; overlapping clicks take the maximum.
+        radius_mm: physical radius of a drawn click (mm).
+
+    A checkpoint written before the encoding was recorded was trained with these defaults.
+    """
+
+    shape: str = "gaussian"
+    radius_mm: float = 18.0
+
+    def __post_init__(self) -> None:
+        if self.shape not in CLICK_SHAPES:
+            raise PetsegError(f"clicks.shape {self.shape!r}: petseg draws clicks as "
+                              f"{', '.join(CLICK_SHAPES)}; use weights trained with one of "
+                              "these or a petseg version that knows this encoding")
+        if not float(self.radius_mm) > 0:
+            raise PetsegError(f"clicks.radius_mm {self.radius_mm}: must be a positive "
+                              "radius in mm")
+
+
+DEFAULT_CLICK_ENCODING = ClickEncoding()
+"""The encoding of a checkpoint that records none."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Everything a checkpoint needs to be used: network and preprocessing."""
+    """Everything a checkpoint needs to be used: network, preprocessing and, for a
+    click-aware network, how its clicks are drawn."""
 
     network: NetworkConfig = NetworkConfig()
     preprocessing: PreprocessingConfig = PreprocessingConfig()
+    clicks: ClickEncoding = ClickEncoding()
 
     def __post_init__(self) -> None:
         order = tuple(self.preprocessing.channel_order)
@@ -99,6 +134,12 @@ class ModelConfig:
     def takes_clicks(self) -> bool:
         """True when the network takes a tumour and a background click map as input."""
         return CLICK_CHANNELS[0] in self.preprocessing.channel_order
+
+    @property
+    def extra_channels(self) -> tuple[str, ...]:
+        """Input channels not made from the images (the click maps), in order: a caller
+        supplies them (`Predictor.predict(extra_channels=...)`), else they are zeros."""
+        return tuple(self.preprocessing.channel_order[len(self.preprocessing.image_channels):])
 
 
 DEFAULT_THRESHOLD = 0.5

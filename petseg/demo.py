@@ -17,8 +17,9 @@ from petseg.evaluation.metrics import CaseMetrics, case_metrics
 from petseg.inference.predictor import Predictor
 from petseg.io.cases import find_cases
 from petseg.io.images import read_image
+from petseg.io.outputs import MASK_FOLDER
 from petseg.phantom import generate_case, preview_png, write_challenge_case
-from petseg.pipeline import MASK_FOLDER, predict_cases
+from petseg.runs import predict_folder
 
 CASE_NAME = "case"
 
@@ -55,8 +56,8 @@ def run_demo(out_dir: str | Path, weights_dir: str | Path, seed: int, size: str 
     predictor = Predictor.from_weights_dir(weights_dir, config, device=device)
     prediction_dir = out_dir / "prediction"
     extras_dir = out_dir / "extras"
-    predict_cases(find_cases(paths["pet"].parents[2]), prediction_dir, predictor,
-                  extras_dir=extras_dir)
+    predict_folder(find_cases(paths["pet"].parents[2]), prediction_dir, predictor,
+                   extras_dir=extras_dir)
     mask_path = prediction_dir.joinpath(*MASK_FOLDER, f"{paths['pet'].name}")
     mask = read_image(mask_path)
     truth = read_image(paths["truth"])

@@ -20,6 +20,7 @@ from petseg.checkpoint import calibrated_threshold, load_ensemble, read_manifest
 from petseg.cli import main
 from petseg.config import InferenceConfig, load_json
 from petseg.inference.predictor import Predictor
+from petseg.interactive.session import InteractiveSession
 from petseg.io.geometry import Geometry
 from petseg.phantom import generate_case
 
@@ -50,7 +51,7 @@ def _fast_prediction(seed: int, cohort: str) -> tuple[np.ndarray, np.ndarray, fl
     case = generate_case(seed, "full", cohort)
     config = dataclasses.replace(_shipped_config(), mode="fast")
     predictor = Predictor.from_weights_dir(WEIGHTS, config, device="cpu")
-    mask = predictor.predict_case(case.pet, case.ctres)
+    mask = predictor.predict(case.pet, case.ctres).mask
     assert Geometry.of(mask) == Geometry.of(case.pet)
     ml = float(np.prod(case.pet.GetSpacing())) / 1000.0
     return sitk.GetArrayFromImage(case.seg) > 0, sitk.GetArrayFromImage(mask) > 0, ml
@@ -83,7 +84,7 @@ def test_bundled_ensemble_honours_the_autopet_iv_clicks_of_a_held_out_phantom() 
     predictor = Predictor.from_weights_dir(WEIGHTS, config, device="cpu")
     spacing = case.pet.GetSpacing()
     before, after = (case_metrics(truth, sitk.GetArrayFromImage(
-        predictor.predict(case.pet, case.ctres, clicks=given).mask) > 0, spacing)
+        InteractiveSession(predictor).predict(case.pet, case.ctres, given).mask) > 0, spacing)
         for given in (None, clicks))
     assert after.fnv_ml == 0.0 and after.detected == after.n_true_lesions
     assert after.fpv_ml <= before.fpv_ml - 2.0

@@ -16,7 +16,7 @@ from inference_synthetic import make_case
 from monai.inferers import sliding_window_inference
 from tiny_models import SuvThreshold, tiny_ensemble
 
-from petseg import pipeline, preprocessing
+from petseg import preprocessing
 from petseg.cli import main
 from petseg.config import (
     InferenceConfig,
@@ -31,6 +31,7 @@ from petseg.inference.engine import run_ensemble
 from petseg.inference.plan import FLIP_AXES, Plan, make_plan
 from petseg.inference.predictor import Predictor
 from petseg.model import build_network
+from petseg.runs import loop, predict_folder
 
 TINY = NetworkConfig(channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
 
@@ -581,7 +582,7 @@ def test_predictor_in_fast_mode_gives_the_reference_mask() -> None:
     for mode in ("reference", "fast"):
         config = resolve_inference_config(cfg(roi_size=(32,) * 3, mode=mode))
         predictor = Predictor([SuvThreshold()], model, config, device="cpu")
-        masks[mode] = sitk.GetArrayFromImage(predictor.predict_case(pet, ct))
+        masks[mode] = sitk.GetArrayFromImage(predictor.predict(pet, ct).mask)
     np.testing.assert_array_equal(masks["fast"], masks["reference"])
     assert dice(torch.from_numpy(masks["fast"] > 0), torch.from_numpy(
         sitk.GetArrayFromImage(seg) > 0)) >= 0.97
@@ -660,13 +661,13 @@ def test_folder_mode_reads_the_next_case_while_predicting(tmp_path: Path,
     started: dict[str, threading.Event] = {n: threading.Event() for n in
                                            ("case_a", "case_b", "case_c")}
     overlapped: list[bool] = []
-    read_case = pipeline.read_case
+    read_case = loop.read_case
 
     def recording_read(files, fill_hu):  # type: ignore[no-untyped-def]
         started[files.name].set()
         return read_case(files, fill_hu)
 
-    monkeypatch.setattr(pipeline, "read_case", recording_read)
+    monkeypatch.setattr(loop, "read_case", recording_read)
     config = resolve_inference_config(cfg(roi_size=(32,) * 3))
     predictor = Predictor([SuvThreshold()], ModelConfig(network=TINY), config, device="cpu")
     predict = predictor.predict
@@ -681,7 +682,7 @@ def test_folder_mode_reads_the_next_case_while_predicting(tmp_path: Path,
     monkeypatch.setattr(predictor, "predict", waiting_predict)
     from petseg.io.cases import find_cases
 
-    results = pipeline.predict_cases(find_cases(tmp_path / "input"), tmp_path / "out", predictor)
+    results = predict_folder(find_cases(tmp_path / "input"), tmp_path / "out", predictor)
     assert overlapped == [True, True]
     assert [r["name"] for r in results] == ["case_a", "case_b", "case_c"]
     assert all(r["error_messages"] == [] for r in results)

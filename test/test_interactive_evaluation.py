@@ -181,12 +181,13 @@ def write_cases(root: Path, names=("a", "b")) -> Path:
 
 def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> None:
     """Automatic weights: the command's one-network-pass-per-case path gives exactly the
-    masks of `Predictor.predict(..., clicks=...)` at every step."""
+    masks of `InteractiveSession.predict` at every step."""
     from random_weights import make_random_weights
 
     from petseg.cli import main
     from petseg.config import InferenceConfig
     from petseg.inference.predictor import Predictor
+    from petseg.interactive.session import InteractiveSession
 
     weights = make_random_weights(tmp_path / "weights", folds=2)
     cases = write_cases(tmp_path / "cases", names=("a",))
@@ -199,7 +200,7 @@ def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> No
     assert "| autopet_v | area under curve | 1 |" in capsys.readouterr().out
     predictor = Predictor.from_weights_dir(weights, config, device="cpu")
     direct = evaluate_interactive(
-        cases, lambda pet, ct, clicks: predictor.predict(pet, ct, clicks=clicks).mask,
+        cases, lambda pet, ct, clicks: InteractiveSession(predictor).predict(pet, ct, clicks).mask,
         tmp_path / "direct", protocols=("autopet_v",))
     assert (tmp_path / "out" / "steps.csv").read_text() == \
         (tmp_path / "direct" / "steps.csv").read_text()

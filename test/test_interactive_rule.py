@@ -21,6 +21,7 @@ from petseg.inference.predictor import Predictor
 from petseg.interactive.clicks import Clicks
 from petseg.interactive.maps import CLICK_RADIUS_MM
 from petseg.interactive.rule import REGION_RADIUS_MM, TUMOUR_FRACTION, apply_click_rule
+from petseg.interactive.session import InteractiveSession
 
 SPACING_XYZ = (2.0, 2.0, 3.0)
 
@@ -158,7 +159,8 @@ def test_click_aware_network_gets_the_click_maps_at_the_clicked_place() -> None:
     pet, ct, _, _ = oblique_case()
     network = TumourMapNetwork()
     click = (30, 20, 14)
-    clicked = predictor(network, CLICK_MODEL).predict(pet, ct, clicks=Clicks(tumour=(click,)))
+    clicked = InteractiveSession(predictor(network, CLICK_MODEL)).predict(
+        pet, ct, Clicks(tumour=(click,)))
     mask = sitk.GetArrayFromImage(clicked.mask)
     assert set(network.channels) == {4}
     assert mask[click[::-1]] == 1
@@ -183,14 +185,16 @@ def test_predictor_applies_the_rule_for_automatic_weights() -> None:
     automatic = sitk.GetArrayFromImage(predictor(SuvThreshold()).predict(pet, ct).mask)
     assert all((automatic[lesions == k]).any() for k in (1, 2))
     background = xyz(np.argwhere(lesions == 2)[0])
-    corrected = predictor(SuvThreshold()).predict(pet, ct, clicks=Clicks(background=(background,)))
+    corrected = InteractiveSession(predictor(SuvThreshold())).predict(
+        pet, ct, Clicks(background=(background,)))
     out = sitk.GetArrayFromImage(corrected.mask)
     assert not out[lesions == 2].any()
     np.testing.assert_array_equal(out[lesions != 2], automatic[lesions != 2])
     assert corrected.mask.GetDirection() == pet.GetDirection()
     # a network that finds nothing: a tumour click on a lesion centre adds its 41 % region
     peak = np.unravel_index(np.argmax(np.where(lesions == 1, suv, 0)), suv.shape)
-    added = predictor(Constant(0.01)).predict(pet, ct, clicks=Clicks(tumour=(xyz(peak),)))
+    added = InteractiveSession(predictor(Constant(0.01))).predict(
+        pet, ct, Clicks(tumour=(xyz(peak),)))
     region = cc3d.connected_components(suv >= TUMOUR_FRACTION * suv[peak], connectivity=18)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(added.mask), region == region[peak])
 

@@ -14,7 +14,7 @@ from random_weights import make_random_weights
 from tiny_models import TINY, SuvThreshold
 
 import petseg.io.dicom_seg
-import petseg.pipeline
+import petseg.runs.writers
 from petseg.cli import main
 from petseg.config import InferenceConfig, resolve_inference_config, save_json
 from petseg.inference.predictor import Predictor
@@ -22,7 +22,7 @@ from petseg.io.cases import find_cases
 from petseg.io.dicom_study import study_name
 from petseg.io.images import write_image
 from petseg.phantom.dicom import StudyTags, write_dicom_study
-from petseg.pipeline import predict_cases
+from petseg.runs import predict_folder
 
 MASKS = Path("images/automated-petct-lesion-segmentation")
 HIGHDICOM_FAILURE = "'FileDataset' object has no attribute 'PatientBirthDate'"
@@ -80,8 +80,8 @@ def test_a_failing_probability_map_leaves_the_mask(tmp_path, images, monkeypatch
             raise OSError(28, "No space left on device")
         return write_image(image, path, compress)
 
-    monkeypatch.setattr(petseg.pipeline, "write_image", full_disk)
-    [entry] = predict_cases(find_cases(tmp_path / "in"), tmp_path / "out", predictor,
+    monkeypatch.setattr(petseg.runs.writers, "write_image", full_disk)
+    [entry] = predict_folder(find_cases(tmp_path / "in"), tmp_path / "out", predictor,
                             save_probability=True)
     assert entry["error_messages"] == [
         "probability map not written: OSError: [Errno 28] No space left on device"]
@@ -103,14 +103,14 @@ def test_an_implausible_result_is_flagged_in_the_log_and_results(tmp_path, image
     for kind, image in (("pet", pet), ("ct", ct)):
         write_image(image, tmp_path / "in" / "images" / kind / f"case-{kind}.mha")
     settled = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25))
-    with caplog.at_level("WARNING", logger="petseg.pipeline"):
-        [entry] = predict_cases(find_cases(tmp_path / "in"), tmp_path / "out",
+    with caplog.at_level("WARNING", logger="petseg.runs.writers"):
+        [entry] = predict_folder(find_cases(tmp_path / "in"), tmp_path / "out",
                                 Predictor([Constant(0.9)], TINY, settled, device="cpu"))
     assert entry["error_messages"] == []
     assert entry["implausible"].startswith(
         f"{entry['lesion_volume_ml']:.1f} ml of lesion is 100% of the body (")
     assert f"case case-pet: implausible result: {entry['implausible']}" in caplog.text
     assert (tmp_path / "out" / MASKS / "case-pet.mha").is_file()
-    [sane] = predict_cases(find_cases(tmp_path / "in"), tmp_path / "out2",
+    [sane] = predict_folder(find_cases(tmp_path / "in"), tmp_path / "out2",
                            Predictor([SuvThreshold()], TINY, settled, device="cpu"))
     assert "implausible" not in sane and sane["lesion_volume_ml"] > 0

@@ -46,7 +46,7 @@ def test_trivial_predictor_round_trip_has_exact_geometry_and_high_dice(name, ct_
     if ct_grid == "finer":
         ct = make_case(direction=DIRECTIONS[name], ct_geometry=finer_ct_geometry(pet))[1]
     predictor = Predictor([SuvThreshold()], TINY, SETTLED, device="cpu")
-    mask = predictor.predict_case(pet, ct)
+    mask = predictor.predict(pet, ct).mask
     _assert_same_geometry(mask, pet)
     assert mask.GetPixelID() == sitk.sitkUInt8
     values = sitk.GetArrayFromImage(mask)
@@ -101,7 +101,7 @@ def test_constant_predictors_weighted_and_plain_on_the_pet_grid() -> None:
 def test_an_image_smaller_than_a_window_works() -> None:
     pet, ct, _, _ = make_case(size=(12, 10, 9), spacing=(4.0, 4.0, 5.0))
     predictor = Predictor([SuvThreshold()], TINY, SETTLED, device="cpu")
-    mask = predictor.predict_case(pet, ct)
+    mask = predictor.predict(pet, ct).mask
     _assert_same_geometry(mask, pet)
     truth = lesion_truth(sitk.GetArrayFromImage(pet))
     assert truth.sum() > 0
@@ -168,7 +168,7 @@ def test_a_null_threshold_takes_the_one_calibrated_for_the_weights(tmp_path) -> 
     write_thresholds(weights, {"weighted": calibrated, "mean": 0.99}, {"seed": 1})
     predictor = Predictor.from_weights_dir(weights, SMALL, device="cpu")
     assert predictor.config.threshold == calibrated
-    mask = sitk.GetArrayFromImage(predictor.predict_case(pet, ct))
+    mask = sitk.GetArrayFromImage(predictor.predict(pet, ct).mask)
     np.testing.assert_array_equal(mask, probability > calibrated)
     assert 0 < mask.sum() < (probability > 0).sum()
     mean = Predictor.from_weights_dir(weights, dataclasses.replace(SMALL, ensemble="mean"),

@@ -362,7 +362,7 @@ def test_unreadable_weights_are_one_line_and_recorded(tmp_path, weights, config,
 def test_an_interrupted_folder_run_lists_what_completed(tmp_path, weights, config, case,
                                                         monkeypatch, capsys) -> None:
     from petseg.inference.predictor import Predictor
-    from petseg.pipeline import INTERRUPTED
+    from petseg.io.outputs import INTERRUPTED
 
     inp = tmp_path / "input"
     for name in ("patient_a", "patient_b", "patient_c"):
@@ -394,7 +394,7 @@ def test_sigterm_interrupts_like_ctrl_c_and_the_old_handler_comes_back(
     import signal
 
     from petseg.inference.predictor import Predictor
-    from petseg.pipeline import INTERRUPTED
+    from petseg.io.outputs import INTERRUPTED
 
     inp = tmp_path / "input"
     for name in ("patient_a", "patient_b"):
@@ -429,7 +429,7 @@ def test_sigterm_interrupts_like_ctrl_c_and_the_old_handler_comes_back(
 def test_an_interruption_while_the_weights_load_is_recorded(tmp_path, weights, config, case,
                                                             monkeypatch, capsys) -> None:
     from petseg.inference.predictor import Predictor
-    from petseg.pipeline import INTERRUPTED
+    from petseg.io.outputs import INTERRUPTED
 
     inp = _challenge_input(tmp_path / "input", *case)
     out = tmp_path / "output"

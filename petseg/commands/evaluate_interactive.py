@@ -54,14 +54,17 @@ def run(args: argparse.Namespace) -> int:
         evaluate_interactive,
         markdown_table,
     )
+    from petseg.interactive.session import InteractiveSession
 
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     weights = args.weights or find_weights_dir([Path.cwd() / "weights", REPOSITORY / "weights"])
     predictor = Predictor.from_weights_dir(weights, inference_config(config_path, args.mode),
                                            device=args.device)
 
+    session = InteractiveSession(predictor)
+
     def segment(pet: sitk.Image, ct: sitk.Image, clicks: Clicks | None) -> sitk.Image:
-        return predictor.predict(pet, ct, clicks=clicks).mask
+        return session.predict(pet, ct, clicks).mask
 
     if not predictor.model_config.takes_clicks:  # the network ignores clicks: run it once
         segment = RuleOnAutomatic(lambda pet, ct: predictor.predict(pet, ct).mask)

@@ -23,10 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Merge; exit code 1 when a part or a case is missing."""
-    from petseg.cohort.parts import merge_parts
     from petseg.io.cases import find_cases
     from petseg.io.images import write_json
-    from petseg.pipeline import RESULTS_NAME
+    from petseg.io.outputs import RESULTS_NAME
+    from petseg.runs.parts import merge_parts
 
     cases = find_cases(args.input) if args.input is not None else None
     merged = merge_parts(args.output, cases)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from petseg.errors import PetsegError
 
 if TYPE_CHECKING:
-    from petseg.cohort.run import CohortRequest
     from petseg.config import InferenceConfig
+    from petseg.runs.folder import RunRequest
 
 HELP = ("segment lesions in PET/CT cases (grand-challenge, case-folder or autoPET layout, "
         "or DICOM studies)")
@@ -64,17 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "resources/, else built-in defaults)")
     parser.add_argument("--min-lesion-ml", type=float, default=0.0,
                         help="remove predicted lesions smaller than this volume (default 0: off)")
-    parser.add_argument("--extras", type=Path, default=None, metavar="DIR",
-                        help="also write per case a lesion report (JSON, CSV), a MIP picture "
-                             "and, with two or more folds, an uncertainty map into DIR "
-                             "(default: off; keep DIR outside the challenge output folder)")
-    parser.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=True,
-                        help="DICOM input: also write each study's mask as a DICOM SEG under "
-                             "OUTPUT/dicom-seg/ (default: on)")
-    parser.add_argument("--seg-uid-seed", default=None, metavar="TEXT",
-                        help="derive the DICOM SEG's series and instance UIDs from TEXT, the "
-                             "study and the mask, so a rerun writes the same UIDs (default: "
-                             "fresh UIDs)")
     parser.add_argument("--weight-kg", type=float, default=None,
                         help="DICOM input: patient weight in kg for PET series without "
                              "PatientWeight (series with it keep theirs)")
@@ -82,15 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override an inference setting, e.g. tta=2 or roi_size=[96,96,96] "
                              "(VALUE is JSON; repeatable; --ensemble, --threshold, --mode and "
                              "--time-budget are shorthands)")
-    _add_probability_and_cohort_arguments(parser)
+    from petseg.runs.writers import add_output_arguments
+
+    add_output_arguments(parser)
+    _add_run_arguments(parser)
 
 
-def _add_probability_and_cohort_arguments(parser: argparse.ArgumentParser) -> None:
-    """--save-probability, and the options for many cases: devices, parts for array jobs,
-    continuing a run."""
-    parser.add_argument("--save-probability", action="store_true",
-                        help="also write the ensemble probability (float32, PET grid) under "
-                             "OUTPUT/probabilities/")
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options for many cases: devices, parts for array jobs, continuing a run."""
     parser.add_argument("--devices", default=None, metavar="LIST",
                         help="one worker process per device, taking cases from one queue: "
                              "cuda:0,cuda:1,... or all (every CUDA device); cpu,cpu runs two "
@@ -145,17 +133,16 @@ def settings(args: argparse.Namespace) -> InferenceConfig:
     return with_overrides(config, overrides, "resources/inference.json", "tta=2")
 
 
-def _request(args: argparse.Namespace, config: InferenceConfig) -> CohortRequest:
-    """What the folder run does, from the command line."""
-    from petseg.cohort.run import CohortRequest
-    from petseg.cohort.workers import parse_devices
+def _request(args: argparse.Namespace, config: InferenceConfig) -> RunRequest:
+    """What the run does, from the command line."""
+    from petseg.runs.folder import RunRequest
+    from petseg.runs.workers import parse_devices
+    from petseg.runs.writers import writers_from_arguments
 
-    outputs = {"save_probability": args.save_probability, "extras_dir": args.extras,
-               "dicom_seg": args.dicom_seg, "seg_uid_seed": args.seg_uid_seed}
-    return CohortRequest(
+    return RunRequest(
         output_dir=args.output, weights_dir=args.weights, config=config,
         devices=parse_devices(args.devices) if args.devices else [args.device or "auto"],
-        settings={**outputs, "weight_kg": args.weight_kg}, outputs=outputs,
+        settings={"weight_kg": args.weight_kg}, writers=writers_from_arguments(args),
         allow_missing=args.allow_missing_folds, min_component_ml=args.min_lesion_ml,
         num_parts=args.num_parts, part_id=args.part_id, resume=args.resume,
         weights_candidates=(MODEL_DIR, Path.cwd() / "weights", REPOSITORY / "weights"))
@@ -163,45 +150,29 @@ def _request(args: argparse.Namespace, config: InferenceConfig) -> CohortRequest
 
 def run(args: argparse.Namespace) -> int:
     """Predict every case; exit code 1 if any case failed."""
-    from petseg.cohort.parts import check_part, select_part
-    from petseg.cohort.run import predict_cohort
     from petseg.io.cases import find_cases, with_click_file
     from petseg.io.images import check_writable
-    from petseg.pipeline import INTERACTIVE_MASK_FOLDER, MASK_FOLDER, PROBABILITY_FOLDER
+    from petseg.runs.folder import predict_run
+    from petseg.runs.parts import check_part, select_part
 
     if args.devices is not None and args.device is not None:
         raise PetsegError(f"--device {args.device} and --devices {args.devices}: give one; "
                           "--devices lists every device the run uses")
-    if args.extras is not None:
-        for folder in (MASK_FOLDER, INTERACTIVE_MASK_FOLDER):
-            mask_dir = args.output.joinpath(*folder).resolve()
-            if args.extras.resolve() == mask_dir or mask_dir in args.extras.resolve().parents:
-                raise PetsegError(f"--extras {args.extras}: lies in the challenge mask folder "
-                                  f"{mask_dir}, which must hold only masks; choose another "
-                                  "folder")
     if args.weight_kg is not None and not args.weight_kg > 0:
         raise PetsegError(f"--weight-kg {args.weight_kg}: must be a positive weight in kg")
     config = settings(args)  # settings first: a usage error touches no output
     check_part(args.num_parts, args.part_id)
     request = _request(args, config)
-    # every folder this run writes, before any computation
-    check_writable(args.output)  # each mask folder once the cases say which slug they use
-    if args.save_probability:
-        check_writable(args.output.joinpath(*PROBABILITY_FOLDER))
-    if args.extras is not None:
-        check_writable(args.extras)
+    for writer in request.writers:
+        writer.check_options(args.output)
+    check_writable(args.output)  # every folder this run writes, before any computation
     with _interrupt_on_sigterm():
         cases = find_cases(args.input, weight_kg=args.weight_kg)
         if args.clicks is not None:
             cases = with_click_file(cases, args.clicks)
-        for folder in {INTERACTIVE_MASK_FOLDER if files.clicks is not None else MASK_FOLDER
-                       for files in cases.cases}:
-            check_writable(args.output.joinpath(*folder))
-        if args.dicom_seg and any(files.dicom is not None for files in cases.cases):
-            from petseg.io.dicom_seg import SEG_FOLDER
-
-            check_writable(args.output.joinpath(*SEG_FOLDER))
-        results = predict_cohort(select_part(cases, args.num_parts, args.part_id), request)
+        for writer in request.writers:
+            writer.check_folders(args.output, cases.cases)
+        results = predict_run(select_part(cases, args.num_parts, args.part_id), request)
     failed = [entry["name"] for entry in results if entry["error_messages"]]
     if failed:
         logging.getLogger(__name__).error("%d of %d case(s) failed: %s (see %s)", len(failed),

@@ -137,7 +137,7 @@ def predict_both(heldout: Path, out: Path, weights: Path, config: InferenceConfi
     from petseg.inference.engine import normalized_weights
     from petseg.inference.postprocessing import probability_to_mask
     from petseg.inference.predictor import Predictor
-    from petseg.pipeline import MASK_FOLDER
+    from petseg.io.outputs import MASK_FOLDER
 
     checkpoints = load_ensemble(weights)
     predictor = Predictor.from_checkpoints(checkpoints, resolve_inference_config(config),

@@ -1,7 +1,10 @@
 """The fold ensemble as one object: a case's PET + CT in, a mask on the PET grid out.
 
-    preprocess_case [+ click maps] -> run_ensemble (every fold, one pass)
-      -> probability_on_pet_grid -> probability_to_mask [-> click rule]
+    preprocess_case [+ extra input channels] -> run_ensemble (every fold, one pass)
+      -> probability_on_pet_grid -> probability_to_mask
+
+The Predictor knows input channels, not clicks: a click-aware network's click maps come
+from `petseg.interactive.session.InteractiveSession`, which also applies the click rule.
 
 `Predictor(networks, model_config, config, weights, device)` reads nothing from disk;
 `Predictor.from_weights_dir` loads and verifies the checkpoints listed in a manifest and
@@ -13,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +33,16 @@ from petseg.inference.postprocessing import (
     probability_to_mask,
     threshold_mask,
 )
-from petseg.interactive.clicks import Clicks
-from petseg.interactive.maps import click_maps_on_grid
-from petseg.interactive.rule import apply_click_rule
+from petseg.io.geometry import Geometry
 from petseg.model import build_network, size_divisor
 from petseg.preprocessing import PreparedCase, body_mask_for_windows, preprocess_case
 from petseg.progress import CaseProgress
 
 log = logging.getLogger(__name__)
+
+ExtraChannels = Callable[[Geometry], np.ndarray]
+"""network grid -> float32 `[E, D, H, W]`: the input channels not made from the images
+(`ModelConfig.extra_channels`, e.g. click maps), drawn on the case's network grid."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,14 @@ class Prediction:
     mask: sitk.Image
     probability: sitk.Image | None = None
     fold_probabilities: list[sitk.Image] | None = None
+
+
+def settled_config(config: InferenceConfig, weights_dir: str | Path) -> InferenceConfig:
+    """The inference settings with the threshold settled: `config`'s, else the one
+    calibrated for the ensemble in `weights_dir`'s manifest, else 0.5."""
+    calibrated = (calibrated_threshold(weights_dir, config.ensemble)
+                  if config.threshold is None else None)
+    return resolve_inference_config(config, calibrated)
 
 
 class Predictor:
@@ -117,11 +130,8 @@ class Predictor:
                          min_component_ml: float = 0.0) -> Predictor:
         """The ensemble of `weights_dir` (fold checkpoints + `manifest.json`, verified), its
         threshold settled: `config`'s, else the manifest's for the ensemble, else 0.5."""
-        config = config or InferenceConfig()
         checkpoints = load_ensemble(weights_dir, allow_missing=allow_missing)
-        calibrated = (calibrated_threshold(weights_dir, config.ensemble)
-                      if config.threshold is None else None)
-        config = resolve_inference_config(config, calibrated)
+        config = settled_config(config or InferenceConfig(), weights_dir)
         predictor = cls.from_checkpoints(checkpoints, config, device, min_component_ml)
         log.info("ensemble of %d fold(s) %s from %s on %s (%s average, threshold %.2f)",
                  len(predictor.networks), ", ".join(predictor.folds), weights_dir,
@@ -149,16 +159,14 @@ class Predictor:
         return threshold_mask(probability.numpy(), self.threshold), probability
 
     def predict(self, pet: sitk.Image, ct: sitk.Image, probability: bool = False,
-                fold_probabilities: bool = False,
-                progress: CaseProgress | None = None, clicks: Clicks | None = None) -> Prediction:
+                fold_probabilities: bool = False, progress: CaseProgress | None = None,
+                extra_channels: ExtraChannels | None = None) -> Prediction:
         """Mask (and on request probabilities) on the PET grid for one PET (SUV) + CT (HU);
         stages and window batches are reported to `progress`. The fold maps come from the
         same engine pass as the ensemble.
 
-        `clicks` (PET voxel indices): a click-aware network (`ModelConfig.takes_clicks`)
-        gets them as click maps (zeros without clicks); with any weights the mask then
-        honours every click (`petseg.interactive.rule`). The probabilities stay the
-        network's."""
+        A network with input channels beyond the images (`ModelConfig.extra_channels`)
+        gets `extra_channels(network grid)`, or zeros without it."""
         started = time.perf_counter()
         progress = progress or CaseProgress("-")
         progress.stage("preprocessing")
@@ -171,18 +179,13 @@ class Predictor:
                 if config.skip_empty_windows else None)
         progress.stage(f"{len(self.networks)} network(s) on {tuple(case.image.shape[1:])} voxels")
         with progress.listening():
-            result = self.probability(self._network_input(case, pet, clicks), body_mask=body,
-                                      config=config, per_network=fold_probabilities)
+            result = self.probability(self._network_input(case, extra_channels),
+                                      body_mask=body, config=config,
+                                      per_network=fold_probabilities)
         progress.stage("probability to the PET grid, mask")
         on_pet = self._on_pet_grid(result.probability, case)
         mask = probability_to_mask(on_pet, case.pet_geometry, self.threshold,
                                    self.min_component_ml)
-        if clicks:
-            progress.stage(f"click rule ({clicks.counts()['tumour']} tumour, "
-                           f"{clicks.counts()['background']} background)")
-            mask = case.pet_geometry.image_from_array(apply_click_rule(
-                sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(pet), clicks,
-                case.pet_geometry.spacing))
         as_image = case.pet_geometry.image_from_array
         folds = result.fold_probabilities
         return Prediction(
@@ -192,19 +195,22 @@ class Predictor:
             if folds is not None else None,
         )
 
-    def _network_input(self, case: PreparedCase, pet: sitk.Image,
-                       clicks: Clicks | None) -> np.ndarray:
-        """`case.image`, with the click maps appended when the network takes clicks."""
-        if not self.model_config.takes_clicks:
+    def _network_input(self, case: PreparedCase,
+                       extra_channels: ExtraChannels | None) -> np.ndarray:
+        """`case.image`, with the extra channels appended when the network takes any."""
+        extra = self.model_config.extra_channels
+        if not extra:
             return case.image
-        maps = click_maps_on_grid(clicks, pet, case.grid)
+        if extra_channels is None:
+            maps = np.zeros((len(extra), *case.image.shape[1:]), np.float32)
+        else:
+            maps = np.asarray(extra_channels(case.grid), np.float32)
+            if maps.shape != (len(extra), *case.image.shape[1:]):
+                raise ValueError(f"extra channels {maps.shape}: the network wants "
+                                 f"{(len(extra), *case.image.shape[1:])} ({', '.join(extra)})")
         return np.concatenate([case.image, maps])
 
     @staticmethod
     def _on_pet_grid(probability: torch.Tensor, case: PreparedCase) -> np.ndarray:
         return probability_on_pet_grid(probability.numpy(), case.grid, case.crop_box,
                                        case.pet_geometry)
-
-    def predict_case(self, pet: sitk.Image, ct: sitk.Image) -> sitk.Image:
-        """uint8 0/1 lesion mask with exactly the PET's geometry."""
-        return self.predict(pet, ct).mask

@@ -86,7 +86,7 @@ class StepResult:
 class RuleOnAutomatic:
     """A `Segmenter` for automatic weights: the network's mask once per case, then the click
     rule (`petseg.interactive.rule.apply_click_rule`) per step. The same masks as
-    `Predictor.predict(..., clicks=...)`, whose network output does not depend on the clicks
+    `InteractiveSession.predict`, whose network output does not depend on the clicks
     when the weights take none, without rerunning the network at every step.
 
     Args:

@@ -16,11 +16,13 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.config import DEFAULT_CLICK_ENCODING, ClickEncoding
 from petseg.interactive.clicks import Clicks, clicks_on_grid
 from petseg.io.geometry import Geometry
 
-CLICK_RADIUS_MM = 18.0
-"""Radius (mm) of a drawn click; the Gaussian's sigma is a third of it (6 mm)."""
+CLICK_RADIUS_MM = DEFAULT_CLICK_ENCODING.radius_mm
+"""Default radius (mm) of a drawn click; the Gaussian's sigma is a third of it (6 mm). A
+model's own is its `ModelConfig.clicks`."""
 
 
 def _draw_point(volume: np.ndarray, point_zyx: np.ndarray, spacing_zyx_mm: np.ndarray,
@@ -68,9 +70,10 @@ def render_click_maps(tumour_zyx: np.ndarray, background_zyx: np.ndarray,
 
 
 def click_maps_on_grid(clicks: Clicks | None, pet: sitk.Image | Geometry, grid: Geometry,
-                       radius_mm: float = CLICK_RADIUS_MM) -> np.ndarray:
+                       encoding: ClickEncoding = DEFAULT_CLICK_ENCODING) -> np.ndarray:
     """The click maps float32 `[2, D, H, W]` of PET-index `clicks` on `grid` (e.g. the
-    network grid `PreparedCase.grid`; `[D, H, W]` = its `[z, y, x]`); zeros without clicks."""
+    network grid `PreparedCase.grid`; `[D, H, W]` = its `[z, y, x]`), drawn as `encoding`
+    says (a model's `ModelConfig.clicks`); zeros without clicks."""
     tumour, background = clicks_on_grid(clicks or Clicks(), pet, grid)
     return render_click_maps(tumour, background, tuple(reversed(grid.size)),
-                             tuple(reversed(grid.spacing)), radius_mm)
+                             tuple(reversed(grid.spacing)), encoding.radius_mm)

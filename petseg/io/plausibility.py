@@ -7,7 +7,7 @@ Inputs (called by `petseg.io.cases.read_case`, after the header checks of
 - dynamic range and value range of the PET in SUV and the CT in HU
   (`check_value_ranges`, on the 1st and 99.9th percentiles).
 
-Results (called by `petseg.pipeline`): a lesion volume no patient has
+Results (called by `petseg.runs.writers`): a lesion volume no patient has
 (`implausible_result`). The thresholds and their reasons are tabled in docs/inference.md.
 """
 

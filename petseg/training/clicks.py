@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from petseg.config import CLICK_CHANNELS, ModelConfig
+from petseg.config import CLICK_CHANNELS, DEFAULT_CLICK_ENCODING, ClickEncoding, ModelConfig
 from petseg.errors import PetsegError
 from petseg.interactive.simulate import (
     ClickTargets,
@@ -46,8 +46,8 @@ class TrainingClicks:
     """
 
     def __init__(self, volumes: Sequence[Volume], config: ClickTrainingConfig,
-                 pet_channel: int = 0) -> None:
-        self.config = config
+                 pet_channel: int = 0, encoding: ClickEncoding = DEFAULT_CLICK_ENCODING) -> None:
+        self.config, self.encoding = config, encoding
         self.targets: list[ClickTargets] = [
             click_targets(np.asarray(v.label), np.asarray(v.image[pet_channel], np.float32),
                           config, seed=i) for i, v in enumerate(volumes)]
@@ -67,19 +67,22 @@ class TrainingClicks:
 
         def maps(start: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
             origin = np.asarray(start, float)
-            return render_click_maps(tumour - origin, background - origin, shape, spacing)
+            return render_click_maps(tumour - origin, background - origin, shape, spacing,
+                                     self.encoding.radius_mm)
 
         return maps
 
 
 def automatic_model(model: ModelConfig) -> ModelConfig:
-    """The automatic counterpart of a click-aware model: the click channels left out."""
+    """The automatic counterpart of a click-aware model: the click channels left out (and
+    the click encoding, which it does not use, at its default)."""
     order = tuple(c for c in model.preprocessing.channel_order if c not in CLICK_CHANNELS)
     dropped = len(model.preprocessing.channel_order) - len(order)
     return dataclasses.replace(
         model, network=dataclasses.replace(model.network,
                                            in_channels=model.network.in_channels - dropped),
-        preprocessing=dataclasses.replace(model.preprocessing, channel_order=order))
+        preprocessing=dataclasses.replace(model.preprocessing, channel_order=order),
+        clicks=DEFAULT_CLICK_ENCODING)
 
 
 def add_click_inputs(state_dict: dict[str, torch.Tensor], model: ModelConfig

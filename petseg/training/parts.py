@@ -118,7 +118,7 @@ def _training_clicks(config: TrainingConfig, volumes: list[Volume]) -> TrainingC
         return None
     pet_channel = config.model.preprocessing.channel_order.index("pet")
     log.info("finding the click targets of %d training studies", len(volumes))
-    return TrainingClicks(volumes, config.clicks, pet_channel)
+    return TrainingClicks(volumes, config.clicks, pet_channel, config.model.clicks)
 
 
 def _load_fold(config: TrainingConfig, cache: Path, splits_path: Path, fold: int,

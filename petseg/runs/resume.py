@@ -22,7 +22,8 @@ from petseg.checkpoint import MANIFEST_NAME, file_sha256, sha256_of
 from petseg.errors import PetsegError
 from petseg.io.cases import CaseList
 from petseg.io.images import read_json
-from petseg.pipeline import mask_folder, results_entry
+from petseg.io.outputs import mask_folder, output_file
+from petseg.runs.results import results_entry
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def finished_cases(cases: CaseList, results_path: Path, output_dir: Path,
     kept = {}
     for files in cases.cases:
         entry = by_name.get(files.name)
-        mask = output_dir.joinpath(*mask_folder(files), f"{files.name}.mha")
+        mask = output_file(output_dir, mask_folder(files.clicks is not None), files.name)
         reason = redo_reason(entry, mask, results_entry(files, None, None, 0.0, None)["inputs"],
                              fingerprint)
         if reason is None:

@@ -1,4 +1,4 @@
-"""Parts of a cohort for array jobs: part K of N is every N-th case of the sorted case list
+"""Parts of a case list for array jobs: part K of N is every N-th case of the sorted case list
 from the K-th on (nnU-Net's convention), so jobs on a shared file system need no
 coordination; each part writes `results.part-K-of-N.json`, `merge_parts` joins them.
 """
@@ -13,14 +13,10 @@ from typing import Any
 from petseg.errors import PetsegError
 from petseg.io.cases import CaseList
 from petseg.io.images import read_json
-from petseg.pipeline import RESULTS_NAME, results_entry
+from petseg.io.outputs import results_name
+from petseg.runs.results import results_entry
 
 _PART_FILE = re.compile(r"^results\.part-(\d+)-of-(\d+)\.json$")
-
-
-def results_name(num_parts: int | None = None, part_id: int | None = None) -> str:
-    """`results.json`, or `results.part-K-of-N.json` for part K of N."""
-    return RESULTS_NAME if num_parts is None else f"results.part-{part_id}-of-{num_parts}.json"
 
 
 def check_part(num_parts: int | None, part_id: int | None) -> None:

@@ -15,14 +15,14 @@ import SimpleITK as sitk
 from inference_synthetic import make_case
 
 from petseg.cli import main
-from petseg.cohort.parts import select_part
-from petseg.cohort.workers import death_cause, parse_devices
 from petseg.config import InferenceConfig
 from petseg.errors import PetsegError
 from petseg.io.cases import find_cases
 from petseg.io.geometry import Geometry
-from petseg.pipeline import INTERRUPTED
+from petseg.io.outputs import INTERRUPTED
 from petseg.progress import FolderProgress
+from petseg.runs.parts import select_part
+from petseg.runs.workers import death_cause, parse_devices
 
 MASKS = Path("images/automated-petct-lesion-segmentation")
 SIZES = {"case_a": (30, 30, 24), "case_b": (36, 32, 24), "case_c": (28, 28, 20),
@@ -102,7 +102,7 @@ def test_a_killed_worker_fails_only_its_case(tmp_path, weights, config) -> None:
 
     handler = KillOnStart(level=logging.INFO)
     handler.addFilter(lambda record: record.msg == "worker %d (pid %d, %s): case %s")
-    workers_log = logging.getLogger("petseg.cohort.workers")
+    workers_log = logging.getLogger("petseg.runs.workers")
     workers_log.addHandler(handler)
     level = workers_log.level
     workers_log.setLevel(logging.INFO)
@@ -139,7 +139,7 @@ def test_sigterm_stops_every_worker_and_records_what_finished(tmp_path, weights,
                 os.kill(os.getpid(), signal.SIGTERM)
 
     handler = TerminateAfterFirst(level=logging.INFO)
-    loggers = [logging.getLogger(name) for name in ("petseg.cohort.run", "petseg.cohort.workers")]
+    loggers = [logging.getLogger(name) for name in ("petseg.runs.results", "petseg.runs.workers")]
     for logger in loggers:
         logger.addHandler(handler)
     try:
@@ -293,16 +293,16 @@ def test_case_loop_writes_the_previous_case_while_the_next_runs(cohort, tmp_path
 
     from tiny_models import TINY, SuvThreshold
 
-    from petseg import pipeline
     from petseg.config import resolve_inference_config
     from petseg.inference.predictor import Predictor
+    from petseg.runs import loop, writers
 
     predictor = Predictor([SuvThreshold()], TINY, resolve_inference_config(
         InferenceConfig(roi_size=(32, 32, 32), overlap=0.25)), device="cpu")
     started: list[str] = []
     second_running = threading.Event()
     seen_while_writing: dict[str, bool] = {}
-    predict, write = Predictor.predict, pipeline.write_image
+    predict, write = Predictor.predict, writers.write_image
 
     def predicting(self, pet, ct, **kwargs):
         started.append(threading.current_thread().name)
@@ -316,10 +316,10 @@ def test_case_loop_writes_the_previous_case_while_the_next_runs(cohort, tmp_path
         return write(image, path)
 
     monkeypatch.setattr(Predictor, "predict", predicting)
-    monkeypatch.setattr(pipeline, "write_image", writing)
+    monkeypatch.setattr(writers, "write_image", writing)
     entries: list[dict] = []
     cases = find_cases(cohort).cases[:2]
-    pipeline.predict_each(cases, tmp_path, predictor, entries.append)
+    loop.run_cases(cases, tmp_path, predictor, writers.output_writers(), entries.append)
     assert [t.startswith("petseg-write") for t in seen_while_writing] == [True]
     assert list(seen_while_writing.values()) == [True]
     assert [entry["name"] for entry in entries] == ["case_a", "case_b"]
@@ -327,7 +327,7 @@ def test_case_loop_writes_the_previous_case_while_the_next_runs(cohort, tmp_path
 
 
 def test_continue_redoes_a_case_whose_inputs_or_mask_changed(tmp_path) -> None:
-    from petseg.cohort.resume import redo_reason, stamp
+    from petseg.runs.resume import redo_reason, stamp
 
     pet, ct, mask = (tmp_path / name for name in ("pet.mha", "ct.mha", "mask.mha"))
     for path in (pet, ct, mask):

@@ -1,7 +1,7 @@
 """One worker process per device, taking cases from one queue held by the parent.
 
     parent: cases, largest first ──► worker i on device i: the ensemble loaded once,
-            `pipeline.predict_each` over the cases it asks for ──► entries ──► parent
+            `runs.loop.run_cases` over the cases it asks for ──► entries ──► parent
 
 Workers start with the "spawn" method (torch after fork is unsafe). A worker asks for its
 next case as it starts one, so it reads one case ahead; the parent hands out the largest
@@ -30,7 +30,8 @@ from typing import Any
 from petseg.config import InferenceConfig
 from petseg.errors import PetsegError
 from petseg.io.cases import CaseFiles
-from petseg.pipeline import remove_outputs, results_entry
+from petseg.runs.results import results_entry
+from petseg.runs.writers import OutputWriter, remove_outputs
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class WorkerSpec:
         allow_missing: run on the folds present.
         min_component_ml: remove smaller predicted lesions (ml; 0 = off).
         output_dir: the run's output folder.
-        outputs: `pipeline.predict_each`'s output options.
+        writers: what is written for each case (`petseg.runs.writers`).
         threads: CPU threads of torch and SimpleITK in each worker.
         log_level: the parent's logging level.
     """
@@ -60,7 +61,7 @@ class WorkerSpec:
     allow_missing: bool
     min_component_ml: float
     output_dir: Path
-    outputs: dict[str, Any]
+    writers: tuple[OutputWriter, ...]
     threads: int
     log_level: int = logging.INFO
 
@@ -99,7 +100,7 @@ def worker_main(index: int, device: str, spec: WorkerSpec, channel: Connection) 
 
     from petseg.errors import describe_os_error
     from petseg.inference.predictor import Predictor
-    from petseg.pipeline import predict_each
+    from petseg.runs.loop import run_cases
 
     torch.set_num_threads(spec.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(spec.threads)
@@ -123,10 +124,9 @@ def worker_main(index: int, device: str, spec: WorkerSpec, channel: Connection) 
             channel.send(("unloadable", message))
             return
         channel.send(("ready", None))
-        predict_each(asked(), spec.output_dir, predictor,
-                     lambda entry: channel.send(("entry", entry)),
-                     on_start=lambda files: channel.send(("start", files.name)),
-                     **spec.outputs)
+        run_cases(asked(), spec.output_dir, predictor, spec.writers,
+                  lambda entry: channel.send(("entry", entry)),
+                  on_start=lambda files: channel.send(("start", files.name)))
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:
@@ -268,7 +268,7 @@ class WorkerPool:
     def _fail(self, files: CaseFiles, message: str, seconds: float) -> None:
         """Record `files` as failed with `message` (earlier outputs removed)."""
         log.error("case %s failed: %s", files.name, message)
-        remove_outputs(self.spec.output_dir, files.name, self.spec.outputs.get("extras_dir"))
+        remove_outputs(self.spec.writers, self.spec.output_dir, files)
         self._report(results_entry(files, None, message, seconds, None))
 
     def _drain(self) -> None:

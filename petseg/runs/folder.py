@@ -1,37 +1,39 @@
-"""A folder run of `petseg predict`: the cases of a part (`parts`), less those an earlier run
+"""A run of `petseg predict`: the cases of a part (`parts`), less those an earlier run
 finished with the same weights and settings (`--continue`, `resume`), on one device in
 this process or on one worker process per device (`workers`).
 
-The parent writes one results file (`results.json`, or the part's), every case in the
-order of the case list, each finished entry stamped for a later `--continue`, and logs the
-folder's progress (cases done of total, cases per hour, time left).
+The parent writes one results file (`results.json`, or the part's, `petseg.runs.results`),
+every case in the order of the case list, each finished entry stamped for a later
+`--continue`, and logs the folder's progress (cases done of total, cases per hour, time
+left).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from petseg.cohort.parts import results_name
-from petseg.cohort.resume import finished_cases, run_fingerprint, stamp
 from petseg.config import InferenceConfig
 from petseg.errors import PetsegError, describe_os_error
 from petseg.io.cases import CaseFiles, CaseList
-from petseg.io.images import write_json
-from petseg.pipeline import INTERRUPTED, predict_each, remove_outputs, results_entry
+from petseg.io.outputs import INTERRUPTED, results_name
 from petseg.progress import FolderProgress
+from petseg.runs.results import Results
+from petseg.runs.resume import finished_cases, run_fingerprint, stamp
+from petseg.runs.writers import OutputWriter, remove_outputs, writers_settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class CohortRequest:
-    """What a folder run does.
+class RunRequest:
+    """What a run does.
 
     Attributes:
         output_dir: the output folder.
@@ -40,8 +42,8 @@ class CohortRequest:
         config: inference settings as given (threshold may be null: the manifest's).
         devices: one device runs in this process; more start one worker each.
         settings: the command line's other settings that shape the outputs (recorded,
-            as a sha256, for `--continue`).
-        outputs: `pipeline.predict_each`'s output options.
+            as a sha256, for `--continue`, with the writers' options).
+        writers: what is written for each case (`petseg.runs.writers`).
         allow_missing: run on the folds present.
         min_component_ml: remove smaller predicted lesions (ml; 0 = off).
         num_parts, part_id: the part this run is (results.part-K-of-N.json), or None.
@@ -53,7 +55,7 @@ class CohortRequest:
     config: InferenceConfig
     devices: Sequence[str]
     settings: dict[str, Any]
-    outputs: dict[str, Any]
+    writers: tuple[OutputWriter, ...]
     allow_missing: bool = False
     min_component_ml: float = 0.0
     num_parts: int | None = None
@@ -66,53 +68,13 @@ class CohortRequest:
         """`results.json`, or this part's results file."""
         return self.output_dir / results_name(self.num_parts, self.part_id)
 
-
-class _Results:
-    """The run's results file: entries kept from an earlier run and this run's."""
-
-    def __init__(self, cases: CaseList, request: CohortRequest, kept: dict[str, Any],
-                 fingerprint: dict[str, str] | None) -> None:
-        self.cases, self.request, self.fingerprint = cases, request, fingerprint
-        self.entries: dict[str, dict[str, Any]] = dict(kept)
-        self.progress = FolderProgress(len(cases.cases) - len(kept))
-
-    def add(self, entry: dict[str, Any]) -> None:
-        """One case finished (or failed) in this run."""
-        if self.fingerprint is not None:
-            stamp(entry, self.fingerprint)
-        self.entries[entry["name"]] = entry
-        log.info("folder: %s", self.progress.case_done(failed=bool(entry["error_messages"])))
-
-    def ordered(self) -> list[dict[str, Any]]:
-        """The entries in the order of the case list."""
-        return [self.entries[f.name] for f in self.cases.cases if f.name in self.entries]
-
-    def write(self) -> list[dict[str, Any]]:
-        """Write the results file (atomically); returns its entries."""
-        entries = self.ordered()
-        write_json(entries, self.request.results_path)
-        return entries
-
-    def fail_rest(self, message: str) -> None:
-        """Every case without an entry gets `message` (and loses earlier outputs)."""
-        for files in self.cases.cases:
-            if files.name not in self.entries:
-                remove_outputs(self.request.output_dir, files.name,
-                               self.request.outputs.get("extras_dir"))
-                self.entries[files.name] = results_entry(files, None, message, 0.0, None)
-        self.write()
-
-
-def settled_config(config: InferenceConfig, weights_dir: Path) -> InferenceConfig:
-    """The inference settings with the threshold settled as `Predictor.from_weights_dir`
-    does: the given one, else the manifest's for the ensemble, else 0.5."""
-    from petseg.checkpoint import calibrated_threshold
-    from petseg.config import resolve_inference_config
-
-    calibrated = (calibrated_threshold(weights_dir, config.ensemble)
-                  if config.threshold is None else None)
-    return resolve_inference_config(config, calibrated)
-
+    def results(self, cases: CaseList, kept: dict[str, Any] | None = None,
+                fingerprint: dict[str, str] | None = None) -> Results:
+        """The run's results file (`kept`: entries of an earlier run that stand)."""
+        return Results(cases, self.results_path,
+                       functools.partial(remove_outputs, self.writers, self.output_dir),
+                       kept, None if fingerprint is None
+                       else functools.partial(stamp, fingerprint=fingerprint))
 
 def _user_error(exc: Exception) -> str | None:
     """The one-line message of an error a user can fix, else None."""
@@ -124,7 +86,7 @@ def _user_error(exc: Exception) -> str | None:
 
 
 @contextlib.contextmanager
-def _failing_the_rest(results: _Results) -> Iterator[None]:
+def _failing_the_rest(results: Results) -> Iterator[None]:
     """An error a user can fix (`_user_error`) inside the block fails every case not yet
     done with its message and is raised again as one-line `PetsegError`; others propagate."""
     try:
@@ -137,14 +99,14 @@ def _failing_the_rest(results: _Results) -> Iterator[None]:
         raise PetsegError(message) from None
 
 
-def predict_cohort(cases: CaseList, request: CohortRequest) -> list[dict[str, Any]]:
+def predict_run(cases: CaseList, request: RunRequest) -> list[dict[str, Any]]:
     """Run `cases` as `request` says; returns the results file's entries.
 
     Weights or settings that cannot be loaded fail every case (recorded, then
     `PetsegError`); an interruption records the finished cases and `INTERRUPTED` for the
     rest, then propagates; with `cases.single` a failing case's error propagates.
     """
-    results = _Results(cases, request, {}, None)
+    results = request.results(cases)
     try:
         with _failing_the_rest(results):
             if request.weights_dir is None:
@@ -153,14 +115,17 @@ def predict_cohort(cases: CaseList, request: CohortRequest) -> list[dict[str, An
                 request = dataclasses.replace(
                     request, weights_dir=find_weights_dir(request.weights_candidates))
             weights_dir = Path(request.weights_dir)  # type: ignore[arg-type]
+            from petseg.inference.predictor import settled_config
+
             config = settled_config(request.config, weights_dir)
-            settings = {**request.settings, "inference": dataclasses.asdict(config),
+            settings = {**request.settings, **writers_settings(request.writers),
+                        "inference": dataclasses.asdict(config),
                         "min_lesion_ml": request.min_component_ml,
                         "allow_missing_folds": request.allow_missing}
             fingerprint = run_fingerprint(weights_dir, settings)
         kept = (finished_cases(cases, request.results_path, request.output_dir, fingerprint)
                 if request.resume else {})
-        results = _Results(cases, request, kept, fingerprint)
+        results = request.results(cases, kept, fingerprint)
         to_run = [files for files in cases.cases if files.name not in kept]
         if len(request.devices) > 1 and len(to_run) > 1:
             _on_workers(to_run, request, config, results)
@@ -177,10 +142,11 @@ def predict_cohort(cases: CaseList, request: CohortRequest) -> list[dict[str, An
     return results.write()
 
 
-def _in_process(to_run: list[CaseFiles], single: bool, request: CohortRequest,
-                config: InferenceConfig, results: _Results) -> None:
+def _in_process(to_run: list[CaseFiles], single: bool, request: RunRequest,
+                config: InferenceConfig, results: Results) -> None:
     """The cases on `request.devices[0]`, in this process."""
     from petseg.inference.predictor import Predictor
+    from petseg.runs.loop import run_cases
 
     if not to_run:
         return
@@ -189,8 +155,8 @@ def _in_process(to_run: list[CaseFiles], single: bool, request: CohortRequest,
             request.weights_dir, config, device=request.devices[0],
             allow_missing=request.allow_missing, min_component_ml=request.min_component_ml)
     results.progress = FolderProgress(results.progress.total)  # the rate counts from here
-    predict_each(to_run, request.output_dir, predictor, results.add, single=single,
-                 **request.outputs)
+    run_cases(to_run, request.output_dir, predictor, request.writers, results.add,
+              single=single)
 
 
 def case_size(files: CaseFiles) -> int:
@@ -200,15 +166,15 @@ def case_size(files: CaseFiles) -> int:
                if path is not None and path.is_file())
 
 
-def _on_workers(to_run: list[CaseFiles], request: CohortRequest, config: InferenceConfig,
-                results: _Results) -> None:
+def _on_workers(to_run: list[CaseFiles], request: RunRequest, config: InferenceConfig,
+                results: Results) -> None:
     """The cases over one worker process per device, largest first."""
-    from petseg.cohort.workers import WorkerPool, WorkerSpec
+    from petseg.runs.workers import WorkerPool, WorkerSpec
 
     count = min(len(request.devices), len(to_run))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     spec = WorkerSpec(request.weights_dir, config, request.allow_missing,
-                      request.min_component_ml, request.output_dir, dict(request.outputs),
+                      request.min_component_ml, request.output_dir, request.writers,
                       threads=max(1, (cores or 1) // count),
                       log_level=logging.getLogger().getEffectiveLevel())
     largest_first = sorted(to_run, key=case_size, reverse=True)
