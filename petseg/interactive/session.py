@@ -49,8 +49,10 @@ class InteractiveSession:
         self.predictor = predictor
         self.encoding = model.clicks
 
-    def click_maps(self, clicks: Clicks | None, pet: sitk.Image) -> ExtraChannels | None:
-        """The callback drawing `clicks` on the network grid, for a click-aware network."""
+    def click_maps(self, clicks: Clicks | None, pet: sitk.Image | Geometry
+                   ) -> ExtraChannels | None:
+        """The callback drawing `clicks` (indices of `pet`) on the network grid, for a
+        click-aware network; None for automatic weights."""
         if not self.predictor.model_config.takes_clicks:
             return None
 
