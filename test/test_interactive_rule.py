@@ -172,8 +172,8 @@ def test_click_aware_network_gets_the_click_maps_at_the_clicked_place() -> None:
     unclicked = predictor(network, CLICK_MODEL).predict(pet, ct)
     assert not sitk.GetArrayFromImage(unclicked.mask).any()
     # flipped passes flip the click maps with the images: the same mask
-    flipped = predictor(network, CLICK_MODEL, tta=8).predict(pet, ct,
-                                                             clicks=Clicks(tumour=(click,)))
+    flipped = InteractiveSession(predictor(network, CLICK_MODEL, tta=8)).predict(
+        pet, ct, Clicks(tumour=(click,)))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(flipped.mask), mask)
 
 
