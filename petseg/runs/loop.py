@@ -21,7 +21,7 @@ from typing import Any
 
 from petseg.inference.predictor import Predictor
 from petseg.interactive.cache import SessionCache, cached_prediction
-from petseg.interactive.clicks import read_click_file
+from petseg.interactive.clicks import case_clicks
 from petseg.interactive.session import InteractiveSession
 from petseg.io.cases import Case, CaseFiles, CaseList, read_case
 from petseg.io.outputs import INTERRUPTED, RESULTS_NAME
@@ -49,7 +49,7 @@ def predict_case(files: CaseFiles, reading: Future[Case], predictor: Predictor,
     progress.stage("reading the DICOM study's PET and CT series" if files.dicom is not None
                    else f"reading {files.pet} and {files.ct}")
     case = reading.result()
-    clicks = read_click_file(files.clicks, case.pet) if files.clicks is not None else None
+    clicks = case_clicks(files, case.pet)
     wanted = {"probability": needed(writers, "probability"),
               "fold_probabilities": (needed(writers, "fold_probabilities")
                                      and len(predictor.networks) > 1),
