@@ -78,5 +78,9 @@ COPY --from=weights /opt/app/weights/ /opt/app/weights/
 COPY --chown=10001:10001 resources/ /opt/app/resources/
 COPY --from=package /opt/petseg /opt/petseg
 COPY process.py /opt/app/
+# 1: built as the interactive algorithm (autoPET IV/V): every mask goes to the interactive
+# slug, with or without a click file (docs/container.md); `docker run -e` overrides it
+ARG PETSEG_INTERACTIVE=0
+ENV PETSEG_INTERACTIVE=${PETSEG_INTERACTIVE}
 USER 10001:10001
 ENTRYPOINT ["python", "process.py"]

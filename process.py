@@ -2,7 +2,9 @@
 
 Weights come from /opt/ml/model when a model tarball holding a manifest was mounted there,
 else from the image's own weights/ folder. Every GPU the container is given runs a worker
-(`--devices all`) unless the extra arguments name `--device` or `--devices`. Extra
+(`--devices all`) unless the extra arguments name `--device` or `--devices`. Where the
+platform gives a `/cache` folder, an interactive case's session is kept there between
+calls (`--session-cache /cache`). Extra
 arguments are passed on to `petseg predict` (later options override these defaults).
 """
 
@@ -13,6 +15,8 @@ from petseg.cli import main, prepare_environment
 from petseg.errors import PetsegError, describe_os_error
 
 HERE = Path(__file__).resolve().parent
+CACHE = Path("/cache")
+"""The folder grand-challenge keeps between the calls of one case (autoPET V's steps)."""
 
 
 def arguments(extra: list[str]) -> list[str]:
@@ -25,8 +29,10 @@ def arguments(extra: list[str]) -> list[str]:
         weights = HERE / "weights"  # `petseg predict` then says what is missing there
     named = {argument.split("=")[0] for argument in extra}
     devices = [] if named & {"--device", "--devices"} else ["--devices", "all"]
+    cache = (["--session-cache", str(CACHE)]
+             if CACHE.is_dir() and "--session-cache" not in named else [])
     return ["predict", "--input", "/input", "--output", "/output", "--weights", str(weights),
-            "--config", str(HERE / "resources" / "inference.json"), *devices, *extra]
+            "--config", str(HERE / "resources" / "inference.json"), *devices, *cache, *extra]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from training_fixtures import TINY_MODEL, tiny_config
 
@@ -129,3 +130,94 @@ def test_the_predictor_takes_extra_channels_not_clicks() -> None:
     assert torch.all(seen[-1][:, 2:] == 0.25)
     with pytest.raises(ValueError, match=r"tumour_clicks, background_clicks"):
         predictor.predict(pet, ct, extra_channels=lambda grid: np.zeros((1, 2, 2, 2)))
+
+
+# --- a session over many clicks: the second click costs a fraction of the first -----------
+
+
+def _scaled_click_network(seed: int) -> torch.nn.Module:
+    """The tiny click-aware network with random weights, scaled so that clicks change its
+    output (and its mask) around them."""
+    torch.manual_seed(seed)
+    network = build_network(CLICK_MODEL.network)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(3.0)
+    return network
+
+
+@pytest.fixture(scope="module")
+def session_case():
+    from inference_synthetic import make_case
+
+    pet, ct, _, _ = make_case(size=(96, 96, 150), spacing=(4.0, 4.0, 4.0))
+    config = resolve_inference_config(InferenceConfig(roi_size=(32, 32, 32), mode="fast"))
+    return pet, ct, Predictor([_scaled_click_network(3)], CLICK_MODEL, config, device="cpu")
+
+
+STEPS = (Clicks(tumour=((48, 58, 75),)),
+         Clicks(tumour=((48, 58, 75),), background=((44, 57, 40),)),
+         Clicks(tumour=((48, 58, 75), (52, 60, 110)), background=((44, 57, 40),)))
+"""Clicks added step by step (PET indices x, y, z) inside the body box of the case."""
+
+
+def test_each_update_equals_a_full_rerun_and_runs_the_network_on_less(session_case) -> None:
+    """Click after click, the session's mask equals the one-shot answer (which preprocesses
+    and runs the whole case again) voxel for voxel, and its probability to 1e-5, while the
+    network runs on a part of the case."""
+    pet, ct, predictor = session_case
+    session = InteractiveSession(predictor)
+    start = session.start(pet, ct)
+    whole = session.updated_voxels
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(start), sitk.GetArrayFromImage(
+        predictor.predict(pet, ct).mask))
+    for clicks in STEPS:
+        mask = session.update(clicks)
+        assert 0 < session.updated_voxels < 0.5 * whole
+        full = InteractiveSession(predictor).predict(pet, ct, clicks)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mask),
+                                      sitk.GetArrayFromImage(full.mask))
+        rerun = predictor.probability(predictor.network_input(
+            session.case, session.click_maps(clicks, pet))).probability
+        torch.testing.assert_close(session.probability, rerun, rtol=0, atol=1e-5)
+    # the clicks changed the network's output: the check above is not vacuous
+    assert not torch.equal(session.probability, predictor.probability(
+        predictor.network_input(session.case)).probability)
+
+
+def test_unchanged_clicks_and_automatic_weights_run_no_network(session_case) -> None:
+    pet, ct, predictor = session_case
+    session = InteractiveSession(predictor)
+    session.start(pet, ct, STEPS[0])
+    again = session.update(STEPS[0])
+    assert session.updated_voxels == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(
+        InteractiveSession(predictor).predict(pet, ct, STEPS[0]).mask))
+    automatic = Predictor([build_network(TINY_MODEL.network)], TINY_MODEL, predictor.config,
+                          device="cpu")
+    session = InteractiveSession(automatic)
+    session.start(pet, ct)
+    for clicks in STEPS:
+        mask = session.update(clicks)
+        assert session.updated_voxels == 0
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), sitk.GetArrayFromImage(
+            InteractiveSession(automatic).predict(pet, ct, clicks).mask))
+
+
+def test_an_update_needs_a_started_case() -> None:
+    with pytest.raises(RuntimeError, match="start the session on a case first"):
+        InteractiveSession(_predictor(CLICK_MODEL)).update(STEPS[0])
+
+
+def test_the_segmenter_starts_one_session_per_case(session_case) -> None:
+    from petseg.interactive.session import SessionSegmenter
+
+    pet, ct, predictor = session_case
+    segment = SessionSegmenter(predictor)
+    segment(pet, ct, None)
+    first = segment.session
+    segment(pet, ct, STEPS[0])
+    assert segment.session is first and first.updated_voxels > 0
+    other = sitk.Image(pet)
+    segment(other, ct, None)
+    assert segment.session is not first

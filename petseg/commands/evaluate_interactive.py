@@ -41,33 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the ensemble, run the protocols, print the Markdown table."""
-    import SimpleITK as sitk
-
     from petseg.checkpoint import find_weights_dir
     from petseg.commands.predict import DEFAULT_CONFIG, REPOSITORY
     from petseg.evaluation.calibration import inference_config
     from petseg.inference.predictor import Predictor
-    from petseg.interactive.clicks import Clicks
-    from petseg.interactive.evaluation import (
-        PROTOCOLS,
-        RuleOnAutomatic,
-        evaluate_interactive,
-        markdown_table,
-    )
-    from petseg.interactive.session import InteractiveSession
+    from petseg.interactive.evaluation import PROTOCOLS, evaluate_interactive, markdown_table
+    from petseg.interactive.session import SessionSegmenter
 
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     weights = args.weights or find_weights_dir([Path.cwd() / "weights", REPOSITORY / "weights"])
     predictor = Predictor.from_weights_dir(weights, inference_config(config_path, args.mode),
                                            device=args.device)
-
-    session = InteractiveSession(predictor)
-
-    def segment(pet: sitk.Image, ct: sitk.Image, clicks: Clicks | None) -> sitk.Image:
-        return session.predict(pet, ct, clicks).mask
-
-    if not predictor.model_config.takes_clicks:  # the network ignores clicks: run it once
-        segment = RuleOnAutomatic(lambda pet, ct: predictor.predict(pet, ct).mask)
+    # one session per case: preprocessed and run once, each later step an update
+    segment = SessionSegmenter(predictor)
     summary = evaluate_interactive(args.data, segment, args.out,
                                    protocols=tuple(args.protocol or PROTOCOLS), seed=args.seed,
                                    shape=args.scribble_shape, label=str(weights))

@@ -89,6 +89,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "results.part-K-of-N.json (join them with petseg merge-results)")
     parser.add_argument("--part-id", type=int, default=None, metavar="K",
                         help="which part this run is, 0 to N-1 (with --num-parts)")
+    parser.add_argument("--session-cache", type=Path, default=None, metavar="DIR",
+                        help="interactive cases: keep each case's session in DIR between "
+                             "calls, so a call with more clicks runs the network only where "
+                             "they changed (autoPET V's /cache; an absent folder is not used)")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="skip the cases an earlier run into --output finished with the "
                              "same weights and settings and whose mask is unchanged; redo "
@@ -145,6 +149,7 @@ def _request(args: argparse.Namespace, config: InferenceConfig) -> RunRequest:
         settings={"weight_kg": args.weight_kg}, writers=writers_from_arguments(args),
         allow_missing=args.allow_missing_folds, min_component_ml=args.min_lesion_ml,
         num_parts=args.num_parts, part_id=args.part_id, resume=args.resume,
+        session_cache=args.session_cache,
         weights_candidates=(MODEL_DIR, Path.cwd() / "weights", REPOSITORY / "weights"))
 
 

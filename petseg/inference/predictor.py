@@ -179,13 +179,11 @@ class Predictor:
                 if config.skip_empty_windows else None)
         progress.stage(f"{len(self.networks)} network(s) on {tuple(case.image.shape[1:])} voxels")
         with progress.listening():
-            result = self.probability(self._network_input(case, extra_channels),
+            result = self.probability(self.network_input(case, extra_channels),
                                       body_mask=body, config=config,
                                       per_network=fold_probabilities)
         progress.stage("probability to the PET grid, mask")
-        on_pet = self._on_pet_grid(result.probability, case)
-        mask = probability_to_mask(on_pet, case.pet_geometry, self.threshold,
-                                   self.min_component_ml)
+        mask, on_pet = self.mask_on_pet_grid(result.probability, case)
         as_image = case.pet_geometry.image_from_array
         folds = result.fold_probabilities
         return Prediction(
@@ -195,9 +193,18 @@ class Predictor:
             if folds is not None else None,
         )
 
-    def _network_input(self, case: PreparedCase,
-                       extra_channels: ExtraChannels | None) -> np.ndarray:
-        """`case.image`, with the extra channels appended when the network takes any."""
+    def mask_on_pet_grid(self, probability: torch.Tensor, case: PreparedCase
+                         ) -> tuple[sitk.Image, np.ndarray]:
+        """(uint8 0/1 mask image, float32 probability `[z, y, x]`) on the PET grid of a
+        probability `[D, H, W]` on `case.grid`: thresholded, small components removed."""
+        on_pet = self._on_pet_grid(probability, case)
+        return probability_to_mask(on_pet, case.pet_geometry, self.threshold,
+                                   self.min_component_ml), on_pet
+
+    def network_input(self, case: PreparedCase,
+                      extra_channels: ExtraChannels | None = None) -> np.ndarray:
+        """The network's input `[C, D, H, W]`: `case.image`, with the extra channels
+        appended when the network takes any (zeros without `extra_channels`)."""
         extra = self.model_config.extra_channels
         if not extra:
             return case.image

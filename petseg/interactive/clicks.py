@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from petseg.config import CLICK_CHANNELS
 from petseg.errors import PetsegError
+from petseg.io.cases import CaseFiles, is_interactive
 from petseg.io.geometry import Geometry
 from petseg.io.images import read_json
 
@@ -80,30 +81,52 @@ def read_click_file(path: Path, pet: sitk.Image) -> Clicks:
     """The clicks of an organisers' click file, checked against the PET image's size.
 
     Raises:
-        PetsegError: the file is missing or not JSON, has no `points` list, a point is not
-            three integers, or a point's `name` is neither "tumor" nor "background"; the
-            message names the file and the point. A point outside the PET image is logged
-            as a warning naming it and ignored. A file without points is valid.
+        PetsegError: the file is missing or not JSON, has no `points` list, or a point is
+            not three integers; the message names the file and the point. A point outside
+            the PET image, or whose `name` is neither "tumor" nor "background" (the
+            organisers' evaluation reads only those two), is logged as a warning naming it
+            and ignored. A file without points, or an empty file, is valid: no clicks.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        log.warning("%s: empty click file; the case runs without clicks", path)
+        return Clicks()
     data = read_json(path, "click file", FIX)
     points = data.get("points") if isinstance(data, dict) else None
     if not isinstance(points, list):
         raise PetsegError(f"{path}: click file without a \"points\" list; {FIX}")
     size = pet.GetSize()
     found: dict[str, list[Index]] = {"tumour": [], "background": []}
+    unknown: dict[str, int] = {}
     for number, entry in enumerate(points, start=1):
         index = _voxel_index(entry, path, number)
         name = entry.get("name")
         if name not in POINT_NAMES:
-            raise PetsegError(f"{path}: point {number} {json_text(entry)} has name {name!r}; "
-                              f"use \"tumor\" or \"background\"")
+            unknown[json_text(name)] = unknown.get(json_text(name), 0) + 1
+            continue
         if not all(0 <= i < s for i, s in zip(index, size, strict=True)):
             log.warning("%s: point %d %s (%s) lies outside the PET image of %s voxels (x, y, z);"
                         " ignored", path, number, list(index), name, list(size))
             continue
         found[POINT_NAMES[name]].append(index)
+    if unknown:
+        log.warning("%s: %s: point name(s) neither \"tumor\" nor \"background\"; those points "
+                    "are ignored", path, ", ".join(f"{n} ({c} point(s))"
+                                                   for n, c in unknown.items()))
     return Clicks(tumour=tuple(found["tumour"]), background=tuple(found["background"]))
+
+
+def case_clicks(files: CaseFiles, pet: sitk.Image) -> Clicks | None:
+    """The clicks of a case: its click file's; none (an empty `Clicks`) for an interactive
+    case whose listed click file is absent (warned) or for every case when
+    `petseg.io.cases.INTERACTIVE_ENV` is set; None for an automatic case."""
+    if files.clicks is not None:
+        if files.clicks.exists():
+            return read_click_file(files.clicks, pet)
+        log.warning("%s: the input lists a click file that is absent; the case runs as "
+                    "interactive without clicks", files.clicks)
+        return Clicks()
+    return Clicks() if is_interactive(files) else None
 
 
 def indices_on_grid(indices_xyz: np.ndarray, pet: sitk.Image | Geometry,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,12 @@ import SimpleITK as sitk
 from petseg.errors import PetsegError
 from petseg.io.geometry import Geometry
 from petseg.io.images import image_stem, image_suffix, read_images
-from petseg.io.interfaces import image_slot_folders, read_slots
+from petseg.io.interfaces import (
+    CLICK_FILE_NAME,
+    click_slot_file,
+    image_slot_folders,
+    read_slots,
+)
 from petseg.io.plausibility import check_extent, check_value_ranges
 
 if TYPE_CHECKING:
@@ -30,8 +36,11 @@ log = logging.getLogger(__name__)
 
 GC_PET = ("images", "pet")
 GC_CT = ("images", "ct")
-GC_CLICKS = "lesion-clicks.json"
+GC_CLICKS = CLICK_FILE_NAME
 """A case folder holding this click file (beside `images/`) is an interactive case."""
+INTERACTIVE_ENV = "PETSEG_INTERACTIVE"
+"""Set to 1 (the image built or run as the interactive algorithm), every case is
+interactive: its mask goes to the interactive slug, with or without a click file."""
 AUTOPET_PET = "SUV"
 AUTOPET_CT = "CTres"
 _MODALITY_TOKEN = re.compile(r"(?:^|[_.\-])(?:pet|suv|ctres|ct|0000|0001)(?=$|[_.\-])")
@@ -123,10 +132,23 @@ def _pair(folder: Path, pets: list[Path], cts: list[Path]) -> list[CaseFiles]:
     )
 
 
-def _with_clicks(folder: Path, cases: list[CaseFiles]) -> list[CaseFiles]:
-    """`cases` of one challenge-layout `folder`, the one case given `folder`'s click file."""
-    path = folder / GC_CLICKS
-    if not path.exists():
+def interactive_forced() -> bool:
+    """Whether `INTERACTIVE_ENV` makes every case interactive."""
+    return os.environ.get(INTERACTIVE_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def is_interactive(files: CaseFiles) -> bool:
+    """Whether the case's mask goes to the interactive slug: it has a click file (or
+    `inputs.json` lists one), or `INTERACTIVE_ENV` is set."""
+    return files.clicks is not None or interactive_forced()
+
+
+def _with_clicks(folder: Path, cases: list[CaseFiles], listed: Path | None = None
+                 ) -> list[CaseFiles]:
+    """`cases` of one challenge-layout `folder`, the one case given `folder`'s click file,
+    or the click file `inputs.json` lists (`listed`, given even when absent)."""
+    path = listed or folder / GC_CLICKS
+    if not path.exists() and listed is None:
         return cases
     if len(cases) != 1:
         raise PetsegError(f"{path}: one click file for {len(cases)} cases; put each case "
@@ -237,7 +259,8 @@ def _find_cases(root: Path, weight_kg: float | None) -> CaseList:
             if not image_files(folder):
                 raise PetsegError(f"{folder}: no image (.mha, .nii.gz, .nrrd) in this slot of "
                                   f"{root / 'inputs.json'}; put the slot's image there")
-        cases = _with_clicks(root, _pair(root, *map(image_files, folders)))
+        cases = _with_clicks(root, _pair(root, *map(image_files, folders)),
+                             click_slot_file(slots))
         return CaseList(cases, single=len(cases) == 1)
     if _challenge_layout(root):
         cases = _pair(root, image_files(root.joinpath(*GC_PET)), image_files(root.joinpath(*GC_CT)))

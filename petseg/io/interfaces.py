@@ -100,3 +100,17 @@ def image_slot_folders(slots: dict[str, Slot], input_dir: str | Path) -> tuple[P
                 "one CT image input")
         found.append(matching[0].path)
     return found[0], found[1]
+
+
+CLICK_FILE_NAME = "lesion-clicks.json"
+"""The autoPET IV and V click socket's file (`relative_path`)."""
+
+
+def click_slot_file(slots: dict[str, Slot]) -> Path | None:
+    """The file of the click socket among `slots` (relative path `lesion-clicks.json`, or a
+    non-image slot whose slug names clicks), whether or not it exists; None without one."""
+    for slot in slots.values():
+        is_image = slot.super_kind.lower() == "image" or slot.kind.lower() == "image"
+        if slot.path.name == CLICK_FILE_NAME or (not is_image and "click" in slot.slug.lower()):
+            return slot.path
+    return None

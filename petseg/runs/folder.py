@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from petseg.config import InferenceConfig
 from petseg.errors import PetsegError, describe_os_error
@@ -27,6 +27,9 @@ from petseg.progress import FolderProgress
 from petseg.runs.results import Results
 from petseg.runs.resume import finished_cases, run_fingerprint, stamp
 from petseg.runs.writers import OutputWriter, remove_outputs, writers_settings
+
+if TYPE_CHECKING:
+    from petseg.interactive.cache import SessionCache
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class RunRequest:
         min_component_ml: remove smaller predicted lesions (ml; 0 = off).
         num_parts, part_id: the part this run is (results.part-K-of-N.json), or None.
         resume: skip the cases an earlier run finished (`--continue`).
+        session_cache: keep interactive cases' sessions there between calls
+            (`petseg.interactive.cache`), or None.
     """
 
     output_dir: Path
@@ -62,6 +67,7 @@ class RunRequest:
     part_id: int | None = None
     resume: bool = False
     weights_candidates: tuple[Path, ...] = ()
+    session_cache: Path | None = None
 
     @property
     def results_path(self) -> Path:
@@ -127,10 +133,15 @@ def predict_run(cases: CaseList, request: RunRequest) -> list[dict[str, Any]]:
                 if request.resume else {})
         results = request.results(cases, kept, fingerprint)
         to_run = [files for files in cases.cases if files.name not in kept]
+        sessions = None
+        if request.session_cache is not None:
+            from petseg.interactive.cache import SessionCache
+
+            sessions = SessionCache(request.session_cache, fingerprint)
         if len(request.devices) > 1 and len(to_run) > 1:
-            _on_workers(to_run, request, config, results)
+            _on_workers(to_run, request, config, results, sessions)
         else:
-            _in_process(to_run, cases.single, request, config, results)
+            _in_process(to_run, cases.single, request, config, results, sessions)
     except KeyboardInterrupt:
         results.fail_rest(INTERRUPTED)
         log.error("interrupted after %d of %d case(s); %s lists them",
@@ -143,7 +154,8 @@ def predict_run(cases: CaseList, request: RunRequest) -> list[dict[str, Any]]:
 
 
 def _in_process(to_run: list[CaseFiles], single: bool, request: RunRequest,
-                config: InferenceConfig, results: Results) -> None:
+                config: InferenceConfig, results: Results,
+                sessions: SessionCache | None) -> None:
     """The cases on `request.devices[0]`, in this process."""
     from petseg.inference.predictor import Predictor
     from petseg.runs.loop import run_cases
@@ -156,7 +168,7 @@ def _in_process(to_run: list[CaseFiles], single: bool, request: RunRequest,
             allow_missing=request.allow_missing, min_component_ml=request.min_component_ml)
     results.progress = FolderProgress(results.progress.total)  # the rate counts from here
     run_cases(to_run, request.output_dir, predictor, request.writers, results.add,
-              single=single)
+              single=single, sessions=sessions)
 
 
 def case_size(files: CaseFiles) -> int:
@@ -167,7 +179,7 @@ def case_size(files: CaseFiles) -> int:
 
 
 def _on_workers(to_run: list[CaseFiles], request: RunRequest, config: InferenceConfig,
-                results: Results) -> None:
+                results: Results, sessions: SessionCache | None) -> None:
     """The cases over one worker process per device, largest first."""
     from petseg.runs.workers import WorkerPool, WorkerSpec
 
@@ -175,7 +187,7 @@ def _on_workers(to_run: list[CaseFiles], request: RunRequest, config: InferenceC
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     spec = WorkerSpec(request.weights_dir, config, request.allow_missing,
                       request.min_component_ml, request.output_dir, request.writers,
-                      threads=max(1, (cores or 1) // count),
+                      threads=max(1, (cores or 1) // count), sessions=sessions,
                       log_level=logging.getLogger().getEffectiveLevel())
     largest_first = sorted(to_run, key=case_size, reverse=True)
     log.info("%d case(s) on %d worker(s) (%s), %d CPU thread(s) each", len(to_run), count,

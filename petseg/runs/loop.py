@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from petseg.inference.predictor import Predictor
-from petseg.interactive.clicks import read_click_file
+from petseg.interactive.cache import SessionCache, cached_prediction
+from petseg.interactive.clicks import case_clicks
 from petseg.interactive.session import InteractiveSession
 from petseg.io.cases import Case, CaseFiles, CaseList, read_case
 from petseg.io.outputs import INTERRUPTED, RESULTS_NAME
@@ -41,18 +42,25 @@ log = logging.getLogger(__name__)
 
 def predict_case(files: CaseFiles, reading: Future[Case], predictor: Predictor,
                  writers: Sequence[OutputWriter], output_dir: Path,
-                 start: float) -> PredictedCase:
-    """Wait for the case's read (and its clicks) and predict it; nothing is written."""
+                 start: float, sessions: SessionCache | None = None) -> PredictedCase:
+    """Wait for the case's read (and its clicks) and predict it; nothing is written.
+    A case with clicks goes on from a session `sessions` kept for it, where one was."""
     progress = CaseProgress(files.name)
     progress.stage("reading the DICOM study's PET and CT series" if files.dicom is not None
                    else f"reading {files.pet} and {files.ct}")
     case = reading.result()
-    clicks = read_click_file(files.clicks, case.pet) if files.clicks is not None else None
+    clicks = case_clicks(files, case.pet)
     wanted = {"probability": needed(writers, "probability"),
               "fold_probabilities": (needed(writers, "fold_probabilities")
                                      and len(predictor.networks) > 1),
               "progress": progress}
-    if clicks is not None:
+    if (clicks is not None and sessions is not None and sessions.usable
+            and files.pet is not None and files.ct is not None
+            and not wanted["fold_probabilities"]):
+        prediction = cached_prediction(InteractiveSession(predictor), sessions,
+                                       (files.pet, files.ct), case.pet, case.ct, clicks,
+                                       probability=wanted["probability"], progress=progress)
+    elif clicks is not None:
         prediction = InteractiveSession(predictor).predict(case.pet, case.ct, clicks, **wanted)
     else:
         prediction = predictor.predict(case.pet, case.ct, **wanted)
@@ -120,7 +128,8 @@ def _nothing(files: CaseFiles) -> None:
 
 def run_cases(cases: Iterable[CaseFiles], output_dir: Path, predictor: Predictor,
               writers: Sequence[OutputWriter], on_entry: Callable[[dict[str, Any]], None], *,
-              single: bool = False, on_start: Callable[[CaseFiles], None] = _nothing) -> None:
+              single: bool = False, on_start: Callable[[CaseFiles], None] = _nothing,
+              sessions: SessionCache | None = None) -> None:
     """The case loop: while case n runs, case n+1 is read and case n-1 written (one thread
     each; SimpleITK and torch release the GIL). `cases` may be a lazy iterator (a worker's
     share of a queue): the next case is asked for right after `on_start(case n)`.
@@ -128,7 +137,8 @@ def run_cases(cases: Iterable[CaseFiles], output_dir: Path, predictor: Predictor
     Each case's results entry goes to `on_entry` in the order of `cases`; a failing case's
     entry carries its error and its earlier outputs are removed. With `single` the error
     then propagates. On an interruption the case being written is finished (and reported),
-    the read ahead is dropped, and KeyboardInterrupt propagates.
+    the read ahead is dropped, and KeyboardInterrupt propagates. `sessions` keeps the
+    interactive cases' sessions between calls (`petseg.interactive.cache`).
     """
     fill_hu = predictor.model_config.preprocessing.ct_fill_hu
     upcoming = iter(cases)
@@ -147,7 +157,7 @@ def run_cases(cases: Iterable[CaseFiles], output_dir: Path, predictor: Predictor
                 start = time.perf_counter()
                 try:
                     case = predict_case(current, reading,  # type: ignore[arg-type]
-                                        predictor, writers, Path(output_dir), start)
+                                        predictor, writers, Path(output_dir), start, sessions)
                 except Exception as exc:
                     behind.fail(current, exc, start)
                 else:

@@ -20,7 +20,7 @@ from typing import Any
 
 from petseg.checkpoint import MANIFEST_NAME, file_sha256, sha256_of
 from petseg.errors import PetsegError
-from petseg.io.cases import CaseList
+from petseg.io.cases import CaseList, is_interactive
 from petseg.io.images import read_json
 from petseg.io.outputs import mask_folder, output_file
 from petseg.runs.results import results_entry
@@ -39,7 +39,7 @@ def input_stats(entry: Mapping[str, Any]) -> dict[str, list[int] | None]:
     """{file: [bytes, modification time in ns]} of an entry's inputs and click file (None
     for a file that is gone)."""
     files = [item["filename"] for item in entry["inputs"] if "filename" in item]
-    if entry.get("clicks"):
+    if entry.get("clicks") and entry["clicks"]["file"] is not None:
         files.append(entry["clicks"]["file"])
     stats: dict[str, list[int] | None] = {}
     for name in files:
@@ -106,7 +106,7 @@ def finished_cases(cases: CaseList, results_path: Path, output_dir: Path,
     kept = {}
     for files in cases.cases:
         entry = by_name.get(files.name)
-        mask = output_file(output_dir, mask_folder(files.clicks is not None), files.name)
+        mask = output_file(output_dir, mask_folder(is_interactive(files)), files.name)
         reason = redo_reason(entry, mask, results_entry(files, None, None, 0.0, None)["inputs"],
                              fingerprint)
         if reason is None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from petseg.config import InferenceConfig
 from petseg.errors import PetsegError
+from petseg.interactive.cache import SessionCache
 from petseg.io.cases import CaseFiles
 from petseg.runs.results import results_entry
 from petseg.runs.writers import OutputWriter, remove_outputs
@@ -54,6 +55,7 @@ class WorkerSpec:
         writers: what is written for each case (`petseg.runs.writers`).
         threads: CPU threads of torch and SimpleITK in each worker.
         log_level: the parent's logging level.
+        sessions: where interactive cases' sessions are kept between calls, or None.
     """
 
     weights_dir: Path
@@ -64,6 +66,7 @@ class WorkerSpec:
     writers: tuple[OutputWriter, ...]
     threads: int
     log_level: int = logging.INFO
+    sessions: SessionCache | None = None
 
 
 def _stop_on_sigterm() -> None:
@@ -126,7 +129,8 @@ def worker_main(index: int, device: str, spec: WorkerSpec, channel: Connection) 
         channel.send(("ready", None))
         run_cases(asked(), spec.output_dir, predictor, spec.writers,
                   lambda entry: channel.send(("entry", entry)),
-                  on_start=lambda files: channel.send(("start", files.name)))
+                  on_start=lambda files: channel.send(("start", files.name)),
+                  sessions=spec.sessions)
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:

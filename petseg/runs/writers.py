@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from petseg.errors import PetsegError
 from petseg.inference.predictor import Prediction
 from petseg.interactive.clicks import Clicks
-from petseg.io.cases import CaseFiles
+from petseg.io.cases import CaseFiles, is_interactive
 from petseg.io.images import check_writable, write_image
 from petseg.io.outputs import (
     INTERACTIVE_MASK_FOLDER,
@@ -223,7 +223,7 @@ class MaskWriter(OutputWriter):
     required: ClassVar[bool] = True
 
     def check_folders(self, output_dir: Path, cases: Sequence[CaseFiles]) -> None:
-        for folder in {mask_folder(files.clicks is not None) for files in cases}:
+        for folder in {mask_folder(is_interactive(files)) for files in cases}:
             check_writable(Path(output_dir).joinpath(*folder))
 
     def files(self, output_dir: Path, files: CaseFiles) -> list[Path]:
@@ -247,7 +247,8 @@ class MaskWriter(OutputWriter):
             log.warning("case %s: implausible result: %s", files.name, implausible)
             entry["implausible"] = implausible
         if case.clicks is not None:  # the points used: those inside the PET image
-            entry["clicks"] = {"file": str(files.clicks), **case.clicks.counts()}
+            entry["clicks"] = {"file": None if files.clicks is None else str(files.clicks),
+                               **case.clicks.counts()}
 
 
 @register_output
