@@ -33,15 +33,8 @@ import SimpleITK as sitk
 from petseg.config import PreprocessingConfig
 from petseg.evaluation.metrics import dice
 from petseg.inference.postprocessing import probability_on_pet_grid, threshold_mask
-from petseg.io.cases import (
-    Case,
-    CaseFiles,
-    check_overlap,
-    check_units,
-    clean_non_finite,
-    find_cases,
-    read_case,
-)
+from petseg.io.case_checks import check_overlap, check_units
+from petseg.io.cases import Case, CaseFiles, clean_non_finite, find_cases, read_case
 from petseg.io.geometry import CropBox, Geometry, isotropic_grid, resample
 from petseg.io.images import read_image
 from petseg.preprocessing import (

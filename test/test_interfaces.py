@@ -41,7 +41,15 @@ def test_the_slots_give_the_case_files_wherever_they_lie(tmp_path) -> None:
     assert image_slot_folders(slots, tmp_path) == (tmp_path / "images/pet-scan",
                                                    tmp_path / "images/ct-scan")
     found = find_cases(tmp_path)
-    assert found.single and found.cases == [CaseFiles("a1b2", pet, ct)]
+    # the listed click socket makes the case interactive, its file present or not
+    assert found.single and found.cases == [
+        CaseFiles("a1b2", pet, ct, clicks=tmp_path / "lesion-clicks.json")]
+    without_clicks = tmp_path / "automatic"
+    for name in ("images/pet-scan/a1b2.mha", "images/ct-scan/c3d4.mha"):
+        touch(without_clicks / name)
+    _inputs(without_clicks, [socket("positron-emission-tomography-pet", "images/pet-scan"),
+                             socket("computed-tomography-ct", "images/ct-scan")])
+    assert find_cases(without_clicks).cases[0].clicks is None
 
 
 def test_without_inputs_json_the_fixed_folders_are_read(tmp_path) -> None:

@@ -75,7 +75,7 @@ def axis_extents_mm(image: sitk.Image) -> np.ndarray:
 def check_extent(image: sitk.Image, path: Path, modality: str, smallest: bool = True) -> None:
     """Refuse an image larger than any body (`MAX_SLICE_EXTENT_MM`,
     `MAX_TRANSAXIAL_EXTENT_MM`); with `smallest` (the PET; a CT's is measured against the
-    PET by `petseg.io.cases.check_overlap`) also one thinner than `MIN_EXTENT_MM` along an
+    PET by `petseg.io.case_checks.check_overlap`) also one thinner than `MIN_EXTENT_MM` along an
     axis, and warn below one bed position (`WARN_SLICE_EXTENT_MM`) or a field of view
     (`WARN_TRANSAXIAL_EXTENT_MM`)."""
     extent = axis_extents_mm(image)
