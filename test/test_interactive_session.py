@@ -157,8 +157,11 @@ def session_case():
 
 STEPS = (Clicks(tumour=((48, 58, 75),)),
          Clicks(tumour=((48, 58, 75),), background=((44, 57, 40),)),
-         Clicks(tumour=((48, 58, 75), (52, 60, 110)), background=((44, 57, 40),)))
-"""Clicks added step by step (PET indices x, y, z) inside the body box of the case."""
+         Clicks(tumour=((48, 58, 75), (52, 60, 110)), background=((44, 57, 40),)),
+         Clicks(tumour=((48, 58, 75), (52, 60, 110), (46, 56, 10)),
+                background=((44, 57, 40), (50, 58, 140))))
+"""Clicks added step by step (PET indices x, y, z) inside the body box of the case; the
+last step adds two clicks 520 mm apart (two blocks)."""
 
 
 def test_each_update_equals_a_full_rerun_and_runs_the_network_on_less(session_case) -> None:
@@ -180,6 +183,7 @@ def test_each_update_equals_a_full_rerun_and_runs_the_network_on_less(session_ca
         rerun = predictor.probability(predictor.network_input(
             session.case, session.click_maps(clicks, pet))).probability
         torch.testing.assert_close(session.probability, rerun, rtol=0, atol=1e-5)
+    assert session.blocks == 2  # the last step's two clicks lie far apart
     # the clicks changed the network's output: the check above is not vacuous
     assert not torch.equal(session.probability, predictor.probability(
         predictor.network_input(session.case)).probability)
@@ -221,3 +225,18 @@ def test_the_segmenter_starts_one_session_per_case(session_case) -> None:
     other = sitk.Image(pet)
     segment(other, ct, None)
     assert segment.session is not first
+
+
+def test_changed_boxes_group_nearby_changes() -> None:
+    from petseg.interactive.session import changed_boxes
+
+    before = np.zeros((2, 40, 10, 60), np.float32)
+    after = before.copy()
+    assert changed_boxes(before, after, np.array([4, 4, 4])) == []
+    after[0, 2:5, 1:3, 3:6] = 1.0
+    after[1, 30:33, 6:8, 50:52] = 0.5
+    far = changed_boxes(before, after, np.array([4, 4, 4]))
+    assert [(list(a), list(b)) for a, b in far] == [([2, 1, 3], [5, 3, 6]),
+                                                    ([30, 6, 50], [33, 8, 52])]
+    near = changed_boxes(before, after, np.array([30, 30, 50]))
+    assert [(list(a), list(b)) for a, b in near] == [([2, 1, 3], [33, 8, 52])]

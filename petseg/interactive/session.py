@@ -11,12 +11,12 @@ costs a fraction of the first step:
 
 - the case is preprocessed once, and the network runs once over the whole case;
 - automatic weights: the network's mask stays, only the click rule runs again;
-- click-aware weights: the network runs again only over the box where the click maps
-  changed plus `CONTEXT_MM` of context on each side (one forward, cut from the first
-  run's padded frame at whole strides), and the probability is replaced within `UPDATE_MM`
-  of that box; beyond it a click's effect on the network's output is below what changes
-  a mask (measured against a full rerun: `test/test_interactive_session.py`,
-  `benchmarks/interactive.py`).
+- click-aware weights: the network runs again only over the boxes where the click maps
+  changed (one per group of nearby changes) plus `CONTEXT_MM` of context on each side
+  (one forward each, cut from the first run's padded frame at whole strides), and the
+  probability is replaced within `UPDATE_MM` of each box; beyond it a click's effect on
+  the network's output is below what changes a mask (measured against a full rerun:
+  `test/test_interactive_session.py`, `benchmarks/session.py`).
 
 The probabilities stay the network's; only the mask honours every click.
 """
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from petseg.config import CLICK_CHANNELS
 from petseg.errors import PetsegError
@@ -48,15 +49,31 @@ UPDATE_MM = 32.0
 """Distance (mm) from the changed click maps within which the probability is replaced."""
 
 
-def changed_box(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(low, high) voxel bounds `[z, y, x]` (high exclusive) of the voxels where two stacks
-    of maps `[C, D, H, W]` differ, or None where they are equal."""
+def changed_boxes(before: np.ndarray, after: np.ndarray, gap: np.ndarray
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The boxes (low, high voxel bounds `[z, y, x]`, high exclusive) of the voxels where two
+    stacks of maps `[C, D, H, W]` differ: one per group of changes, boxes closer than `gap`
+    voxels (per axis) merged; [] where the maps are equal."""
     changed = np.any(before != after, axis=0)
     if not changed.any():
-        return None
-    where = [np.flatnonzero(changed.any(axis=tuple(a for a in range(3) if a != axis)))
-             for axis in range(3)]
-    return (np.array([w[0] for w in where]), np.array([w[-1] + 1 for w in where]))
+        return []
+    labels, _count = ndimage.label(changed)
+    boxes = [(np.array([s.start for s in found]), np.array([s.stop for s in found]))
+             for found in ndimage.find_objects(labels)]
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                (low_a, high_a), (low_b, high_b) = boxes[i], boxes[j]
+                if np.all(low_a < high_b + gap) and np.all(low_b < high_a + gap):
+                    boxes[i] = (np.minimum(low_a, low_b), np.maximum(high_a, high_b))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +120,7 @@ class InteractiveSession:
         self.plan: Plan | _FramePlan | None = None  # the first run's padded frame
         self.clicks: Clicks | None = None  # those the probability was computed with
         self.updated_voxels = 0  # network-grid voxels the last update ran the network on
+        self.blocks = 0  # blocks the last update ran the network on
 
     def click_maps(self, clicks: Clicks | None, pet: sitk.Image | Geometry
                    ) -> ExtraChannels | None:
@@ -198,15 +216,19 @@ class InteractiveSession:
         if self.case is None or self.image is None or self.pet is None:
             raise RuntimeError("start the session on a case first")
         progress = progress or CaseProgress("-")
-        self.updated_voxels = 0
+        self.updated_voxels, self.blocks = 0, 0
         maps = self.click_maps(clicks, self.pet)
         if maps is not None:
             drawn = maps(self.case.grid)
-            box = changed_box(self.image[-len(drawn):], drawn)
-            if box is not None:
+            spacing = np.asarray(self.case.grid.spacing[::-1], float)  # [z, y, x] mm
+            boxes = changed_boxes(self.image[-len(drawn):], drawn,
+                                  2 * np.ceil(CONTEXT_MM / spacing).astype(int))
+            if boxes:
                 self.image[-len(drawn):] = drawn
-                progress.stage("network around the changed clicks")
-                self._run_again(*box)
+                progress.stage(f"network around the changed clicks ({len(boxes)} block(s))")
+                for low, high in boxes:
+                    self._run_again(low, high)
+                self.blocks = len(boxes)
                 self.network_mask = self.predictor.mask_on_pet_grid(self.probability,
                                                                     self.case)[0]
         assert self.network_mask is not None
@@ -244,7 +266,7 @@ class InteractiveSession:
         offset = start - pad
         self.probability[_slices(target_start, target_stop)] = local[
             _slices(target_start - offset, target_stop - offset)]
-        self.updated_voxels = int(np.prod(stop - start))
+        self.updated_voxels += int(np.prod(stop - start))
 
     @staticmethod
     def _honour(mask: sitk.Image, pet: sitk.Image, clicks: Clicks | None,
