@@ -164,6 +164,16 @@ def main(argv: list[str] | None = None) -> int:
                    f"voxels, expected {report.expected_voxels}), results.json names the case")
 
 
+def only_file(folder: Path, pattern: str, failures: list[str]) -> Path | None:
+    """The one file of `folder` matching `pattern`, else None with a failure saying how many
+    there are."""
+    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
+    if len(found) != 1:
+        failures.append(f"{folder}: holds {len(found)} {pattern} files, expected exactly one")
+        return None
+    return found[0]
+
+
 def verdict(check: str, failures: list[str], ok: str) -> int:
     """Print each failure as `container CHECK: FAIL ...` on stderr, else `container CHECK:
     ok: OK` on stdout; the exit code (1 when something failed)."""

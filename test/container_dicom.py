@@ -33,7 +33,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from container_check import verdict
+from container_check import only_file, verdict
 
 from petseg.evaluation.metrics import dice
 from petseg.io.images import read_image
@@ -53,14 +53,6 @@ def write(input_dir: Path, dicom_dir: Path, anonymised: bool = False) -> int:
     count = sum(len(files) for files in written.files.values())
     print(f"container dicom: wrote {count} files of study {written.study_uid} to {dicom_dir}")
     return 0
-
-
-def _only(folder: Path, pattern: str, failures: list[str]) -> Path | None:
-    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
-    if len(found) != 1:
-        failures.append(f"{folder}: holds {len(found)} {pattern} files, expected exactly one")
-        return None
-    return found[0]
 
 
 def _pet_instances(dicom_dir: Path) -> dict[str, pydicom.Dataset]:
@@ -121,9 +113,9 @@ def _seg_is_valid(seg_path: Path, seg: pydicom.Dataset, pet: pydicom.Dataset | N
 def check(output: Path, dicom_dir: Path, expected_dir: Path, min_dice: float) -> list[str]:
     """One line per violated rule of the module docstring; empty when all hold."""
     failures: list[str] = []
-    mask_path = _only(output / MASK_FOLDER, "*.mha", failures)
-    expected_path = _only(expected_dir / MASK_FOLDER, "*.mha", failures)
-    seg_path = _only(output / SEG_FOLDER, "*.dcm", failures)
+    mask_path = only_file(output / MASK_FOLDER, "*.mha", failures)
+    expected_path = only_file(expected_dir / MASK_FOLDER, "*.mha", failures)
+    seg_path = only_file(output / SEG_FOLDER, "*.dcm", failures)
     if mask_path and expected_path:
         mask, expected = read_image(mask_path), read_image(expected_path)
         # the DICOM PET's grid may order the slices the other way: compare in patient space

@@ -26,7 +26,7 @@ from pathlib import Path
 import cc3d
 import numpy as np
 import SimpleITK as sitk
-from container_check import verdict
+from container_check import only_file, verdict
 from scipy.ndimage import distance_transform_edt
 
 from petseg.errors import PetsegError
@@ -36,14 +36,6 @@ from petseg.io.images import image_stem, read_image
 AUTOMATIC_FOLDER = Path("images", "automated-petct-lesion-segmentation")
 INTERACTIVE_FOLDER = Path("images", "tumor-lesion-segmentation")
 CLICK_FILE = "lesion-clicks.json"
-
-
-def _only(folder: Path, pattern: str, failures: list[str]) -> Path | None:
-    found = sorted(folder.glob(pattern)) if folder.is_dir() else []
-    if len(found) != 1:
-        failures.append(f"{folder}: holds {len(found)} {pattern} files, expected exactly one")
-        return None
-    return found[0]
 
 
 def _pet(input_dir: Path) -> Path:
@@ -102,7 +94,7 @@ def check(output_dir: Path, input_dir: Path, automatic_dir: Path) -> list[str]:
     if leftover:
         failures.append(f"{output_dir / AUTOMATIC_FOLDER}: holds {leftover}; an interactive "
                         "case writes only the tumor-lesion-segmentation slug")
-    mask_path = _only(output_dir / INTERACTIVE_FOLDER, "*.mha", failures)
+    mask_path = only_file(output_dir / INTERACTIVE_FOLDER, "*.mha", failures)
     failures += _check_results(output_dir / "results.json", image_stem(pet_path))
     if mask_path is None:
         return failures

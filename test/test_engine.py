@@ -425,8 +425,9 @@ T4_BUDGET = 14.5e9
 """What a T4 (16 GB, 15.1 GiB usable) has free for the engine after the CUDA context."""
 
 
-def _t4_plan(shape: tuple[int, int, int], mode: str):
-    """The plan for the paper's network in fp16 within a T4's memory budget."""
+def _t4_plan(shape: tuple[int, int, int], mode: str, budget_bytes: float = T4_BUDGET,
+             bytes_per_voxel: float = PAPER_FP16_BYTES_PER_VOXEL * 1.25):
+    """The plan for the paper's network in fp16 within a T4's memory budget (or another)."""
     return make_plan(
         shape,
         mode=mode,
@@ -436,8 +437,8 @@ def _t4_plan(shape: tuple[int, int, int], mode: str):
         windows_per_batch="auto",
         precision="fp16",
         stitch="auto",
-        budget_bytes=T4_BUDGET,
-        bytes_per_voxel=PAPER_FP16_BYTES_PER_VOXEL * 1.25,
+        budget_bytes=budget_bytes,
+        bytes_per_voxel=bytes_per_voxel,
         in_channels=2,
         size_divisor=16,
     )
@@ -462,19 +463,7 @@ def test_fast_plan_is_one_forward_when_the_cropped_body_fits() -> None:
 
 
 def test_a_volume_too_big_for_the_device_is_stitched_on_the_cpu() -> None:
-    plan = make_plan(
-        (1000, 512, 512),
-        mode="reference",
-        roi_size=(192,) * 3,
-        overlap=0.5,
-        blend="gaussian",
-        windows_per_batch="auto",
-        precision="fp16",
-        stitch="auto",
-        budget_bytes=4e9,
-        bytes_per_voxel=200,
-        in_channels=2,
-    )
+    plan = _t4_plan((1000, 512, 512), "reference", budget_bytes=4e9, bytes_per_voxel=200)
     assert plan.stitch == "cpu"
     assert plan.buffer_bytes == 0
 

@@ -125,22 +125,16 @@ def _expect_only_failed_results(out: Path, message: str) -> None:
                                for e in entries)
 
 
-def test_missing_ct(tmp_path, weights, config, case, capsys) -> None:
+@pytest.mark.parametrize(("missing", "message"), [
+    ("images/ct/e03d2a61-ct.mha", "images/ct: no CT image (.mha, .nii.gz, .nrrd); put the CT "
+                                  "image there"),
+    ("images/pet/1b7c5f4e-pet.mha", "images/pet: no PET image (.mha, .nii.gz, .nrrd); put the "
+                                    "SUV image there")])
+def test_missing_image(tmp_path, weights, config, case, capsys, missing, message) -> None:
     inp = _challenge_input(tmp_path / "input", *case)
-    (inp / "images/ct/e03d2a61-ct.mha").unlink()
+    (inp / missing).unlink()
     out = tmp_path / "output"
-    _expect_failure(capsys, _predict(inp, out, weights, config),
-                    f"{inp / 'images/ct'}: no CT image (.mha, .nii.gz, .nrrd); put the CT image "
-                    "there", out)
-
-
-def test_missing_pet(tmp_path, weights, config, case, capsys) -> None:
-    inp = _challenge_input(tmp_path / "input", *case)
-    (inp / "images/pet/1b7c5f4e-pet.mha").unlink()
-    out = tmp_path / "output"
-    _expect_failure(capsys, _predict(inp, out, weights, config),
-                    f"{inp / 'images/pet'}: no PET image (.mha, .nii.gz, .nrrd); put the SUV "
-                    "image there", out)
+    _expect_failure(capsys, _predict(inp, out, weights, config), f"{inp}/{message}", out)
 
 
 def test_two_pets_with_one_ct(tmp_path, weights, config, case, capsys) -> None:

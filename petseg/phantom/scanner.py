@@ -172,8 +172,10 @@ def pet_image(activity: np.ndarray, grids: Grids, rng: np.random.Generator) -> n
     return out
 
 
-def _resample(image: sitk.Image, geometry: Geometry, pixel: int, fill: float) -> sitk.Image:
-    """Linear resampling onto `geometry` without allocating a reference image."""
+def _resample(image: sitk.Image, geometry: Geometry, pixel: int, fill: float,
+              extrapolate: bool = True) -> sitk.Image:
+    """Linear resampling onto `geometry` without allocating a reference image; outside
+    `image`, its nearest voxel (`extrapolate`) or `fill`."""
     f = sitk.ResampleImageFilter()
     f.SetSize([int(v) for v in geometry.size])
     f.SetOutputSpacing(geometry.spacing)
@@ -182,7 +184,7 @@ def _resample(image: sitk.Image, geometry: Geometry, pixel: int, fill: float) ->
     f.SetInterpolator(sitk.sitkLinear)
     f.SetDefaultPixelValue(fill)
     f.SetOutputPixelType(pixel)
-    f.SetUseNearestNeighborExtrapolator(True)
+    f.SetUseNearestNeighborExtrapolator(extrapolate)
     return f.Execute(image)
 
 
@@ -210,12 +212,4 @@ def ct_image(density: np.ndarray, grids: Grids, rng: np.random.Generator) -> sit
 
 def ct_on_pet_grid(ct: sitk.Image, pet_geometry: Geometry) -> sitk.Image:
     """CTres: the CT resampled onto the PET grid (linear, fill -1024 HU), int16."""
-    f = sitk.ResampleImageFilter()
-    f.SetSize([int(v) for v in pet_geometry.size])
-    f.SetOutputSpacing(pet_geometry.spacing)
-    f.SetOutputOrigin(pet_geometry.origin)
-    f.SetOutputDirection(pet_geometry.direction)
-    f.SetInterpolator(sitk.sitkLinear)
-    f.SetDefaultPixelValue(CT_FILL_HU)
-    f.SetOutputPixelType(sitk.sitkInt16)
-    return f.Execute(ct)
+    return _resample(ct, pet_geometry, sitk.sitkInt16, CT_FILL_HU, extrapolate=False)
