@@ -17,9 +17,20 @@ One predict entry point per level:
     resume: which finished cases an earlier run left, by weights, settings and mask sha256
 """
 
-from petseg.runs.folder import RunRequest, predict_run
-from petseg.runs.loop import predict_folder
-from petseg.runs.writers import OUTPUT_WRITERS, OutputWriter, output_writers, register_output
+from typing import Any
 
-__all__ = ["OUTPUT_WRITERS", "OutputWriter", "RunRequest", "output_writers", "predict_folder",
-           "predict_run", "register_output"]
+_PUBLIC = {"RunRequest": "folder", "predict_run": "folder", "predict_folder": "loop",
+           "OUTPUT_WRITERS": "writers", "OutputWriter": "writers",
+           "output_writers": "writers", "register_output": "writers"}
+"""The package's public names and their modules, imported on first use (PEP 562): the
+command line registers the writers' options without loading torch."""
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)

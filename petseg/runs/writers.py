@@ -22,14 +22,12 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import SimpleITK as sitk
 
 from petseg.errors import PetsegError
-from petseg.inference.predictor import Prediction
-from petseg.interactive.clicks import Clicks
 from petseg.io.cases import CaseFiles, is_interactive
 from petseg.io.images import check_writable, write_image
 from petseg.io.outputs import (
@@ -42,6 +40,10 @@ from petseg.io.outputs import (
 )
 from petseg.io.plausibility import implausible_result
 from petseg.progress import CaseProgress
+
+if TYPE_CHECKING:  # the command line's options need neither torch nor the network
+    from petseg.inference.predictor import Prediction
+    from petseg.interactive.clicks import Clicks
 
 log = logging.getLogger(__name__)
 
