@@ -9,11 +9,11 @@ import hashlib
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.diagnoses import DIAGNOSES
 from petseg.io.geometry import Geometry
 from petseg.phantom.anatomy import Patient, Tissue, build_anatomy, draw_patient
 from petseg.phantom.canvas import Canvas
 from petseg.phantom.lesions import (
-    COHORTS,
     LesionInfo,
     RenderTargets,
     place_and_render,
@@ -131,8 +131,8 @@ def generate_study(seed: int, study_seed: int, size: str = "full", cohort: str |
         raise ValueError(f"seeds must be non-negative, got {seed}, {study_seed}")
     if cohort is None:
         cohort = draw_cohort(seed)
-    if cohort not in COHORTS:
-        raise ValueError(f"cohort must be one of {COHORTS}, got {cohort!r}")
+    if cohort not in DIAGNOSES:
+        raise ValueError(f"cohort must be one of {DIAGNOSES}, got {cohort!r}")
     prm = np.random.default_rng([seed, 0])
     patient = draw_patient(prm, cohort)
     grids: Grids = make_grids(prm, size, patient.d_top, patient.d_bottom, patient.weight,
