@@ -80,13 +80,15 @@ class PhantomCase:
         return Geometry.of(self.pet)
 
 
-def _digest(*parts: object) -> bytes:
+def seed_digest(*parts: object) -> bytes:
+    """SHA-256 (32 bytes) of the parts' `str` joined by ":": the one source of a phantom's
+    patient id, UIDs, folder names and derived seeds, the same on every machine."""
     return hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
 
 
 def patient_id_for(seed: int) -> str:
     """The autoPET-style subject id of the patient made from `seed`."""
-    return "PETCT_" + _digest("patient", seed).hex()[:10]
+    return "PETCT_" + seed_digest("patient", seed).hex()[:10]
 
 
 def draw_cohort(seed: int, negative_fraction: float = 0.5) -> str:
@@ -156,7 +158,7 @@ def generate_study(seed: int, study_seed: int, size: str = "full", cohort: str |
     ctres = ct_on_pet_grid(ct, grids.pet)
     lesions = _lesion_infos(rendered, pet, canvas)
     seg = (instances > 0).astype(np.uint8)
-    digest = _digest("study", seed, study_seed, study_index)
+    digest = seed_digest("study", seed, study_seed, study_index)
     uid = "1.3.6.1.4.1.14519.5.2.1." + str(int.from_bytes(digest[:12], "big"))
     return PhantomCase(
         pet=grids.pet.image_from_array(pet), ct=ct, ctres=ctres,
