@@ -5,7 +5,7 @@
         [--seed 777000] [--size full] [--config resources/inference.json]
         [--thresholds 0.5 0.7 ...] [--calibrate]
 
-The held-out report of `petseg calibrate` (`petseg.evaluation.calibration`, which describes the
+The held-out report of `petseg calibrate` (`petseg.training.calibration`, which describes the
 outputs): the same phantoms, predictions and numbers on the reporting seed, without
 touching the manifest unless `--calibrate` is given. Without `--thresholds` each
 ensemble is scored at its own threshold (the config's, else the calibrated one, else
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from petseg.commands.calibrate import add_options
 from petseg.errors import PetsegError
-from petseg.evaluation.calibration import (
+from petseg.training.calibration import (
     check_thresholds,
     choose_thresholds,
     inference_config,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from petseg.cli import main
-from petseg.evaluation.calibration import choose_thresholds
+from petseg.training.calibration import choose_thresholds
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,13 @@ import SimpleITK as sitk
 from container_dicom import dciodvfy_errors
 from inference_synthetic import finer_ct_geometry, make_case
 
-from petseg.io.dicom_seg import complete_type2_attributes, type2_attributes, write_dicom_seg
+from petseg.io.dicom_seg import (
+    MANDATORY_MODULES,
+    OPTIONAL_MODULE_ATTRIBUTES,
+    TYPE2_ATTRIBUTES,
+    complete_type2_attributes,
+    write_dicom_seg,
+)
 from petseg.io.dicom_study import find_dicom_studies
 from petseg.phantom.dicom import ANONYMISER_REMOVES, StudyTags, write_dicom_study
 
@@ -38,8 +44,56 @@ def _seg_of(root: Path, images, removed: tuple[str, ...]) -> Path:
     return write_dicom_seg(study, mask, root / "seg.dcm")
 
 
+def highdicom_tables() -> dict[str, dict[str, tuple[str, ...]]]:
+    """`TYPE2_ATTRIBUTES`, `MANDATORY_MODULES` (as keys) and `OPTIONAL_MODULE_ATTRIBUTES` as
+    highdicom's copy of the standard's tables gives them (its private module: only a test
+    reads it), by the names of the petseg constants."""
+    from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map
+
+    attributes = get_module_attribute_map()
+    modules = {m["key"]: m["usage"] for m in get_iod_module_map()["segmentation"]
+               if m["ie"] in ("Patient", "Study")}
+    roots = {key: [item for item in attributes[key] if not item["path"]] for key in modules}
+    type2 = {key: tuple(i["keyword"] for i in items if i["type"] == "2")
+             for key, items in roots.items()}
+    type2 = {key: keywords for key, keywords in type2.items() if keywords}
+    return {"TYPE2_ATTRIBUTES": type2,
+            "MANDATORY_MODULES": {key: () for key in type2 if modules[key] == "M"},
+            "OPTIONAL_MODULE_ATTRIBUTES": {key: tuple(i["keyword"] for i in roots[key])
+                                           for key in type2 if modules[key] != "M"}}
+
+
+def table_differences(ours: dict[str, tuple[str, ...]],
+                      theirs: dict[str, tuple[str, ...]]) -> list[str]:
+    """'module: petseg only [...], highdicom only [...]' for each module whose keywords
+    differ (order aside), or that only one of the tables has."""
+    found = []
+    for key in sorted(set(ours) | set(theirs)):
+        mine, other = set(ours.get(key, ["<no module>"])), set(theirs.get(key, ["<no module>"]))
+        if mine != other:
+            found.append(f"{key}: petseg only {sorted(mine - other)}, "
+                         f"highdicom only {sorted(other - mine)}")
+    return found
+
+
+def test_the_type2_tables_match_highdicoms() -> None:
+    theirs = highdicom_tables()
+    ours = {"TYPE2_ATTRIBUTES": TYPE2_ATTRIBUTES,
+            "MANDATORY_MODULES": {key: () for key in MANDATORY_MODULES},
+            "OPTIONAL_MODULE_ATTRIBUTES": OPTIONAL_MODULE_ATTRIBUTES}
+    differences = [f"{name} {line}" for name in ours
+                   for line in table_differences(ours[name], theirs[name])]
+    assert differences == [], "highdicom's tables changed: " + "; ".join(differences)
+    # the comparison names what differs
+    changed = {**TYPE2_ATTRIBUTES, "patient": ("PatientName", "PatientID", "PatientAge")}
+    assert table_differences(changed, theirs["TYPE2_ATTRIBUTES"]) == [
+        "patient: petseg only ['PatientAge'], highdicom only ['PatientBirthDate', 'PatientSex']"]
+    assert table_differences({}, {"patient-study": ("PatientAge",)}) == [
+        "patient-study: petseg only ['<no module>'], highdicom only ['PatientAge']"]
+
+
 def test_the_type2_attributes_come_from_the_standard() -> None:
-    found = type2_attributes()
+    found = TYPE2_ATTRIBUTES
     assert found["patient"] == ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
     assert set(found["general-study"]) == {"StudyDate", "StudyTime", "AccessionNumber",
                                            "ReferringPhysicianName", "StudyID"}

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from inference_synthetic import make_case
+from room_graph import cycles, import_graph
 from tiny_models import TINY
 
 from petseg.config import (
@@ -32,73 +33,6 @@ from petseg.model import build_network, size_divisor
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PACKAGE = REPOSITORY / "petseg"
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPOSITORY).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    """ids of the nodes inside `if TYPE_CHECKING:` blocks (never run)."""
-    inside: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            inside.update(id(child) for stmt in node.body for child in ast.walk(stmt))
-    return inside
-
-
-def import_graph() -> dict[str, set[str]]:
-    """petseg module -> the petseg modules it imports anywhere (module level or inside
-    functions), `TYPE_CHECKING` blocks left out."""
-    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in paths.items():
-        tree = ast.parse(path.read_text())
-        skip = _type_checking_nodes(tree)
-        targets: set[str] = set()
-        for node in ast.walk(tree):
-            if id(node) in skip:
-                continue
-            if isinstance(node, ast.Import):
-                targets.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths
-                               else node.module for a in node.names)
-        graph[name] = {t for t in targets if t in paths and t != name}
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[set[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for other in sorted(graph[node]):
-            if other not in index:
-                visit(other)
-                low[node] = min(low[node], low[other])
-            elif other in stack:
-                low[node] = min(low[node], index[other])
-        if low[node] == index[node]:
-            component = set()
-            while True:
-                member = stack.pop()
-                component.add(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                found.append(component)
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
 
 
 def test_every_module_imports_and_none_imports_in_a_circle() -> None:

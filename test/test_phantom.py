@@ -13,10 +13,10 @@ import SimpleITK as sitk
 from image_fixtures import file_digests
 
 from petseg.cli import main
+from petseg.diagnoses import DIAGNOSES
 from petseg.errors import PetsegError
 from petseg.io.geometry import LAS_DIRECTION, Geometry
 from petseg.phantom import (
-    COHORTS,
     draw_cohort,
     generate_case,
     render_preview,
@@ -153,7 +153,7 @@ def test_negative_cases_have_empty_seg(negative) -> None:
 
 def test_cohorts_are_drawn_with_about_half_negative() -> None:
     drawn = [draw_cohort(seed) for seed in range(300)]
-    assert set(drawn) == set(COHORTS)
+    assert set(drawn) == set(DIAGNOSES)
     assert 0.4 < drawn.count("NEGATIVE") / len(drawn) < 0.6
 
 
@@ -272,7 +272,7 @@ def test_autopet_layout_nifti_and_metadata(autopet_dir) -> None:
         rows = list(csv.DictReader(f))
     studies = sorted(autopet_dir.glob("PETCT_*/*"))
     assert len(rows) == len(studies) == 3
-    assert {r["diagnosis"] for r in rows} <= set(COHORTS)
+    assert {r["diagnosis"] for r in rows} <= set(DIAGNOSES)
     by_patient: dict[str, list[str]] = {}
     for row in rows:
         by_patient.setdefault(row["Subject ID"], []).append(row["Study Date"])

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     """Check the thresholds, score them, write the chosen ones into the manifest."""
     from petseg.checkpoint import read_manifest
     from petseg.commands.predict import DEFAULT_CONFIG
-    from petseg.evaluation.calibration import check_thresholds, inference_config
-    from petseg.evaluation.calibration import run as calibrate
+    from petseg.training.calibration import check_thresholds, inference_config
+    from petseg.training.calibration import run as calibrate
 
     thresholds = check_thresholds(args.thresholds, "--thresholds")
     read_manifest(args.weights)  # a wrong --weights fails before the phantoms are made

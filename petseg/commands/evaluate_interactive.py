@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
     """Load the ensemble, run the protocols, print the Markdown table."""
     from petseg.checkpoint import find_weights_dir
     from petseg.commands.predict import DEFAULT_CONFIG, REPOSITORY
-    from petseg.evaluation.calibration import inference_config
     from petseg.inference.predictor import Predictor
     from petseg.interactive.evaluation import PROTOCOLS, evaluate_interactive, markdown_table
     from petseg.interactive.session import SessionSegmenter
+    from petseg.training.calibration import inference_config
 
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     weights = args.weights or find_weights_dir([Path.cwd() / "weights", REPOSITORY / "weights"])

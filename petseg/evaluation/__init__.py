@@ -1,2 +1,2 @@
 """Scoring as the organisers do: challenge metrics of one case, pairing of prediction and
-truth folders, per-cohort summaries and tables, clinical metadata, threshold calibration."""
+truth folders, per-diagnosis summaries and tables, clinical metadata."""

@@ -1,7 +1,8 @@
-"""Clinical metadata: the autoPET cohorts and the diagnosis of each case from a CSV.
+"""Clinical metadata: the diagnosis of each case from a CSV (the groups themselves are
+`petseg.diagnoses`).
 
-Used by `petseg evaluate` (per-cohort summaries), `petseg split` (folds stratified by
-cohort) and the phantom generator (which draws cases of these cohorts).
+Used by `petseg evaluate` (per-group summaries) and `petseg split` (folds stratified by
+diagnosis).
 """
 
 from __future__ import annotations
@@ -17,15 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from petseg.diagnoses import UNKNOWN
 from petseg.errors import PetsegError
 
 logger = logging.getLogger(__name__)
 
-COHORTS: tuple[str, ...] = ("LYMPHOMA", "LUNG_CANCER", "MELANOMA", "NEGATIVE")
-"""The autoPET FDG cohorts, in the order the summary tables list them."""
-
-UNKNOWN = "UNKNOWN"
-"""Cohort of a case no metadata row matches clearly."""
 
 
 def _header_key(header: str) -> str:

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.diagnoses import UNKNOWN
 from petseg.errors import PetsegError
-from petseg.evaluation.metadata import UNKNOWN, Metadata, read_metadata
+from petseg.evaluation.metadata import Metadata, read_metadata
 from petseg.evaluation.metrics import CaseMetrics, case_metrics
 from petseg.io.geometry import grid_difference
 from petseg.io.images import image_stem, image_suffix, read_image

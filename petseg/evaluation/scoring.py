@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from petseg.evaluation.metadata import COHORTS, UNKNOWN
+from petseg.diagnoses import DIAGNOSES, UNKNOWN
 
 ALL = "ALL"
 """Summary key of the group of all cases."""
@@ -64,8 +64,8 @@ def _summarize_group(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def cohort_order(cohorts: Iterable[str]) -> list[str]:
     """Known cohorts in paper order, then others sorted, `UNKNOWN` last."""
     present = set(cohorts) - {""}
-    known = [c for c in COHORTS if c in present]
-    others = sorted(present - set(COHORTS) - {UNKNOWN})
+    known = [c for c in DIAGNOSES if c in present]
+    others = sorted(present - set(DIAGNOSES) - {UNKNOWN})
     return known + others + ([UNKNOWN] if UNKNOWN in present else [])
 
 

@@ -8,6 +8,7 @@ import weakref
 from typing import Any, Literal
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from petseg.inference.plan import round_up
 
@@ -23,26 +24,35 @@ HOST_MEMORY_FRACTION = 0.5
 """Share of the available RAM the planner may use on the CPU when no budget is given."""
 
 
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a torch function's result: a tensor, or nested tuples / lists of them."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, tuple | list):
+            stack.extend(item)
+    return found
+
+
 class _LiveTensorBytes:
     """Counts the bytes of tensor storages alive during a forward; keeps the peak.
 
-    A `TorchDispatchMode` sees every operator's outputs; each new storage is counted until
-    its last tensor dies (a finalizer on the storage), so views and in-place results are not
-    counted twice.
+    A `TorchFunctionMode` (public, unlike the dispatch-level mode) sees the result of every
+    torch function and tensor method the forward calls; each new storage is counted until
+    its last tensor dies (a finalizer on the storage, whose Python object lives as long as
+    the storage), so views and in-place results are not counted twice.
     """
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_leaves
-
         counter = self
 
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
                 out = func(*args, **(kwargs or {}))
-                for leaf in tree_leaves(out):
-                    if isinstance(leaf, torch.Tensor):
-                        counter.add(leaf)
+                for tensor in _tensors(out):
+                    counter.add(tensor)
                 return out
 
         self.mode = Mode()
@@ -52,7 +62,7 @@ class _LiveTensorBytes:
 
     def add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
-        key = storage._cdata
+        key = id(storage)
         if key in self._seen:
             return
         nbytes = storage.nbytes()

@@ -24,7 +24,6 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
-from highdicom._standard_utils import get_iod_module_map, get_module_attribute_map
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -44,37 +43,52 @@ SERIES_NUMBER = 901
 SERIES_DESCRIPTION = "petseg lesion segmentation"
 
 
-SEGMENTATION_IOD = "segmentation"
 PATIENT_SEXES = ("M", "F", "O")
 """PatientSex's defined terms; another value (anonymisers write e.g. "X") is written empty."""
 
+TYPE2_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "patient": ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"),
+    "clinical-trial-subject": ("ClinicalTrialProtocolName", "ClinicalTrialSiteID",
+                               "ClinicalTrialSiteName"),
+    "general-study": ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
+                      "StudyID"),
+    "clinical-trial-study": ("ClinicalTrialTimePointID",),
+}
+"""The root type-2 attributes (present, maybe empty) of the Segmentation IOD's Patient and
+Study modules that have any, by module key, as the standard's tables list them (the ones
+highdicom ships and copies the patient and study by; a test keeps the two equal)."""
 
-def module_attributes(iod: str = SEGMENTATION_IOD) -> dict[str, dict[str, str]]:
-    """Root attributes of each Patient and Study module of `iod` with their type ("1", "2",
-    "3", ...), by module key (`patient`, `general-study`, `clinical-trial-subject`, ...), from
-    the standard's tables that highdicom ships and copies by."""
-    attributes = get_module_attribute_map()
-    return {module["key"]: {item["keyword"]: item["type"] for item in attributes[module["key"]]
-                            if not item["path"]}
-            for module in get_iod_module_map()[iod] if module["ie"] in ("Patient", "Study")}
+MANDATORY_MODULES: tuple[str, ...] = ("patient", "general-study")
+"""The modules of `TYPE2_ATTRIBUTES` the Segmentation IOD requires (usage M)."""
 
-
-def type2_attributes(iod: str = SEGMENTATION_IOD) -> dict[str, tuple[str, ...]]:
-    """The type-2 attributes (present, maybe empty) of `module_attributes`, by module key."""
-    return {key: tuple(k for k, kind in found.items() if kind == "2")
-            for key, found in module_attributes(iod).items()}
+OPTIONAL_MODULE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "clinical-trial-subject": (
+        "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName",
+        "IssuerOfClinicalTrialProtocolID", "OtherClinicalTrialProtocolIDsSequence",
+        "ClinicalTrialSiteID", "ClinicalTrialSiteName", "IssuerOfClinicalTrialSiteID",
+        "ClinicalTrialSubjectID", "IssuerOfClinicalTrialSubjectID",
+        "ClinicalTrialSubjectReadingID", "IssuerOfClinicalTrialSubjectReadingID",
+        "ClinicalTrialProtocolEthicsCommitteeName",
+        "ClinicalTrialProtocolEthicsCommitteeApprovalNumber"),
+    "clinical-trial-study": (
+        "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription",
+        "LongitudinalTemporalOffsetFromEvent", "LongitudinalTemporalEventType",
+        "ClinicalTrialTimePointTypeCodeSequence", "IssuerOfClinicalTrialTimePointID",
+        "ConsentForClinicalTrialUseSequence"),
+}
+"""All root attributes (any type) of the other modules of `TYPE2_ATTRIBUTES` (usage U): a
+source holding one of them has the module, whose type-2 attributes are then completed."""
 
 
 def complete_type2_attributes(source: Dataset) -> Dataset:
     """`source`, or a copy of it in which every type-2 Patient/Study attribute the SEG copies
-    is present: empty where missing (an anonymised study), PatientSex empty where not a
-    defined term. Modules used only when present (clinical trial) are completed only when
-    `source` holds one of their attributes."""
-    mandatory = {module["key"] for module in get_iod_module_map()[SEGMENTATION_IOD]
-                 if module["usage"] == "M"}
-    missing = [keyword for key, found in module_attributes().items()
-               if key in mandatory or any(k in source for k in found)
-               for keyword, kind in found.items() if kind == "2" and keyword not in source]
+    (`TYPE2_ATTRIBUTES`) is present: empty where missing (an anonymised study), PatientSex
+    empty where not a defined term. Modules used only when present (clinical trial) are
+    completed only when `source` holds one of their attributes."""
+    missing = [keyword for key, keywords in TYPE2_ATTRIBUTES.items()
+               if key in MANDATORY_MODULES
+               or any(k in source for k in OPTIONAL_MODULE_ATTRIBUTES.get(key, ()))
+               for keyword in keywords if keyword not in source]
     bad_sex = str(source.get("PatientSex", "") or "") not in ("", *PATIENT_SEXES)
     if not missing and not bad_sex:
         return source

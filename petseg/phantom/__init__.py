@@ -12,11 +12,10 @@ from petseg.phantom.layouts import (
     write_dataset,
     write_metadata_csv,
 )
-from petseg.phantom.lesions import COHORTS, LesionInfo
+from petseg.phantom.lesions import LesionInfo
 from petseg.phantom.preview import preview_png, render_preview
 
 __all__ = [
-    "COHORTS",
     "LesionInfo",
     "PhantomCase",
     "draw_cohort",

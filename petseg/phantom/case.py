@@ -9,11 +9,11 @@ import hashlib
 import numpy as np
 import SimpleITK as sitk
 
+from petseg.diagnoses import DIAGNOSES
 from petseg.io.geometry import Geometry
 from petseg.phantom.anatomy import Patient, Tissue, build_anatomy, draw_patient
 from petseg.phantom.canvas import Canvas
 from petseg.phantom.lesions import (
-    COHORTS,
     LesionInfo,
     RenderTargets,
     place_and_render,
@@ -80,13 +80,15 @@ class PhantomCase:
         return Geometry.of(self.pet)
 
 
-def _digest(*parts: object) -> bytes:
+def seed_digest(*parts: object) -> bytes:
+    """SHA-256 (32 bytes) of the parts' `str` joined by ":": the one source of a phantom's
+    patient id, UIDs, folder names and derived seeds, the same on every machine."""
     return hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
 
 
 def patient_id_for(seed: int) -> str:
     """The autoPET-style subject id of the patient made from `seed`."""
-    return "PETCT_" + _digest("patient", seed).hex()[:10]
+    return "PETCT_" + seed_digest("patient", seed).hex()[:10]
 
 
 def draw_cohort(seed: int, negative_fraction: float = 0.5) -> str:
@@ -131,8 +133,8 @@ def generate_study(seed: int, study_seed: int, size: str = "full", cohort: str |
         raise ValueError(f"seeds must be non-negative, got {seed}, {study_seed}")
     if cohort is None:
         cohort = draw_cohort(seed)
-    if cohort not in COHORTS:
-        raise ValueError(f"cohort must be one of {COHORTS}, got {cohort!r}")
+    if cohort not in DIAGNOSES:
+        raise ValueError(f"cohort must be one of {DIAGNOSES}, got {cohort!r}")
     prm = np.random.default_rng([seed, 0])
     patient = draw_patient(prm, cohort)
     grids: Grids = make_grids(prm, size, patient.d_top, patient.d_bottom, patient.weight,
@@ -156,7 +158,7 @@ def generate_study(seed: int, study_seed: int, size: str = "full", cohort: str |
     ctres = ct_on_pet_grid(ct, grids.pet)
     lesions = _lesion_infos(rendered, pet, canvas)
     seg = (instances > 0).astype(np.uint8)
-    digest = _digest("study", seed, study_seed, study_index)
+    digest = seed_digest("study", seed, study_seed, study_index)
     uid = "1.3.6.1.4.1.14519.5.2.1." + str(int.from_bytes(digest[:12], "big"))
     return PhantomCase(
         pet=grids.pet.image_from_array(pet), ct=ct, ctres=ctres,

@@ -31,7 +31,7 @@ import numpy as np
 
 from petseg.errors import PetsegError
 from petseg.io.images import atomic_path, write_image
-from petseg.phantom.case import PhantomCase, _digest, generate_study
+from petseg.phantom.case import PhantomCase, generate_study, seed_digest
 from petseg.phantom.preview import preview_png
 
 LAYOUTS: tuple[str, ...] = ("challenge", "autopet")
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 def case_uuid(case: PhantomCase, kind: str) -> str:
     """Deterministic uuid4-style name of one image of a case ("pet" or "ct")."""
-    digest = _digest("uuid", case.seed, case.study_seed, case.study_index, kind)
+    digest = seed_digest("uuid", case.seed, case.study_seed, case.study_index, kind)
     return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
@@ -108,7 +108,7 @@ def write_challenge_case(case: PhantomCase, out_dir: str | Path, name: str,
 
 def study_folder_name(case: PhantomCase) -> str:
     """autoPET-style study folder name (date first, as in the published data)."""
-    number = int.from_bytes(_digest("study-folder", case.study_uid)[:4], "big") % 100000
+    number = int.from_bytes(seed_digest("study-folder", case.study_uid)[:4], "big") % 100000
     return f"{case.study_date:%m-%d-%Y}-NA-PET-CT Ganzkoerper  primaer mit KM-{number:05d}"
 
 
@@ -169,7 +169,7 @@ def dataset_plan(cases: int, seed: int, layout: str, negative_fraction: float = 
     start = int(rng.integers(0, 3))
     cohorts = ["NEGATIVE"] * n_neg + [positives[(start + i) % 3] for i in range(cases - n_neg)]
     cohorts = [cohorts[i] for i in rng.permutation(cases)]
-    seeds = [int.from_bytes(_digest("dataset", seed, i)[:4], "big") & 0x7FFFFFFF
+    seeds = [int.from_bytes(seed_digest("dataset", seed, i)[:4], "big") & 0x7FFFFFFF
              for i in range(cases)]
     plan = [(seeds[i], seeds[i], cohorts[i], 0) for i in range(cases)]
     if layout == "autopet" and cases >= 3 and second_study_fraction > 0:

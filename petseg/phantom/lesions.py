@@ -1,4 +1,4 @@
-"""Tumour lesions: where they sit per cohort, their shape, uptake and CT appearance.
+"""Tumour lesions: where they sit per diagnosis, their shape, uptake and CT appearance.
 
 A lesion is the top-k voxels of a smooth "lesion field" (one Gaussian ball, a stretched
 one, several overlapping balls for lobulated nodes and conglomerates, plus surface
@@ -7,10 +7,10 @@ Taking exactly k = volume / voxel volume voxels makes the annotated volume equal
 drawn one up to one voxel. Uptake is heterogeneous (peak towards the centre, optional
 necrotic core) and scaled so that the *blurred* SUVmax hits the drawn value.
 
-Cohorts (autoPET): LYMPHOMA (several to many nodes in nodal stations, bulky masses,
-spleen/bone/extranodal), LUNG_CANCER (a lung primary, hilar/mediastinal nodes, bone,
-liver, adrenal and lung metastases), MELANOMA (anywhere: subcutaneous, nodal basins,
-lung, liver, bone, muscle, bowel), NEGATIVE (none).
+Diagnosis groups (autoPET, `petseg.diagnoses`): LYMPHOMA (several to many nodes in nodal
+stations, bulky masses, spleen/bone/extranodal), LUNG_CANCER (a lung primary,
+hilar/mediastinal nodes, bone, liver, adrenal and lung metastases), MELANOMA (anywhere:
+subcutaneous, nodal basins, lung, liver, bone, muscle, bowel), NEGATIVE (none).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
-from petseg.evaluation.metadata import COHORTS
+from petseg.diagnoses import DIAGNOSES
 from petseg.phantom.anatomy import BODY_SOFT, Anatomy, Tissue
 from petseg.phantom.canvas import (
     Box,
@@ -165,7 +165,7 @@ def plan_lesions(rng: np.random.Generator, cohort: str) -> list[LesionPlan]:
             sites.append(first if same else str(rng.choice(names, p=weights / weights.sum())))
         vol_range, suv_range = (0.1, 25.0), (3.0, 20.0)
     else:
-        raise ValueError(f"unknown cohort {cohort!r}; expected one of {COHORTS}")
+        raise ValueError(f"unknown cohort {cohort!r}; expected one of {DIAGNOSES}")
     plans = []
     for i, site in enumerate(sites):
         lo, hi = vol_range

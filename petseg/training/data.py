@@ -102,7 +102,8 @@ def read_cohorts(metadata: str | Path, studies: list[Study]) -> dict[str, str]:
     Raises:
         PetsegError: the file is unreadable, or some study has no (unambiguous) row.
     """
-    from petseg.evaluation.metadata import UNKNOWN, read_metadata
+    from petseg.diagnoses import UNKNOWN
+    from petseg.evaluation.metadata import read_metadata
 
     table = read_metadata(metadata)
     cohorts = {study.key: table.cohort_of(study.name) for study in studies}
