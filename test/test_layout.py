@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from inference_synthetic import make_case
-from room_graph import cycles, import_graph
+from room_graph import cycles, import_graph, room_cycle_edges, room_graph
 from tiny_models import TINY
 
 from petseg.config import (
@@ -44,6 +44,29 @@ def test_every_module_imports_and_none_imports_in_a_circle() -> None:
     assert cycles(graph) == []
     # the check itself sees a cycle
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("commands",), ("serve", "runs"), ("interactive",), ("inference",),
+    ("preprocessing", "config"), ("io",), ("errors",))
+"""The rooms that run cases, highest first (docs/architecture.md): imports run down only."""
+
+
+def test_rooms_import_in_no_circle_and_only_down_the_floors() -> None:
+    graph = import_graph()
+    assert room_cycle_edges(graph) == []
+    rooms = room_graph(graph)
+    floor = {room: level for level, names in enumerate(FLOORS) for room in names}
+    upward = sorted(f"{room} -> {target}" for room, targets in rooms.items()
+                    for target in targets
+                    if room in floor and target in floor and floor[target] < floor[room])
+    assert upward == []
+    assert "interactive" not in rooms["inference"]  # the Predictor knows channels, not clicks
+    # the checks see a circle of rooms and an import up the floors
+    tangled = {"petseg.a.x": {"petseg.b.y"}, "petseg.b.y": {"petseg.c"},
+               "petseg.c": {"petseg.a.z"}, "petseg.a.z": set()}
+    assert room_cycle_edges(tangled) == ["petseg.a.x -> petseg.b.y", "petseg.b.y -> petseg.c",
+                                         "petseg.c -> petseg.a.z"]
 
 
 def test_process_finds_weights_without_torch_or_monai(tmp_path: Path) -> None:
