@@ -66,15 +66,12 @@ def _chart(draw: ImageDraw.ImageDraw, origin: tuple[int, int], series: Mapping[s
             draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
 
 
-def curves_png(series: Mapping[str, Summary], path: str | Path,
-               protocols: Sequence[str] = ("autopet_iv", "autopet_v"),
-               metrics: Mapping[str, Sequence[str]] | None = None) -> Path:
+def curves_png(series: Mapping[str, Summary], path: str | Path, protocols: Sequence[str],
+               metrics: Mapping[str, Sequence[str]]) -> Path:
     """Write the curves of `series` (name -> `petseg.interactive.evaluation.summarise` rows)
-    as a PNG: a column per protocol, a row per metric of that protocol (`metrics`, default
-    the organisers' figures of each), a legend line at the bottom."""
-    from petseg.interactive.evaluation import PROTOCOL_METRICS
-
-    metrics = metrics or PROTOCOL_METRICS
+    as a PNG: a column per protocol, a row per metric of that protocol (`metrics`: protocol
+    -> metric names, e.g. `petseg.interactive.evaluation.PROTOCOL_METRICS`), a legend line
+    at the bottom."""
     font = ImageFont.load_default()
     left, top, right, bottom = MARGIN_PX
     cell = (CHART_PX[0] + left + right, CHART_PX[1] + top + bottom)

@@ -362,7 +362,7 @@ def evaluate_interactive(folder: str | Path, segment: Segmenter, out: str | Path
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(markdown_table(summary))
     curves_png({label: summary}, out / "curves.png",
-               protocols=[p for p in PROTOCOLS if p in protocols])
+               protocols=[p for p in PROTOCOLS if p in protocols], metrics=PROTOCOL_METRICS)
     return summary
 
 

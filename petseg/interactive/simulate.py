@@ -1,14 +1,13 @@
 """Click simulators: points drawn from a truth mask (and the PET for high uptake).
 
-Two simulators share the components they click on:
-
-- `autopet_iv_clicks`: the autoPET IV evaluation rule as the organisers publish it
-  (lab-midas/autoPETCTIV:clicks/simulate_clicks.py). Tumour clicks at the centres (maximum
-  of the Euclidean distance transform, voxel units) of truth components (26-connectivity)
-  picked at random with a fixed seed; when there are fewer components than clicks, the
-  budget is filled with boundary voxels of the picked components, in turn. Background
-  clicks the same way on the components of the high-uptake voxels outside the lesions
-  (PET above the 99.75th percentile of the non-lesion PET).
+- `autopet_iv_clicks`: the autoPET IV evaluation clicks exactly as the organisers' script
+  makes them (lab-midas/autoPETCTIV:clicks/simulate_clicks.py), quirks included: numpy's
+  legacy generator seeded with 42 and their `[x, y, z]` order, tumour clicks at the centres
+  (EDT maximum, voxel units) of 26-connected truth components drawn at random, filled up to
+  the budget with edge voxels of the drawn ones in turn; background clicks the same way on
+  the components of the non-lesion PET above its 99.75th percentile, filled up with any
+  voxel of a drawn component (of a component of uniform depth: any voxel of the volume
+  outside it), as their edge test for background looks outside the component.
 - `draw_training_clicks`: clicks for one training sample. A share of samples gets none
   (so the network still segments automatically); otherwise 0-10 tumour clicks near lesion
   centres (some jittered inside the lesion, the larger lesions taking the clicks beyond one
