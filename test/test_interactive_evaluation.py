@@ -17,6 +17,7 @@ from scipy import ndimage
 from petseg.interactive.clicks import Clicks
 from petseg.interactive.evaluation import (
     EvaluationCase,
+    RuleOnAutomatic,
     autopet_iv_steps,
     autopet_v_steps,
     curve_area,
@@ -223,6 +224,44 @@ def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> No
     assert (tmp_path / "out" / "steps.csv").read_text() == \
         (tmp_path / "direct" / "steps.csv").read_text()
     assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+
+
+def test_rule_only_runs_a_click_aware_network_once_per_case(tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    from random_weights import make_random_weights
+
+    from petseg.cli import main
+    from petseg.config import InferenceConfig
+    from petseg.inference.predictor import Predictor
+
+    weights = make_random_weights(tmp_path / "weights", folds=1, clicks=True)
+    cases = write_cases(tmp_path / "cases", names=("a",))
+    (tmp_path / "inference.json").write_text('{"roi_size": [48, 48, 48], "mode": "fast"}')
+    calls: list[bool] = []
+    original = Predictor.predict
+
+    def counted(self, pet, ct, clicks=None):
+        calls.append(bool(clicks))
+        return original(self, pet, ct, clicks=clicks)
+
+    monkeypatch.setattr(Predictor, "predict", counted)
+    assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "out"),
+                 "--weights", str(weights), "--device", "cpu", "--config",
+                 str(tmp_path / "inference.json"), "--protocol", "autopet_iv",
+                 "--rule-only"]) == 0
+    assert calls == [False]  # one network pass, no clicks into it
+    predictor = Predictor.from_weights_dir(
+        weights, InferenceConfig(roi_size=(48, 48, 48), mode="fast"), device="cpu")
+    direct = evaluate_interactive(
+        cases, RuleOnAutomatic(lambda pet, ct: original(predictor, pet, ct).mask),
+        tmp_path / "direct", protocols=("autopet_iv",))
+    assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+    calls.clear()
+    assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "all"),
+                 "--weights", str(weights), "--device", "cpu", "--config",
+                 str(tmp_path / "inference.json"), "--protocol", "autopet_iv"]) == 0
+    assert calls == [False] + [True] * 10  # click-aware: the network at every step
+    capsys.readouterr()
 
 
 def test_cases_without_truth_are_refused(tmp_path: Path) -> None:

@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "clicks (default: none, as in their evaluation)")
     parser.add_argument("--edge-offset", type=int, default=None, metavar="VOXELS",
                         help="the same for the fill-in clicks (default: none)")
+    parser.add_argument("--rule-only", action="store_true",
+                        help="run the network once per case without clicks and honour the "
+                        "clicks by the click rule alone (how automatic weights always run; "
+                        "measures the rule without the click-aware network)")
     parser.add_argument("--config", type=Path, default=None, metavar="JSON",
                         help="inference settings JSON (default: resources/inference.json)")
     parser.add_argument("--mode", choices=("reference", "fast"), default=None,
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     def segment(pet: sitk.Image, ct: sitk.Image, clicks: Clicks | None) -> sitk.Image:
         return predictor.predict(pet, ct, clicks=clicks).mask
 
-    if not predictor.model_config.takes_clicks:  # the network ignores clicks: run it once
+    if args.rule_only or not predictor.model_config.takes_clicks:  # the network once a case
         segment = RuleOnAutomatic(lambda pet, ct: predictor.predict(pet, ct).mask)
     summary = evaluate_interactive(args.data, segment, args.out,
                                    protocols=tuple(args.protocol or DEFAULT_PROTOCOLS),
