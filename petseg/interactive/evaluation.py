@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -76,6 +77,13 @@ class EvaluationCase:
     def spacing_mm(self) -> tuple[float, float, float]:
         """PET voxel size, (x, y, z)."""
         return tuple(float(s) for s in self.pet.GetSpacing())  # type: ignore[return-value]
+
+    @functools.cached_property
+    def true_lesions(self) -> int:
+        """Lesions (18-connected components) of the truth, counted once."""
+        from petseg.evaluation.metrics import match_components
+
+        return match_components(self.truth, self.truth).n_true_lesions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,12 +148,9 @@ class RuleOnAutomatic:
 def _score(case: EvaluationCase, protocol: str, step: int, clicks: Clicks,
            mask: sitk.Image | None, shape: str = "") -> tuple[StepResult, np.ndarray | None]:
     """The step's `StepResult` and boolean mask; `mask` None: a failed V iteration."""
-    from petseg.evaluation.metrics import match_components
-
-    lesions = match_components(case.truth, case.truth).n_true_lesions
     common = dict(protocol=protocol, case=case.name, step=step, shape=shape,
                   tumour_points=len(clicks.tumour), background_points=len(clicks.background),
-                  true_lesions=lesions)
+                  true_lesions=case.true_lesions)
     if mask is None:
         return StepResult(dsc=0.0, fpv_ml=math.nan, fnv_ml=math.nan, dmm=0.0, failed=True,
                           **common), None  # type: ignore[arg-type]
