@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from scipy import ndimage
 from petseg.interactive.clicks import Clicks
 from petseg.interactive.evaluation import (
     EvaluationCase,
+    RuleOnAutomatic,
     autopet_iv_steps,
     autopet_v_steps,
     curve_area,
@@ -106,16 +108,23 @@ def test_autopet_iv_protocol_steps_and_metrics() -> None:
 
 
 def test_autopet_v_protocol_scribbles_over_the_errors() -> None:
+    """The organisers' loop fails once the misses are fixed (no under-segmentation left)
+    and scores 0 from then on; the petseg variant removes the false positive instead."""
     case = make_case()
+    organisers = autopet_v_steps(case, ClickHonouring(case.truth), shape="centerline")
+    assert [s.step for s in organisers] == [0, 1, 2, 3, 4, 5]
+    assert organisers[0].tumour_points == organisers[0].background_points == 0
+    assert [s.failed for s in organisers] == [False] * 4 + [True] * 2
+    assert [s.dsc for s in organisers[4:]] == [0.0, 0.0] == [s.dmm for s in organisers[4:]]
+    dsc = [s.dsc for s in organisers[:4]]
+    assert dsc == sorted(dsc) and organisers[3].dmm == pytest.approx(6 / 7)  # 3 TP, 1 FP
     segment = ClickHonouring(case.truth)
-    steps = autopet_v_steps(case, segment, shape="centre_line")
-    assert [s.step for s in steps] == [1, 2, 3, 4, 5, 6]
-    assert steps[0].tumour_points == steps[0].background_points == 0
-    assert steps[-1].dsc == pytest.approx(1.0) and steps[-1].fpv_ml == 0.0
-    dsc = [s.dsc for s in steps]
-    assert dsc == sorted(dsc)  # every scribble corrects the largest error, never worsens
-    grown = [(s.tumour_points + s.background_points) for s in steps]
-    assert all(b > a for a, b in itertools.pairwise(grown[:5]))
+    variant = autopet_v_steps(case, segment, shape="centerline", empty_error_fails=False)
+    assert not any(s.failed for s in variant)
+    assert variant[4].dsc == 1.0 and variant[4].fpv_ml == 0.0 and variant[4].dmm == 1.0
+    grown = [(s.tumour_points + s.background_points) for s in variant]
+    assert all(b > a for a, b in itertools.pairwise(grown[:5])) and grown[5] == grown[4]
+    assert len(segment.calls) == 5  # no error left at iteration 5: the mask is kept
     first = segment.calls[1]  # the points of one scribble lie on one axial slice
     assert len({z for _, _, z in (*first.tumour, *first.background)}) == 1
 
@@ -137,7 +146,7 @@ def test_summary_table_csv_and_png(tmp_path: Path) -> None:
     assert rows[("autopet_iv", 0)]["cases"] == 2 and rows[("autopet_iv", 0)]["dsc"] == 0.0
     assert rows[("autopet_iv", "auc")]["dsc"] == pytest.approx(
         curve_area([s.dsc for s in autopet_iv_steps(make_case(), ClickHonouring(truth))]))
-    assert rows[("autopet_v", "auc")]["fpv_ml"] >= 0.0
+    assert 0.0 <= rows[("autopet_v", "auc")]["dmm"] <= 5.0
     with open(tmp_path / "out" / "steps.csv") as handle:
         rows_csv = list(csv.DictReader(handle))
     assert len(rows_csv) == 2 * (11 + 6) and rows_csv[0]["true_lesions"] == "3"
@@ -150,20 +159,31 @@ def test_summary_table_csv_and_png(tmp_path: Path) -> None:
     assert (pixels != 255).any(axis=2).mean() > 0.01  # drawn, not blank
 
 
-def test_summary_leaves_cases_without_lesions_out_of_the_dsc() -> None:
+def test_summary_leaves_cases_without_lesions_out_of_the_dsc_and_fnv() -> None:
+    """autoPET IV: a lesion-free case has NaN DSC and FNV (the organisers' rule), so it
+    counts in the FPV only; autoPET V: its Dice (0 here) counts, its DMM (NaN) does not."""
     case = make_case()
     empty = EvaluationCase(name="negative", pet=case.pet, ct=case.ct,
                            truth=np.zeros(SHAPE_ZYX, bool))
     blob = ball((15, 30, 30), 2).astype(np.uint8)  # a false positive no click removes
     lesion_steps = autopet_iv_steps(case, ClickHonouring(case.truth))
     negative_steps = autopet_iv_steps(empty, lambda pet, ct, clicks: image(blob))
-    assert all(s.dsc == 0.0 and s.true_lesions == 0 for s in negative_steps)
+    assert all(math.isnan(s.dsc) and math.isnan(s.fnv_ml) and s.true_lesions == 0
+               for s in negative_steps)
     rows = {r["step"]: r for r in summarise([*lesion_steps, *negative_steps])}
-    for step in (1, 3, 10):  # the negative case's DSC 0 is left out, its FPV is not
+    for step in (1, 3, 10):
         assert rows[step]["dsc"] == pytest.approx(lesion_steps[step].dsc)
+        assert rows[step]["fnv_ml"] == pytest.approx(lesion_steps[step].fnv_ml)
         assert rows[step]["fpv_ml"] == pytest.approx(
             (lesion_steps[step].fpv_ml + negative_steps[step].fpv_ml) / 2)
     assert rows[10]["cases"] == 2 and rows[3]["dsc"] == pytest.approx(1.0)
+    lesion_v = autopet_v_steps(case, ClickHonouring(case.truth))
+    negative_v = autopet_v_steps(empty, lambda pet, ct, clicks: image(blob))
+    assert [s.dsc for s in negative_v] == [0.0] * 6
+    rows = {r["step"]: r for r in summarise([*lesion_v, *negative_v])}
+    assert rows[0]["dsc"] == pytest.approx(lesion_v[0].dsc / 2)
+    assert rows[0]["dmm"] == pytest.approx(lesion_v[0].dmm)
+    assert rows["auc"]["dsc"] == pytest.approx(curve_area([s.dsc for s in lesion_v]) / 2)
 
 
 def write_cases(root: Path, names=("a", "b")) -> Path:
@@ -205,6 +225,44 @@ def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> No
     assert (tmp_path / "out" / "steps.csv").read_text() == \
         (tmp_path / "direct" / "steps.csv").read_text()
     assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+
+
+def test_rule_only_runs_a_click_aware_network_once_per_case(tmp_path: Path, monkeypatch,
+                                                          capsys) -> None:
+    from random_weights import make_random_weights
+
+    from petseg.cli import main
+    from petseg.config import InferenceConfig
+    from petseg.inference.predictor import Predictor
+
+    weights = make_random_weights(tmp_path / "weights", folds=1, clicks=True)
+    cases = write_cases(tmp_path / "cases", names=("a",))
+    (tmp_path / "inference.json").write_text('{"roi_size": [48, 48, 48], "mode": "fast"}')
+    calls: list[bool] = []
+    original = Predictor.predict
+
+    def counted(self, pet, ct, clicks=None):
+        calls.append(bool(clicks))
+        return original(self, pet, ct, clicks=clicks)
+
+    monkeypatch.setattr(Predictor, "predict", counted)
+    assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "out"),
+                 "--weights", str(weights), "--device", "cpu", "--config",
+                 str(tmp_path / "inference.json"), "--protocol", "autopet_iv",
+                 "--rule-only"]) == 0
+    assert calls == [False]  # one network pass, no clicks into it
+    predictor = Predictor.from_weights_dir(
+        weights, InferenceConfig(roi_size=(48, 48, 48), mode="fast"), device="cpu")
+    direct = evaluate_interactive(
+        cases, RuleOnAutomatic(lambda pet, ct: original(predictor, pet, ct).mask),
+        tmp_path / "direct", protocols=("autopet_iv",))
+    assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+    calls.clear()
+    assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "all"),
+                 "--weights", str(weights), "--device", "cpu", "--config",
+                 str(tmp_path / "inference.json"), "--protocol", "autopet_iv"]) == 0
+    assert calls == [False] + [True] * 10  # click-aware: the network at every step
+    capsys.readouterr()
 
 
 def test_cases_without_truth_are_refused(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Click and scribble simulators: the autoPET IV rule, training clicks, autoPET V scribbles."""
+"""Click and scribble simulators: the autoPET IV rule, training clicks, autoPET V scribbles
+(their equality with the organisers' own output: test_organisers_protocols.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from petseg.interactive.scribbles import SCRIBBLE_SHAPES, largest_error, next_scribble
+from petseg.errors import PetsegError
+from petseg.interactive.scribbles import (
+    SCRIBBLE_SHAPES,
+    largest_slice_component,
+    organisers_scribble,
+    simulate_scribble,
+)
 from petseg.interactive.simulate import (
     ClickTrainingConfig,
     autopet_iv_clicks,
@@ -110,34 +117,43 @@ def test_training_clicks_centres_jitter_and_empty_share(case) -> None:
                for s in range(10))
 
 
-def test_scribble_goes_to_the_largest_error_on_one_slice(case) -> None:
-    truth, _, _ = case
+def test_scribble_goes_to_the_largest_component_of_any_axial_slice() -> None:
     missed = ball(CENTRES[0], RADII[0])
-    prediction = truth & ~missed  # the largest lesion missed
-    prediction |= ball((30, 10, 30), 2)  # a smaller false positive
-    kind, error = largest_error(truth, prediction)
-    assert kind == "tumour" and np.array_equal(error, missed)
+    z, region = largest_slice_component(missed | ball((30, 10, 30), 2))
+    assert z == CENTRES[0][0] and region.shape == (SHAPE[2], SHAPE[1])  # [x, y]
+    assert np.array_equal(region.T.astype(bool), missed[z])
     for shape in SCRIBBLE_SHAPES:
-        scribble = next_scribble(truth, prediction, np.random.default_rng(1), shape)
-        assert scribble.kind == "tumour" and scribble.shape == shape
-        assert len({int(z) for z in scribble.points[:, 0]}) == 1
-        assert scribble.points[0, 0] == CENTRES[0][0]  # the slice holding most of it
-        assert missed[tuple(scribble.points.T)].all()
-    line = next_scribble(truth, prediction, np.random.default_rng(1), "centre_line").points
-    assert len(line) >= 2 * RADII[0] - 1 and tuple(CENTRES[0]) in {tuple(p) for p in line}
-    contour = next_scribble(truth, prediction, np.random.default_rng(1), "boundary").points
-    section = missed[CENTRES[0][0]]
-    inner = ndimage.binary_erosion(section)
-    assert not inner[contour[:, 1], contour[:, 2]].any() and len(contour) >= 8
-
-
-def test_scribble_over_segmentation_is_background_and_none_when_perfect(case) -> None:
-    truth, _, _ = case
-    prediction = truth | ball((30, 10, 30), 4)
-    scribble = next_scribble(truth, prediction, np.random.default_rng(0))
-    assert scribble.kind == "background" and scribble.shape in SCRIBBLE_SHAPES
-    assert not truth[tuple(scribble.points.T)].any()
-    assert prediction[tuple(scribble.points.T)].all()
-    assert next_scribble(truth, truth, np.random.default_rng(0)) is None
+        points = simulate_scribble(missed, shape)
+        assert {p[2] for p in points} == {CENTRES[0][0]}
+        assert all(missed[p[::-1]] for p in points) and points == sorted(points)
+    # a round cross-section skeletonises to one voxel: the organisers then give it whole
+    assert len(simulate_scribble(missed, "centerline")) == missed[CENTRES[0][0]].sum() == 81
+    bar = np.zeros(SHAPE, bool)
+    bar[20, 10:13, 5:45] = True  # 3 x 40 voxels: the skeleton is the middle row
+    line = simulate_scribble(bar, "centerline")
+    assert {(y, z) for _, y, z in line} == {(11, 20)} and 30 <= len(line) <= 32
+    assert min(x for x, _, _ in line) > 5 and max(x for x, _, _ in line) < 44  # trimmed ends
+    contour = simulate_scribble(missed, "boundary")
+    inner = ndimage.binary_erosion(missed[CENTRES[0][0]])
+    assert not any(inner[y, x] for x, y, _ in contour) and len(contour) >= 3
+    assert simulate_scribble(np.zeros(SHAPE, bool), "random") is None
     with pytest.raises(ValueError, match="scribble shape 'zigzag'"):
-        next_scribble(truth, prediction, np.random.default_rng(0), "zigzag")
+        simulate_scribble(missed, "zigzag")
+
+
+def test_longer_scribble_is_given_and_an_empty_error_fails(case) -> None:
+    truth, _, _ = case
+    prediction = (truth & ~ball(CENTRES[0], RADII[0])) | ball((30, 10, 30), 1)
+    kind, points = organisers_scribble(truth, prediction, "random")
+    assert kind == "tumour" and all(truth[p[::-1]] for p in points)
+    prediction = truth | ball((30, 10, 30), 4)  # over-segmentation only
+    assert organisers_scribble(truth, prediction, "boundary") is None  # the organisers' quirk
+    kind, points = organisers_scribble(truth, prediction, "boundary", empty_error_fails=False)
+    assert kind == "background" and not any(truth[p[::-1]] for p in points)
+    assert organisers_scribble(truth, truth, "boundary", empty_error_fails=False) is None
+
+
+def test_iv_rule_refuses_where_the_organisers_script_would_not_finish(case) -> None:
+    truth, _, _ = case
+    with pytest.raises(PetsegError, match=r"99\.75th percentile, where the organisers"):
+        autopet_iv_clicks(truth, np.ones(SHAPE))

@@ -1,5 +1,6 @@
-"""A PNG of the interactive curves: DSC, FPV and FNV per step, one chart per protocol and
-metric, drawn with Pillow only (as the project's other pictures)."""
+"""A PNG of the interactive curves: each protocol's own figures per step (autoPET IV: DSC,
+FPV and FNV; autoPET V: Dice and DMM), one chart per protocol and metric, drawn with Pillow
+only (as the project's other pictures)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ SERIES_RGB: tuple[tuple[int, int, int], ...] = ((20, 40, 120), (200, 60, 0), (0,
                                                 (130, 0, 130))
 AXIS_RGB: tuple[int, int, int] = (90, 90, 90)
 TITLES: Mapping[str, str] = {"dsc": "DSC", "fpv_ml": "FPV ml", "fnv_ml": "FNV ml",
-                             "autopet_iv": "autoPET IV clicks", "autopet_v": "autoPET V scribbles"}
+                             "dmm": "DMM (lesion F1)", "autopet_iv": "autoPET IV clicks",
+                             "autopet_v": "autoPET V scribbles",
+                             "autopet_v_petseg": "V, no empty-error quirk"}
 
 Summary = Sequence[Mapping[str, float | int | str]]
 
@@ -41,7 +44,7 @@ def _chart(draw: ImageDraw.ImageDraw, origin: tuple[int, int], series: Mapping[s
     ys = [y for pts in lines.values() for _, y in pts] or [0.0, 1.0]
     x_lo, x_hi = min(xs), max(max(xs), min(xs) + 1.0)
     y_lo = 0.0
-    y_hi = 1.0 if metric == "dsc" else max(max(ys) * 1.1, 1e-3)
+    y_hi = 1.0 if metric in ("dsc", "dmm") else max(max(ys) * 1.1, 1e-3)
     draw.rectangle([x0, y0, x0 + width, y0 + height], outline=AXIS_RGB)
     draw.text((x0, origin[1] + 4), f"{TITLES[protocol]}: {TITLES[metric]}", fill=AXIS_RGB,
               font=font)
@@ -63,23 +66,24 @@ def _chart(draw: ImageDraw.ImageDraw, origin: tuple[int, int], series: Mapping[s
             draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
 
 
-def curves_png(series: Mapping[str, Summary], path: str | Path,
-               protocols: Sequence[str] = ("autopet_iv", "autopet_v"),
-               metrics: Sequence[str] = ("dsc", "fpv_ml", "fnv_ml")) -> Path:
+def curves_png(series: Mapping[str, Summary], path: str | Path, protocols: Sequence[str],
+               metrics: Mapping[str, Sequence[str]]) -> Path:
     """Write the curves of `series` (name -> `petseg.interactive.evaluation.summarise` rows)
-    as a PNG: a column per protocol, a row per metric, a legend line at the bottom."""
+    as a PNG: a column per protocol, a row per metric of that protocol (`metrics`: protocol
+    -> metric names, e.g. `petseg.interactive.evaluation.PROTOCOL_METRICS`), a legend line
+    at the bottom."""
     font = ImageFont.load_default()
     left, top, right, bottom = MARGIN_PX
     cell = (CHART_PX[0] + left + right, CHART_PX[1] + top + bottom)
     legend_px = 16 * max(1, len(series))
-    picture = Image.new("RGB", (cell[0] * len(protocols), cell[1] * len(metrics) + legend_px),
-                        "white")
+    rows = max(len(metrics[p]) for p in protocols)
+    picture = Image.new("RGB", (cell[0] * len(protocols), cell[1] * rows + legend_px), "white")
     draw = ImageDraw.Draw(picture)
     for column, protocol in enumerate(protocols):
-        for row, metric in enumerate(metrics):
+        for row, metric in enumerate(metrics[protocol]):
             _chart(draw, (column * cell[0], row * cell[1]), series, protocol, metric, font)
     for index, name in enumerate(series):
-        y = cell[1] * len(metrics) + 16 * index + 2
+        y = cell[1] * rows + 16 * index + 2
         colour = SERIES_RGB[index % len(SERIES_RGB)]
         draw.line([(left, y + 6), (left + 24, y + 6)], fill=colour, width=2)
         draw.text((left + 30, y), name, fill=colour, font=font)

@@ -1,23 +1,35 @@
-"""The organisers' interactive protocols on cases with truth: autoPET IV clicks, autoPET V
-scribbles; DSC, FPV and FNV per step and the area under each curve.
+"""The organisers' interactive protocols on cases with truth, quirks included: autoPET IV
+clicks scored by DSC, FPV and FNV, autoPET V scribbles scored by Dice and DMM.
 
-- autoPET IV: 11 steps; step k (0..10) gives the first k tumour and the first k background
-  clicks simulated from the truth by the organisers' rule
-  (`petseg.interactive.simulate.autopet_iv_clicks`, seed 42).
-- autoPET V: 6 steps; step 1 has no scribble, each later step adds one scribble over the
-  largest error of the previous step's mask (`petseg.interactive.scribbles`), all
-  scribbles so far delivered as points.
+- "autopet_iv": 11 steps; step k (0..10) gives the first k tumour and the first k background
+  clicks simulated once from the truth (`petseg.interactive.simulate.autopet_iv_clicks`,
+  the organisers' `simulate_clicks` with seed 42), scored by their evaluation script
+  (`petseg.evaluation.organisers.autopet_iv_scores`: DSC and FNV NaN for a lesion-free case,
+  so it counts only in the FPV).
+- "autopet_v": their `interactive_loop.py` with 6 iterations (0..5): iteration 0 without
+  scribbles; each later one adds the scribble of `organisers_scribble` on the previous
+  mask, all scribbles so far given as points; scored by Dice (1 for an empty mask of a
+  lesion-free case, else 0 there) and DMM (lesion-level F1, NaN for a lesion-free case).
+  Their quirks: a lesion-free case gets no scribbles; an iteration whose under- or
+  over-segmentation is empty fails and scores Dice 0 and DMM 0 without a new mask, and as
+  the mask then stays, so do all later iterations (`StepResult.failed`).
+- "autopet_v_petseg": the same without the empty-error quirk: the scribble goes on the
+  other error, a lesion-free case gets background scribbles on its false positives, and an
+  iteration without any error keeps the mask.
 
-The area under a curve is the trapezoid rule over the step index with unit spacing (the
-organisers'). The summary's DSC counts only cases with lesions (as the autoPET
-ranking); FPV and FNV count every case. Arrays are numpy `[z, y, x]` from SimpleITK; clicks
-(`Clicks`) carry PET voxel indices in (x, y, z) order.
+The scribble shape is one per case (the organisers give each shape to a third of the
+cases): the cases in order take centerline, random, boundary in turn unless one shape is
+named. The area under a curve is the trapezoid rule over the step index with unit spacing
+(theirs), per case; the summary averages the finite values of each column (NaN left out).
+Arrays are numpy `[z, y, x]` from SimpleITK; clicks (`Clicks`) carry PET voxel indices in
+(x, y, z) order.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,18 +37,25 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from petseg.evaluation.metrics import case_metrics
+from petseg.evaluation.organisers import autopet_iv_scores, autopet_v_dice, lesion_f1
 from petseg.interactive.clicks import Clicks
-from petseg.interactive.scribbles import next_scribble
+from petseg.interactive.scribbles import SCRIBBLE_SHAPES, organisers_scribble
 from petseg.interactive.simulate import CLICK_BUDGET, EVALUATION_SEED, autopet_iv_clicks, zyx_to_xyz
 
 Segmenter = Callable[[sitk.Image, sitk.Image, Clicks | None], sitk.Image]
 """(PET in SUV, CT in HU, clicks or None) -> uint8 mask on the PET grid."""
 
-PROTOCOLS: tuple[str, ...] = ("autopet_iv", "autopet_v")
+PROTOCOLS: tuple[str, ...] = ("autopet_iv", "autopet_v", "autopet_v_petseg")
+DEFAULT_PROTOCOLS: tuple[str, ...] = ("autopet_iv", "autopet_v")
+"""The two organisers' protocols, run when none is named."""
 V_STEPS = 6
-"""Steps of the autoPET V protocol (the first without scribbles)."""
-METRICS: tuple[str, ...] = ("dsc", "fpv_ml", "fnv_ml")
+"""Iterations of the autoPET V protocol (the first without scribbles); their loop's
+default is 5, their README and evaluation 6."""
+METRICS: tuple[str, ...] = ("dsc", "fpv_ml", "fnv_ml", "dmm")
+PROTOCOL_METRICS: dict[str, tuple[str, ...]] = {
+    "autopet_iv": ("dsc", "fpv_ml", "fnv_ml"), "autopet_v": ("dsc", "dmm"),
+    "autopet_v_petseg": ("dsc", "dmm")}
+"""The organisers' own figures of each protocol."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,17 +78,28 @@ class EvaluationCase:
         """PET voxel size, (x, y, z)."""
         return tuple(float(s) for s in self.pet.GetSpacing())  # type: ignore[return-value]
 
+    @functools.cached_property
+    def true_lesions(self) -> int:
+        """Lesions (18-connected components) of the truth, counted once."""
+        from petseg.evaluation.metrics import match_components
+
+        return match_components(self.truth, self.truth).n_true_lesions
+
 
 @dataclasses.dataclass(frozen=True)
 class StepResult:
     """The metrics of one step of one case.
 
     Attributes:
-        protocol: one of `PROTOCOLS`; case: the case's name; step: 0..10 (IV), 1..6 (V).
+        protocol: one of `PROTOCOLS`; case: the case's name; step: 0..10 (IV), 0..5 (V).
         tumour_points, background_points: the points the segmenter was given.
-        dsc: Dice; fpv_ml, fnv_ml: false-positive/-negative volume (ml).
-        true_lesions: lesions (18-connected components) of the truth; the summary's DSC
-            counts only cases with at least one.
+        dsc: DSC by the protocol's rule (IV: NaN for a lesion-free case; V: 1 or 0 there).
+        fpv_ml, fnv_ml: false-positive/-negative volume (ml) by the autoPET IV rules.
+        dmm: lesion-level F1 at IoU >= 0.1 (NaN for a lesion-free case).
+        true_lesions: lesions (18-connected components) of the truth.
+        failed: a V iteration the organisers' loop fails (an empty error): Dice and DMM
+            0, volumes NaN.
+        shape: the scribble shape of a V case ("" for IV).
     """
 
     protocol: str
@@ -80,7 +110,10 @@ class StepResult:
     dsc: float
     fpv_ml: float
     fnv_ml: float
+    dmm: float
     true_lesions: int
+    failed: bool = False
+    shape: str = ""
 
 
 class RuleOnAutomatic:
@@ -113,20 +146,30 @@ class RuleOnAutomatic:
 
 
 def _score(case: EvaluationCase, protocol: str, step: int, clicks: Clicks,
-           mask: sitk.Image) -> tuple[StepResult, np.ndarray]:
+           mask: sitk.Image | None, shape: str = "") -> tuple[StepResult, np.ndarray | None]:
+    """The step's `StepResult` and boolean mask; `mask` None: a failed V iteration."""
+    common = dict(protocol=protocol, case=case.name, step=step, shape=shape,
+                  tumour_points=len(clicks.tumour), background_points=len(clicks.background),
+                  true_lesions=case.true_lesions)
+    if mask is None:
+        return StepResult(dsc=0.0, fpv_ml=math.nan, fnv_ml=math.nan, dmm=0.0, failed=True,
+                          **common), None  # type: ignore[arg-type]
     predicted = sitk.GetArrayFromImage(mask) > 0
-    metrics = case_metrics(case.truth, predicted, case.spacing_mm)
-    return StepResult(protocol=protocol, case=case.name, step=step,
-                      tumour_points=len(clicks.tumour), background_points=len(clicks.background),
-                      dsc=metrics.dsc, fpv_ml=metrics.fpv_ml, fnv_ml=metrics.fnv_ml,
-                      true_lesions=metrics.n_true_lesions), predicted
+    dsc, fpv, fnv = autopet_iv_scores(case.truth, predicted, case.spacing_mm)
+    if protocol != "autopet_iv":
+        dsc = autopet_v_dice(case.truth, predicted)
+    return StepResult(dsc=dsc, fpv_ml=fpv, fnv_ml=fnv, dmm=lesion_f1(case.truth, predicted),
+                      **common), predicted  # type: ignore[arg-type]
 
 
 def autopet_iv_steps(case: EvaluationCase, segment: Segmenter, seed: int = EVALUATION_SEED,
-                     budget: int = CLICK_BUDGET) -> list[StepResult]:
+                     budget: int = CLICK_BUDGET, centre_offset: int | None = None,
+                     edge_offset: int | None = None) -> list[StepResult]:
     """The `budget + 1` steps of the autoPET IV protocol on one case."""
     pet = sitk.GetArrayViewFromImage(case.pet)
-    tumour, background = autopet_iv_clicks(case.truth, pet, seed=seed, budget=budget)
+    tumour, background = autopet_iv_clicks(case.truth, pet, seed=seed, budget=budget,
+                                           centre_offset=centre_offset,
+                                           edge_offset=edge_offset)
     results = []
     for step in range(budget + 1):
         clicks = Clicks(tumour=zyx_to_xyz(tumour[:step]), background=zyx_to_xyz(background[:step]))
@@ -135,39 +178,44 @@ def autopet_iv_steps(case: EvaluationCase, segment: Segmenter, seed: int = EVALU
     return results
 
 
-def autopet_v_steps(case: EvaluationCase, segment: Segmenter, seed: int = EVALUATION_SEED,
-                    steps: int = V_STEPS, shape: str | None = None) -> list[StepResult]:
-    """The `steps` steps of the autoPET V protocol on one case: step 1 without scribbles,
-    then one scribble per step over the previous mask's largest error (`shape` None: each
-    scribble's shape drawn at random with the seeded generator)."""
-    rng = np.random.default_rng(seed)
-    tumour: list[tuple[int, int, int]] = []
-    background: list[tuple[int, int, int]] = []
-    results = []
-    for step in range(1, steps + 1):
-        clicks = Clicks(tumour=tuple(tumour), background=tuple(background))
-        mask = segment(case.pet, case.ct, clicks)
-        result, predicted = _score(case, "autopet_v", step, clicks, mask)
+def autopet_v_steps(case: EvaluationCase, segment: Segmenter, shape: str = "centerline",
+                    steps: int = V_STEPS, empty_error_fails: bool = True) -> list[StepResult]:
+    """The `steps` iterations (0..steps-1) of the autoPET V protocol on one case:
+    "autopet_v" (the organisers' loop, `empty_error_fails`) or "autopet_v_petseg"."""
+    protocol = "autopet_v" if empty_error_fails else "autopet_v_petseg"
+    given: dict[str, list[tuple[int, int, int]]] = {"tumour": [], "background": []}
+    scribbles = case.truth.any() or not empty_error_fails  # theirs: none without lesions
+    results: list[StepResult] = []
+    mask: sitk.Image | None = None
+    predicted: np.ndarray | None = None
+    for step in range(steps):
+        found = None
+        if step > 0 and scribbles:
+            found = organisers_scribble(case.truth, predicted, shape, empty_error_fails)
+            if found is not None:
+                given[found[0]].extend(found[1])
+        clicks = Clicks(tumour=tuple(given["tumour"]), background=tuple(given["background"]))
+        failed = step > 0 and scribbles and empty_error_fails and found is None
+        if step == 0 or found is not None:
+            mask = segment(case.pet, case.ct, clicks)
+        result, now = _score(case, protocol, step, clicks, None if failed else mask, shape)
+        predicted = predicted if now is None else now
         results.append(result)
-        if step == steps:
-            break
-        scribble = next_scribble(case.truth, predicted, rng, shape)
-        if scribble is not None:
-            target = tumour if scribble.kind == "tumour" else background
-            known = set(target)
-            target.extend(p for p in zyx_to_xyz(scribble.points) if p not in known)
     return results
 
 
 def curve_area(values: Sequence[float]) -> float:
-    """Area under `values` over the step index (trapezoid rule, unit spacing)."""
+    """Area under `values` over the step index (trapezoid rule, unit spacing); NaN when a
+    value is NaN."""
     y = np.asarray(values, float)
     return float(np.sum((y[1:] + y[:-1]) / 2.0)) if y.size > 1 else 0.0
 
 
 def summarise(results: Sequence[StepResult]) -> list[dict[str, float | int | str]]:
-    """Per protocol and step: mean DSC over the cases with lesions, mean FPV and FNV over
-    all cases; per protocol a row with step "auc": the mean of the cases' curve areas."""
+    """Per protocol and step: the mean of each metric over the cases where it is finite
+    (IV: DSC and FNV over the cases with lesions, FPV over all; V: Dice over all, DMM over
+    the cases with lesions) and the failed iterations; per protocol a row with step "auc":
+    the mean of the cases' curve areas."""
     rows: list[dict[str, float | int | str]] = []
     for protocol in PROTOCOLS:
         mine = [r for r in results if r.protocol == protocol]
@@ -177,13 +225,13 @@ def summarise(results: Sequence[StepResult]) -> list[dict[str, float | int | str
         cases = sorted({r.case for r in mine})
         table = {m: np.array([[getattr(_one(mine, c, s), m) for s in steps] for c in cases])
                  for m in METRICS}
-        negative = [c for c in cases if _one(mine, c, steps[0]).true_lesions == 0]
-        table["dsc"][[cases.index(c) for c in negative]] = math.nan  # DSC: cases with lesions
         for index, step in enumerate(steps):
             rows.append({"protocol": protocol, "step": step, "cases": len(cases),
-                         **{m: _mean(table[m][:, index]) for m in METRICS}})
+                         **{m: _mean(table[m][:, index]) for m in METRICS},
+                         "failed": sum(_one(mine, c, step).failed for c in cases)})
         rows.append({"protocol": protocol, "step": "auc", "cases": len(cases),
-                     **{m: _mean([curve_area(curve) for curve in table[m]]) for m in METRICS}})
+                     **{m: _mean([curve_area(curve) for curve in table[m]]) for m in METRICS},
+                     "failed": sum(r.failed for r in mine)})
     return rows
 
 
@@ -210,14 +258,33 @@ def write_steps_csv(results: Sequence[StepResult], path: Path) -> Path:
     return path
 
 
+_COLUMNS = {"dsc": ("DSC", 3), "fpv_ml": ("FPV ml", 2), "fnv_ml": ("FNV ml", 2),
+            "dmm": ("DMM (lesion F1)", 3)}
+
+
 def markdown_table(summary: Sequence[dict[str, float | int | str]]) -> str:
-    """The summary as a Markdown table: protocol, step, cases, DSC, FPV ml, FNV ml."""
-    lines = ["| protocol | step | cases | DSC | FPV ml | FNV ml |", "|---|---|---:|---:|---:|---:|"]
-    for row in summary:
-        step = "area under curve" if row["step"] == "auc" else str(row["step"])
-        lines.append(f"| {row['protocol']} | {step} | {row['cases']} | {_fmt(row['dsc'], 3)} | "
-                     f"{_fmt(row['fpv_ml'], 2)} | {_fmt(row['fnv_ml'], 2)} |")
-    return "\n".join(lines) + "\n"
+    """The summary as Markdown, a table per protocol with the organisers' figures: autoPET
+    IV DSC, FPV ml and FNV ml per step; autoPET V Dice and DMM per iteration and the failed
+    iterations; the last row of each the areas under the curves."""
+    tables = []
+    for protocol in PROTOCOLS:
+        rows = [r for r in summary if r["protocol"] == protocol]
+        if not rows:
+            continue
+        metrics = PROTOCOL_METRICS[protocol]
+        iv = protocol == "autopet_iv"
+        names = [("DSC" if iv else "Dice") if m == "dsc" else _COLUMNS[m][0] for m in metrics]
+        extra = [] if iv else ["failed iterations"]
+        lines = [f"| protocol | {'step' if iv else 'iteration'} | cases | "
+                 + " | ".join([*names, *extra]) + " |",
+                 "|---|---|---:|" + "---:|" * (len(names) + len(extra))]
+        for row in rows:
+            step = "area under curve" if row["step"] == "auc" else str(row["step"])
+            cells = [_fmt(row[m], _COLUMNS[m][1]) for m in metrics]
+            cells += [] if iv else [str(row["failed"])]
+            lines.append(f"| {protocol} | {step} | {row['cases']} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines) + "\n")
+    return "\n".join(tables)
 
 
 def _fmt(value: float | int | str, digits: int) -> str:
@@ -267,28 +334,40 @@ def evaluation_cases(folder: str | Path) -> Iterator[EvaluationCase]:
 
 
 def evaluate_interactive(folder: str | Path, segment: Segmenter, out: str | Path,
-                         protocols: Sequence[str] = PROTOCOLS, seed: int = EVALUATION_SEED,
-                         shape: str | None = None, label: str = "petseg"
-                         ) -> list[dict[str, float | int | str]]:
+                         protocols: Sequence[str] = DEFAULT_PROTOCOLS,
+                         seed: int = EVALUATION_SEED, shape: str | None = None,
+                         label: str = "petseg", centre_offset: int | None = None,
+                         edge_offset: int | None = None) -> list[dict[str, float | int | str]]:
     """Run `protocols` on every case of `folder`; write `out/steps.csv` (per case and step),
-    `out/summary.csv`, `out/summary.md` and `out/curves.png`; returns the summary rows."""
+    `out/summary.csv`, `out/summary.md` and `out/curves.png`; returns the summary rows.
+
+    Args:
+        seed: the autoPET IV click seed (the scribbles' is fixed, as the organisers').
+        shape: the scribble shape of every case; None: centerline, random, boundary in turn.
+        centre_offset, edge_offset: the optional autoPET IV click offsets (voxels).
+    """
     from petseg.interactive.curves import curves_png
+    from petseg.io.images import atomic_path
 
     out = Path(out)
     results: list[StepResult] = []
-    for case in evaluation_cases(folder):
+    for index, case in enumerate(evaluation_cases(folder)):
         if "autopet_iv" in protocols:
-            results.extend(autopet_iv_steps(case, segment, seed=seed))
-        if "autopet_v" in protocols:
-            results.extend(autopet_v_steps(case, segment, seed=seed, shape=shape))
+            results.extend(autopet_iv_steps(case, segment, seed=seed,
+                                            centre_offset=centre_offset,
+                                            edge_offset=edge_offset))
+        case_shape = shape or SCRIBBLE_SHAPES[index % len(SCRIBBLE_SHAPES)]
+        for protocol in ("autopet_v", "autopet_v_petseg"):
+            if protocol in protocols:
+                results.extend(autopet_v_steps(case, segment, shape=case_shape,
+                                               empty_error_fails=protocol == "autopet_v"))
     summary = summarise(results)
     write_steps_csv(results, out / "steps.csv")
     _write_rows(summary, out / "summary.csv")
-    from petseg.io.images import atomic_path
-
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(markdown_table(summary))
-    curves_png({label: summary}, out / "curves.png", protocols=protocols)
+    curves_png({label: summary}, out / "curves.png",
+               protocols=[p for p in PROTOCOLS if p in protocols], metrics=PROTOCOL_METRICS)
     return summary
 
 
@@ -296,7 +375,8 @@ def _write_rows(rows: Sequence[dict[str, float | int | str]], path: Path) -> Pat
     from petseg.io.images import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["protocol", "step", "cases", *METRICS])
+        writer = csv.DictWriter(handle, fieldnames=["protocol", "step", "cases", *METRICS,
+                                                    "failed"])
         writer.writeheader()
         writer.writerows(rows)
     return path

@@ -1,133 +1,172 @@
-"""autoPET V scribble simulation: one corrective scribble per step over the largest error.
+"""autoPET V scribbles, exactly as the organisers simulate them (the autoPETV repository,
+`interactive/simulate_scribbles.py:simulate_scribble_from_label` and the choice in
+`interactive/interactive_loop.py`).
 
-After a prediction, the errors are the missed lesion voxels (truth and not prediction) and
-the over-segmented ones (prediction and not truth). The scribble goes to the largest
-connected error component (26-connectivity): a tumour scribble when it was missed, a
-background scribble when it was over-segmented. It is drawn on one axial slice, the one
-holding most of that component, inside the component's cross-section, in one of three
-shapes:
+For one error mask (the under- or the over-segmentation), every axial slice is split into
+8-connected components; the largest component over all slices (the first slice and the
+lowest label on ties) gets one scribble, in one of three shapes:
 
-- "centre_line": the longest straight line through the cross-section's centroid along its
-  principal axis, kept where it lies inside;
-- "random": a random 8-connected walk inside the cross-section;
-- "boundary": the cross-section's contour (voxels with a 4-neighbour outside).
+- "centerline": the skeleton's (scikit-image `skeletonize`) largest 8-connected piece,
+  the shortest 8-connected path (networkx) between its two points farthest apart, 10 % cut
+  off at each end when it has more than 10 voxels;
+- "random": the straight line (Bresenham) between two voxels drawn with Python's `random`
+  reseeded with 42;
+- "boundary": from a boundary voxel (scikit-image `find_boundaries`, inner) drawn the same
+  way, a walk along the boundary to its first unvisited 8-neighbour, for 20 % of the
+  boundary's voxels.
 
-Scribbles are delivered as their voxels, as many points of the click file's schema.
-Arrays are numpy `[z, y, x]`; points are voxel indices in that order.
+A component too small for its shape (no skeleton, fewer than 2 voxels or boundary voxels)
+is given whole. Both errors get a scribble; the longer one (voxel count) is given, the
+tumour scribble on ties (`organisers_scribble`). The organisers work on nibabel's `[x, y, z]`
+arrays; here the arrays are SimpleITK's `[z, y, x]` and each slice is handed on as its
+transposed `[x, y]` view, so every tie falls as theirs. Points are (x, y, z) voxel
+indices, in the order of the organisers' `np.argwhere` (x, then y).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import random
 
+import cc3d
 import numpy as np
-from scipy import ndimage
 
-from petseg.interactive.simulate import label_components
+SCRIBBLE_SHAPES: tuple[str, ...] = ("centerline", "random", "boundary")
+SCRIBBLE_SEED = 42
+"""The organisers reseed Python's `random` with 42 at every scribble."""
+TRIM_FRACTION = 0.1
+"""Share of a centre line cut off at each end."""
+BOUNDARY_FRACTION = 0.2
+"""A boundary scribble's length as a share of the boundary's voxels."""
 
-SCRIBBLE_SHAPES: tuple[str, ...] = ("centre_line", "random", "boundary")
-
-
-@dataclasses.dataclass(frozen=True)
-class Scribble:
-    """One simulated scribble.
-
-    Attributes:
-        kind: "tumour" (on missed lesion) or "background" (on over-segmentation).
-        shape: one of `SCRIBBLE_SHAPES`.
-        points: `[n, 3]` voxel indices `[z, y, x]`, all inside the error it corrects.
-        error_voxels: size of the error component it was drawn on.
-    """
-
-    kind: str
-    shape: str
-    points: np.ndarray
-    error_voxels: int
+Points = list[tuple[int, int, int]]
+_NEIGHBOURS = tuple((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0))
 
 
-def largest_error(truth: np.ndarray, prediction: np.ndarray) -> tuple[str, np.ndarray] | None:
-    """("tumour" | "background", mask of the largest error component), None without error."""
-    truth, prediction = np.asarray(truth) != 0, np.asarray(prediction) != 0
-    best: tuple[int, str, np.ndarray] | None = None
-    for kind, error in (("tumour", truth & ~prediction), ("background", prediction & ~truth)):
-        if not error.any():
-            continue
-        labels, counts, _ = label_components(error)
+def largest_slice_component(error: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(z, uint8 `[x, y]` mask) of the largest 8-connected component of any axial slice of
+    `error` (`[z, y, x]`); None when `error` is empty."""
+    error = np.asarray(error) != 0
+    per_slice = error.reshape(error.shape[0], -1).sum(axis=1)
+    best: tuple[int, int, np.ndarray] | None = None
+    for z in np.flatnonzero(per_slice).tolist():
+        if best is not None and per_slice[z] <= best[0]:
+            continue  # no component of this slice can be larger
+        labels = cc3d.connected_components(np.ascontiguousarray(error[z]), connectivity=8)
+        counts = np.bincount(labels.ravel())
         label = int(np.argmax(counts[1:])) + 1
         if best is None or counts[label] > best[0]:
-            best = (int(counts[label]), kind, labels == label)
-    return None if best is None else (best[1], best[2])
+            best = (int(counts[label]), z, labels == label)
+    if best is None:
+        return None
+    return best[1], best[2].astype(np.uint8).T  # [x, y], Fortran-ordered like theirs
 
 
-def _centre_line(region: np.ndarray) -> np.ndarray:
-    """`[n, 2]` voxels of the principal-axis line through the centroid, inside `region`."""
-    points = np.argwhere(region).astype(float)
-    centre = points.mean(axis=0)
-    if len(points) < 2:
-        return np.argwhere(region)
-    _, _, vectors = np.linalg.svd(points - centre, full_matrices=False)
-    axis = vectors[0]
-    reach = np.abs((points - centre) @ axis).max() + 1.0
-    steps = np.arange(-reach, reach + 0.5, 0.5)
-    line = np.unique(np.rint(centre + steps[:, None] * axis).astype(int), axis=0)
-    inside = (line >= 0).all(axis=1) & (line < region.shape).all(axis=1)
-    line = line[inside]
-    line = line[region[line[:, 0], line[:, 1]]]
-    return line if len(line) else np.rint(centre[None]).astype(int)
+def _centerline(region: np.ndarray) -> np.ndarray:
+    """uint8 `[x, y]` centre line of `region` (see the module docstring)."""
+    import networkx as nx
+    from scipy.spatial.distance import cdist
+    from skimage.morphology import skeletonize
+
+    skeleton = skeletonize(region).astype(np.uint8)
+    labels = cc3d.connected_components(skeleton, connectivity=8)
+    counts = np.bincount(labels.ravel())
+    if len(counts) < 2:
+        return region.copy()
+    skeleton = (labels == int(np.argmax(counts[1:])) + 1).astype(np.uint8)
+    cells = np.argwhere(skeleton)
+    if len(cells) < 2:
+        return region.copy()
+    graph = nx.Graph()
+    for a, b in cells.tolist():  # nodes and edges in the organisers' insertion order
+        graph.add_node((a, b))
+        for da, db in _NEIGHBOURS:
+            na, nb = a + da, b + db
+            if 0 <= na < skeleton.shape[0] and 0 <= nb < skeleton.shape[1] and skeleton[na, nb]:
+                graph.add_edge((a, b), (na, nb))
+    far = np.unravel_index(int(cdist(cells, cells).argmax()), (len(cells), len(cells)))
+    path = np.array(nx.shortest_path(graph, tuple(cells[far[0]].tolist()),
+                                     tuple(cells[far[1]].tolist())))
+    if len(path) > 10:
+        n = len(path)
+        path = path[int(n * TRIM_FRACTION):int(n * (1 - TRIM_FRACTION))]
+    line = np.zeros_like(region)
+    line[path[:, 0], path[:, 1]] = region[path[:, 0], path[:, 1]]
+    return line
 
 
-def _random_walk(region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """`[n, 2]` voxels of a random 8-connected walk inside `region` (length ~3 sqrt(area))."""
+def _random_line(region: np.ndarray) -> np.ndarray:
+    """uint8 `[x, y]`: the voxels of `region` on the line between two random voxels."""
+    from skimage.draw import line as bresenham
+
+    rng = random.Random(SCRIBBLE_SEED)
     cells = np.argwhere(region)
-    position = cells[rng.integers(len(cells))]
-    length = max(1, int(3 * np.sqrt(len(cells))))
-    moves = np.array([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)])
-    visited = [tuple(position)]
-    for _ in range(length):
-        nxt = position + moves
-        ok = (nxt >= 0).all(axis=1) & (nxt < region.shape).all(axis=1)
-        nxt = nxt[ok]
-        nxt = nxt[region[nxt[:, 0], nxt[:, 1]]]
-        if len(nxt) == 0:
+    if len(cells) < 2:
+        return region.copy()
+    start = cells[rng.randint(0, len(cells) - 1)]
+    end = cells[rng.randint(0, len(cells) - 1)]
+    rows, cols = bresenham(int(start[0]), int(start[1]), int(end[0]), int(end[1]))
+    drawn = np.zeros_like(region)
+    drawn[rows, cols] = region[rows, cols]
+    return drawn
+
+
+def _boundary_walk(region: np.ndarray) -> np.ndarray:
+    """uint8 `[x, y]`: a walk along `region`'s inner boundary from a random voxel."""
+    from skimage.segmentation import find_boundaries
+
+    rng = random.Random(SCRIBBLE_SEED)
+    boundary = find_boundaries(region, mode="inner")
+    cells = np.argwhere(boundary)
+    if len(cells) < 2:
+        return region.copy()
+    current = tuple(int(v) for v in cells[rng.randint(0, len(cells) - 1)])
+    walk = np.zeros_like(region)
+    walk[current] = 1
+    visited = {current}
+    for _ in range(max(2, int(BOUNDARY_FRACTION * len(cells)))):
+        step = next(((current[0] + da, current[1] + db) for da, db in _NEIGHBOURS
+                     if 0 <= current[0] + da < boundary.shape[0]
+                     and 0 <= current[1] + db < boundary.shape[1]
+                     and boundary[current[0] + da, current[1] + db]
+                     and (current[0] + da, current[1] + db) not in visited), None)
+        if step is None:
             break
-        position = nxt[rng.integers(len(nxt))]
-        visited.append(tuple(position))
-    return np.unique(np.asarray(visited), axis=0)
+        current = step
+        walk[current] = 1
+        visited.add(current)
+    return walk
 
 
-def _boundary(region: np.ndarray) -> np.ndarray:
-    """`[n, 2]` voxels of `region` with a 4-neighbour outside it (the image edge counts)."""
-    inner = ndimage.binary_erosion(region, structure=ndimage.generate_binary_structure(2, 1),
-                                   border_value=0)
-    return np.argwhere(region & ~inner)
+_DRAW = {"centerline": _centerline, "random": _random_line, "boundary": _boundary_walk}
 
 
-def draw_scribble(error: np.ndarray, kind: str, shape: str,
-                  rng: np.random.Generator) -> Scribble:
-    """A scribble of `shape` on the axial slice holding most of the `error` mask `[z, y, x]`."""
-    if shape not in SCRIBBLE_SHAPES:
+def simulate_scribble(error: np.ndarray, shape: str) -> Points | None:
+    """The organisers' scribble on `error` (`[z, y, x]`): (x, y, z) points in their order;
+    None when `error` is empty (their function then returns a tuple too short to unpack)."""
+    if shape not in _DRAW:
         raise ValueError(f"scribble shape {shape!r}: use one of {SCRIBBLE_SHAPES}")
-    z = int(np.argmax(error.reshape(error.shape[0], -1).sum(axis=1)))
-    region = error[z]
-    if shape == "centre_line":
-        drawn = _centre_line(region)
-    elif shape == "random":
-        drawn = _random_walk(region, rng)
-    else:
-        drawn = _boundary(region)
-    points = np.column_stack([np.full(len(drawn), z), drawn]).astype(int)
-    return Scribble(kind=kind, shape=shape, points=points, error_voxels=int(error.sum()))
-
-
-def next_scribble(truth: np.ndarray, prediction: np.ndarray, rng: np.random.Generator,
-                  shape: str | None = None) -> Scribble | None:
-    """The corrective scribble for `prediction` against `truth` (both `[z, y, x]`): on the
-    largest error, in `shape` (None: drawn at random from `SCRIBBLE_SHAPES` with `rng`);
-    None when the prediction has no error."""
-    found = largest_error(truth, prediction)
+    found = largest_slice_component(error)
     if found is None:
         return None
-    if shape is None:
-        shape = SCRIBBLE_SHAPES[int(rng.integers(len(SCRIBBLE_SHAPES)))]
-    kind, error = found
-    return draw_scribble(error, kind, shape, rng)
+    z, region = found
+    drawn = _DRAW[shape](region)
+    return [(int(x), int(y), z) for x, y in np.argwhere(drawn)]
+
+
+def organisers_scribble(truth: np.ndarray, prediction: np.ndarray, shape: str,
+                        empty_error_fails: bool = True) -> tuple[str, Points] | None:
+    """("tumour" | "background", points) of the next correction of `prediction` (`[z, y, x]`).
+
+    Both errors get a scribble; the background one is given when it has more voxels than
+    the tumour one. None when the organisers' loop fails the iteration: the under- or the
+    over-segmentation is empty (`empty_error_fails`, their quirk). Without the quirk an empty
+    error leaves the scribble to the other, and None means no error at all.
+    """
+    truth, prediction = np.asarray(truth) != 0, np.asarray(prediction) != 0
+    background = simulate_scribble(prediction & ~truth, shape)
+    tumour = simulate_scribble(truth & ~prediction, shape)
+    if background is None or tumour is None:
+        if empty_error_fails or (background is None and tumour is None):
+            return None
+        return ("tumour", tumour) if background is None else ("background", background)  # type: ignore[return-value]
+    return ("tumour", tumour) if len(background) <= len(tumour) else ("background", background)
