@@ -14,8 +14,7 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 
-from petseg.interactive.clicks import Clicks
-from petseg.interactive.evaluation import (
+from petseg.evaluation.interactive import (
     EvaluationCase,
     RuleOnAutomatic,
     autopet_iv_steps,
@@ -25,6 +24,7 @@ from petseg.interactive.evaluation import (
     markdown_table,
     summarise,
 )
+from petseg.interactive.clicks import Clicks
 from petseg.io.geometry import LAS_DIRECTION
 
 SHAPE_ZYX = (30, 36, 40)

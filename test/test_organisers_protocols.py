@@ -13,14 +13,14 @@ import pytest
 import SimpleITK as sitk
 from organisers_cases import CASES, SPACING_XYZ, digest, pet_of, segment, truth_of
 
-from petseg.interactive.clicks import Clicks
-from petseg.interactive.evaluation import (
+from petseg.evaluation.interactive import (
     EvaluationCase,
     autopet_iv_steps,
     autopet_v_steps,
     curve_area,
     summarise,
 )
+from petseg.interactive.clicks import Clicks
 from petseg.interactive.scribbles import SCRIBBLE_SHAPES
 from petseg.interactive.simulate import autopet_iv_clicks, zyx_to_xyz
 

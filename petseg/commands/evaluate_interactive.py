@@ -1,5 +1,5 @@
 """`petseg evaluate-interactive`: the organisers' autoPET IV click and autoPET V scribble
-protocols on cases with truth (logic in `petseg.interactive.evaluation`)."""
+protocols on cases with truth (logic in `petseg.evaluation.interactive`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the command's options."""
-    from petseg.interactive.evaluation import EVALUATION_SEED, PROTOCOLS
+    from petseg.evaluation.interactive import EVALUATION_SEED, PROTOCOLS
     from petseg.interactive.scribbles import SCRIBBLE_SHAPES
 
     parser.add_argument("--data", type=Path, required=True, metavar="DIR",
@@ -56,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
     """Load the ensemble, run the protocols, print the Markdown table."""
     from petseg.checkpoint import find_weights_dir
     from petseg.commands.predict import DEFAULT_CONFIG, REPOSITORY
-    from petseg.inference.predictor import Predictor
-    from petseg.interactive.evaluation import (
+    from petseg.evaluation.interactive import (
         DEFAULT_PROTOCOLS,
         RuleOnAutomatic,
         evaluate_interactive,
         markdown_table,
     )
+    from petseg.inference.predictor import Predictor
     from petseg.interactive.session import SessionSegmenter
     from petseg.training.calibration import inference_config
 

@@ -346,7 +346,7 @@ def evaluate_interactive(folder: str | Path, segment: Segmenter, out: str | Path
         shape: the scribble shape of every case; None: centerline, random, boundary in turn.
         centre_offset, edge_offset: the optional autoPET IV click offsets (voxels).
     """
-    from petseg.interactive.curves import curves_png
+    from petseg.evaluation.curves import curves_png
     from petseg.io.images import atomic_path
 
     out = Path(out)

@@ -68,9 +68,9 @@ def _chart(draw: ImageDraw.ImageDraw, origin: tuple[int, int], series: Mapping[s
 
 def curves_png(series: Mapping[str, Summary], path: str | Path, protocols: Sequence[str],
                metrics: Mapping[str, Sequence[str]]) -> Path:
-    """Write the curves of `series` (name -> `petseg.interactive.evaluation.summarise` rows)
+    """Write the curves of `series` (name -> `petseg.evaluation.interactive.summarise` rows)
     as a PNG: a column per protocol, a row per metric of that protocol (`metrics`: protocol
-    -> metric names, e.g. `petseg.interactive.evaluation.PROTOCOL_METRICS`), a legend line
+    -> metric names, e.g. `petseg.evaluation.interactive.PROTOCOL_METRICS`), a legend line
     at the bottom."""
     font = ImageFont.load_default()
     left, top, right, bottom = MARGIN_PX
