@@ -20,7 +20,6 @@ from petseg.interactive.evaluation import (
     autopet_v_steps,
     curve_area,
     evaluate_interactive,
-    markdown_table,
     summarise,
 )
 from petseg.io.geometry import LAS_DIRECTION
@@ -135,15 +134,45 @@ def test_summary_table_csv_and_png(tmp_path: Path) -> None:
     summary = evaluate_interactive(cases, ClickHonouring(truth), tmp_path / "out")
     rows = {(r["protocol"], r["step"]): r for r in summary}
     assert rows[("autopet_iv", 0)]["cases"] == 2 and rows[("autopet_iv", 0)]["dsc"] == 0.0
-    assert rows[("autopet_iv", "auc")]["dsc"] == pytest.approx(
-        curve_area([s.dsc for s in autopet_iv_steps(make_case(), ClickHonouring(truth))]))
-    assert rows[("autopet_v", "auc")]["fpv_ml"] >= 0.0
+    # the curves by hand (both cases alike): lesion balls of 123, 33 and 33 voxels, the hot
+    # organ 123 voxels; the seeded IV clicks find a small lesion, then the large one, and
+    # remove the organ at step 1; the V scribbles take the large lesion, the organ, then
+    # the small lesions one per step
+    big, small = 123, 33
+    assert [int(ball(c, r).sum()) for c, r in (HOT, *LESIONS)] == [big, big, small, small]
+    voxel_ml = np.prod(SPACING) / 1000.0
+    hot_ml, big_ml, small_ml = big * voxel_ml, big * voxel_ml, small * voxel_ml
+    truth_voxels = big + 2 * small
+    iv_dsc = [0.0, 2 * small / (small + truth_voxels),
+              2 * (big + small) / (big + small + truth_voxels)] + [1.0] * 8
+    v_dsc = [0.0, 2 * big / (2 * big + truth_voxels), 2 * big / (big + truth_voxels),
+             iv_dsc[2], 1.0, 1.0]
+    expected_auc = {  # trapezoid rule, unit spacing: half the ends plus the inner values
+        "autopet_iv": {"dsc": sum(iv_dsc[1:-1]) + 0.5,
+                       "fpv_ml": hot_ml / 2,
+                       "fnv_ml": (big_ml + 2 * small_ml) / 2 + (big_ml + small_ml) + small_ml},
+        "autopet_v": {"dsc": sum(v_dsc[1:-1]) + 0.5,
+                      "fpv_ml": hot_ml / 2 + hot_ml,
+                      "fnv_ml": (big_ml + 2 * small_ml) / 2 + 2 * small_ml + 2 * small_ml
+                      + small_ml}}
+    for protocol, metrics in expected_auc.items():
+        for metric, value in metrics.items():
+            assert rows[(protocol, "auc")][metric] == pytest.approx(value, rel=1e-9), (
+                protocol, metric)
+    assert [rows[("autopet_iv", k)]["dsc"] for k in range(11)] == pytest.approx(iv_dsc)
+    assert [rows[("autopet_v", k)]["dsc"] for k in range(1, 7)] == pytest.approx(v_dsc)
     with open(tmp_path / "out" / "steps.csv") as handle:
         rows_csv = list(csv.DictReader(handle))
     assert len(rows_csv) == 2 * (11 + 6) and rows_csv[0]["true_lesions"] == "3"
-    table = (tmp_path / "out" / "summary.md").read_text()
-    assert table == markdown_table(summary)
-    assert "| autopet_iv | area under curve | 2 |" in table
+    table = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert len(table) == 2 + 12 + 7
+    assert table[:3] == ["| protocol | step | cases | DSC | FPV ml | FNV ml |",
+                         "|---|---|---:|---:|---:|---:|",
+                         "| autopet_iv | 0 | 2 | 0.000 | 1.53 | 2.35 |"]
+    assert table[13] == "| autopet_iv | area under curve | 2 | 8.702 | 0.77 | 3.53 |"
+    assert table[14] == "| autopet_v | 1 | 2 | 0.000 | 1.53 | 2.35 |"
+    assert table[16] == "| autopet_v | 3 | 2 | 0.788 | 0.00 | 0.82 |"
+    assert table[20] == "| autopet_v | area under curve | 2 | 3.758 | 2.30 | 3.23 |"
     with Image.open(tmp_path / "out" / "curves.png") as picture:
         assert picture.size[0] > 600 and picture.size[1] > 600
         pixels = np.asarray(picture.convert("RGB"))
@@ -196,14 +225,26 @@ def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> No
     assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "out"),
                  "--weights", str(weights), "--device", "cpu", "--config",
                  str(tmp_path / "inference.json"), "--protocol", "autopet_v"]) == 0
-    assert "| autopet_v | area under curve | 1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     predictor = Predictor.from_weights_dir(weights, config, device="cpu")
-    direct = evaluate_interactive(
+    evaluate_interactive(
         cases, lambda pet, ct, clicks: predictor.predict(pet, ct, clicks=clicks).mask,
         tmp_path / "direct", protocols=("autopet_v",))
-    assert (tmp_path / "out" / "steps.csv").read_text() == \
-        (tmp_path / "direct" / "steps.csv").read_text()
-    assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+    steps_csv = (tmp_path / "out" / "steps.csv").read_text()
+    assert steps_csv == (tmp_path / "direct" / "steps.csv").read_text()
+    # the table, read back, against the steps by hand (one case: the step rows are its
+    # values, the last row the trapezoid area over the six steps)
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert printed == table
+    steps = list(csv.DictReader(steps_csv.splitlines()))
+    curves = np.array([[float(r[m]) for m in ("dsc", "fpv_ml", "fnv_ml")] for r in steps])
+    expected = [*curves, (curves[1:] + curves[:-1]).sum(axis=0) / 2]
+    lines = table.splitlines()[2:]
+    assert [line.split(" | ")[:3] for line in lines] == [
+        ["| autopet_v", str(step), "1"] for step in (*range(1, 7), "area under curve")]
+    shown = np.array([[float(v) for v in line.strip(" |").split(" | ")[3:]] for line in lines])
+    rounding = np.array([0.0005, 0.005, 0.005]) + 1e-9  # DSC to 3 digits, ml to 2
+    assert (np.abs(shown - np.array(expected)) <= rounding).all(), (shown, expected)
 
 
 def test_cases_without_truth_are_refused(tmp_path: Path) -> None:
