@@ -5,10 +5,21 @@
 # PETSEG_REQUIRE_LINT=1 (.ci/run sets it); else it is skipped with a SKIPPED line, and the
 # last line names every linter skipped.
 #
-# Usage: scripts/lint.sh      (exit 1 on a finding or a required linter missing)
+# Usage: scripts/lint.sh [-h | --help]   (exit 1 on a finding or a required linter missing)
 # PETSEG_PYTHON: the Python with ruff (default <repo>/.venv/bin/python).
 set -euo pipefail
 root="$(cd "${BASH_SOURCE[0]%/*}/.." && pwd)"
+case "${1:-}" in
+  -h | --help)
+    while IFS= read -r line; do
+      [[ "$line" == "set -euo pipefail" ]] && break
+      line="${line#\#}"
+      [[ "$line" == "!"* ]] || echo "${line# }"
+    done <"${BASH_SOURCE[0]}"
+    exit 0 ;;
+  "") ;;
+  *) echo "lint.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
+esac
 cd "$root"
 
 skipped=()

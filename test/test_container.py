@@ -233,7 +233,7 @@ def test_every_copied_path_exists_and_enters_the_build_context() -> None:
 
 @pytest.mark.parametrize("script", ["build.sh", "export.sh", "test.sh",
                                     "scripts/docker_setup.sh", "scripts/container_test.sh",
-                                    "scripts/make_test_fixture.sh"])
+                                    "scripts/make_test_fixture.sh", "scripts/lint.sh"])
 def test_scripts_are_strict_and_answer_help(script, tmp_path) -> None:
     path = ROOT / script
     text = path.read_text()
