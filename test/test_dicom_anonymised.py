@@ -153,28 +153,43 @@ def test_dciodvfy_finds_no_error_in_the_seg(tmp_path, images, removed) -> None:
     assert dciodvfy_errors(tmp_path / "broken.dcm") != []
 
 
-@pytest.mark.skipif(DCIODVFY is None and os.environ.get("PETSEG_REQUIRE_DCIODVFY") != "1",
-                    reason="dciodvfy not installed (Debian package dicom3tools; "
-                           "scripts/system_setup.sh installs it)")
-def test_predict_on_an_anonymised_study_writes_mask_and_valid_seg(tmp_path, images) -> None:
+@pytest.fixture(scope="module")
+def anonymised_prediction(tmp_path_factory, images) -> tuple[Path, Path]:
+    """`petseg predict` on a study without the anonymised attributes: (mask, SEG) paths."""
     from random_weights import make_random_weights
 
     from petseg.cli import main
     from petseg.config import InferenceConfig, save_json
     from petseg.io.dicom_study import study_name
 
-    assert DCIODVFY is not None, "PETSEG_REQUIRE_DCIODVFY=1 but dciodvfy is not on PATH"
+    root = tmp_path_factory.mktemp("anonymised")
     pet, ct, _ = images
-    written = write_dicom_study(tmp_path / "dicom", pet, ct, StudyTags(removed=ANONYMISED), seed=3)
+    written = write_dicom_study(root / "dicom", pet, ct, StudyTags(removed=ANONYMISED), seed=3)
     save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25, threshold=0.5),
-              tmp_path / "inference.json")
-    assert main(["predict", "--input", str(tmp_path / "dicom"), "--output", str(tmp_path / "out"),
-                 "--weights", str(make_random_weights(tmp_path / "weights", folds=1)),
-                 "--config", str(tmp_path / "inference.json"), "--device", "cpu"]) == 0
+              root / "inference.json")
+    assert main(["predict", "--input", str(root / "dicom"), "--output", str(root / "out"),
+                 "--weights", str(make_random_weights(root / "weights", folds=1)),
+                 "--config", str(root / "inference.json"), "--device", "cpu"]) == 0
     name = study_name(written.study_uid)
-    mask = sitk.ReadImage(str(tmp_path / "out/images/automated-petct-lesion-segmentation"
-                              / f"{name}.mha"))
-    assert mask.GetSize() == pet.GetSize()
-    seg = tmp_path / "out" / "dicom-seg" / f"{name}.dcm"
-    assert dciodvfy_errors(seg) == []
-    assert pydicom.dcmread(seg).PatientBirthDate in ("", None)
+    return (root / "out/images/automated-petct-lesion-segmentation" / f"{name}.mha",
+            root / "out" / "dicom-seg" / f"{name}.dcm")
+
+
+def test_predict_on_an_anonymised_study_writes_mask_and_seg(images,
+                                                             anonymised_prediction) -> None:
+    mask_path, seg_path = anonymised_prediction
+    mask = sitk.ReadImage(str(mask_path))
+    assert mask.GetSize() == images[0].GetSize()
+    seg = pydicom.dcmread(seg_path)
+    assert seg.Modality == "SEG"
+    assert seg.PatientBirthDate in ("", None)
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    assert frames.sum() == sitk.GetArrayViewFromImage(mask).sum()
+
+
+@pytest.mark.skipif(DCIODVFY is None and os.environ.get("PETSEG_REQUIRE_DCIODVFY") != "1",
+                    reason="dciodvfy not installed (Debian package dicom3tools; "
+                           "scripts/system_setup.sh installs it)")
+def test_dciodvfy_finds_no_error_in_the_predicted_seg(anonymised_prediction) -> None:
+    assert DCIODVFY is not None, "PETSEG_REQUIRE_DCIODVFY=1 but dciodvfy is not on PATH"
+    assert dciodvfy_errors(anonymised_prediction[1]) == []

@@ -144,15 +144,34 @@ def test_summary_table_csv_and_png(tmp_path: Path) -> None:
     summary = evaluate_interactive(cases, ClickHonouring(truth), tmp_path / "out")
     rows = {(r["protocol"], r["step"]): r for r in summary}
     assert rows[("autopet_iv", 0)]["cases"] == 2 and rows[("autopet_iv", 0)]["dsc"] == 0.0
-    assert rows[("autopet_iv", "auc")]["dsc"] == pytest.approx(
-        curve_area([s.dsc for s in autopet_iv_steps(make_case(), ClickHonouring(truth))]))
+    # autoPET IV's curves by hand (both cases alike): lesion balls of 123, 33 and 33 voxels,
+    # the hot organ 123 voxels; the organisers' seeded clicks find the large lesion and
+    # remove the organ at step 1, then a small lesion, then the other
+    big, small = 123, 33
+    assert [int(ball(c, r).sum()) for c, r in (HOT, *LESIONS)] == [big, big, small, small]
+    voxel_ml = np.prod(SPACING) / 1000.0
+    truth_voxels = big + 2 * small
+    dsc = [0.0, 2 * big / (big + truth_voxels),
+           2 * (big + small) / (big + small + truth_voxels)] + [1.0] * 8
+    fpv = [big * voxel_ml] + [0.0] * 10
+    fnv = [truth_voxels * voxel_ml, 2 * small * voxel_ml, small * voxel_ml] + [0.0] * 8
+    for metric, curve in (("dsc", dsc), ("fpv_ml", fpv), ("fnv_ml", fnv)):
+        # volumes to 1e-6: the organisers take the voxel size as float32, as NIfTI stores it
+        assert [rows[("autopet_iv", k)][metric] for k in range(11)] == pytest.approx(
+            curve, rel=1e-6)
+        # trapezoid rule, unit spacing: half the ends plus the inner values
+        area = (curve[0] + curve[-1]) / 2 + sum(curve[1:-1])
+        assert rows[("autopet_iv", "auc")][metric] == pytest.approx(area, rel=1e-6), metric
+    assert rows[("autopet_iv", "auc")]["fpv_ml"] > 0 and rows[("autopet_iv", "auc")]["fnv_ml"] > 0
     assert 0.0 <= rows[("autopet_v", "auc")]["dmm"] <= 5.0
     with open(tmp_path / "out" / "steps.csv") as handle:
         rows_csv = list(csv.DictReader(handle))
     assert len(rows_csv) == 2 * (11 + 6) and rows_csv[0]["true_lesions"] == "3"
-    table = (tmp_path / "out" / "summary.md").read_text()
-    assert table == markdown_table(summary)
-    assert "| autopet_iv | area under curve | 2 |" in table
+    table = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert f"| autopet_iv | 1 | 2 | {dsc[1]:.3f} | 0.00 | {fnv[1]:.2f} |" in table
+    area_row = [line for line in table if line.startswith("| autopet_iv | area under curve |")]
+    assert area_row == [f"| autopet_iv | area under curve | 2 | {sum(dsc[1:-1]) + 0.5:.3f} | "
+                        f"{fpv[0] / 2:.2f} | {fnv[0] / 2 + fnv[1] + fnv[2]:.2f} |"]
     with Image.open(tmp_path / "out" / "curves.png") as picture:
         assert picture.size[0] > 600 and picture.size[1] > 600
         pixels = np.asarray(picture.convert("RGB"))
@@ -222,9 +241,22 @@ def test_command_matches_the_predictor_with_clicks(tmp_path: Path, capsys) -> No
     direct = evaluate_interactive(
         cases, lambda pet, ct, clicks: InteractiveSession(predictor).predict(pet, ct, clicks).mask,
         tmp_path / "direct", protocols=("autopet_v",))
-    assert (tmp_path / "out" / "steps.csv").read_text() == \
-        (tmp_path / "direct" / "steps.csv").read_text()
-    assert (tmp_path / "out" / "summary.md").read_text() == markdown_table(direct)
+    steps_csv = (tmp_path / "out" / "steps.csv").read_text()
+    assert steps_csv == (tmp_path / "direct" / "steps.csv").read_text()
+    assert direct  # the summary the direct run returned
+    # the table, read back, against the steps by hand (one case: the iteration rows are its
+    # values, the last row the trapezoid area over the six iterations)
+    steps = list(csv.DictReader(steps_csv.splitlines()))
+    curves = np.array([[float(r[m]) for m in ("dsc", "dmm")] for r in steps])
+    expected = [*curves, (curves[1:] + curves[:-1]).sum(axis=0) / 2]
+    lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert lines[0] == ("| protocol | iteration | cases | Dice | DMM (lesion F1) | failed "
+                        "iterations |")
+    body = lines[2:]
+    assert [line.split(" | ")[:3] for line in body] == [
+        ["| autopet_v", str(step), "1"] for step in (*range(6), "area under curve")]
+    shown = np.array([[float(v) for v in line.strip(" |").split(" | ")[3:5]] for line in body])
+    assert (np.abs(shown - np.array(expected)) <= 0.0005 + 1e-9).all(), (shown, expected)
 
 
 def test_rule_only_runs_a_click_aware_network_once_per_case(tmp_path: Path, monkeypatch,
@@ -238,14 +270,14 @@ def test_rule_only_runs_a_click_aware_network_once_per_case(tmp_path: Path, monk
     weights = make_random_weights(tmp_path / "weights", folds=1, clicks=True)
     cases = write_cases(tmp_path / "cases", names=("a",))
     (tmp_path / "inference.json").write_text('{"roi_size": [48, 48, 48], "mode": "fast"}')
-    calls: list[bool] = []
-    original = Predictor.predict
+    calls: list[bool] = []  # per network pass: did its input hold a click?
+    original, probability = Predictor.predict, Predictor.probability
 
-    def counted(self, pet, ct, clicks=None):
-        calls.append(bool(clicks))
-        return original(self, pet, ct, clicks=clicks)
+    def counted(self, image, **options):
+        calls.append(bool(np.asarray(image)[2:].any()))
+        return probability(self, image, **options)
 
-    monkeypatch.setattr(Predictor, "predict", counted)
+    monkeypatch.setattr(Predictor, "probability", counted)
     assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "out"),
                  "--weights", str(weights), "--device", "cpu", "--config",
                  str(tmp_path / "inference.json"), "--protocol", "autopet_iv",
@@ -261,7 +293,9 @@ def test_rule_only_runs_a_click_aware_network_once_per_case(tmp_path: Path, monk
     assert main(["evaluate-interactive", "--data", str(cases), "--out", str(tmp_path / "all"),
                  "--weights", str(weights), "--device", "cpu", "--config",
                  str(tmp_path / "inference.json"), "--protocol", "autopet_iv"]) == 0
-    assert calls == [False] + [True] * 10  # click-aware: the network at every step
+    # click-aware: one session, the network on the whole case once, then around the clicks
+    # at every later step
+    assert calls[0] is False and len(calls) >= 11 and all(calls[1:])
     capsys.readouterr()
 
 

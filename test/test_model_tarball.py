@@ -39,6 +39,36 @@ def test_the_tarball_unpacks_into_a_weights_folder(tmp_path, weights) -> None:
     assert pack_model_tarball(weights, tmp_path / "again.tar.gz") == digest
 
 
+def test_the_tarball_bytes_depend_on_no_clock_file_time_or_mode(tmp_path, weights,
+                                                                monkeypatch) -> None:
+    """Packed at two different (fake) times from files of different mtimes and modes: the
+    same bytes; the gzip header's MTIME is 0, no file name; every member root's, 0644,
+    mtime 0."""
+    import os
+    import shutil
+    import time
+
+    copy = tmp_path / "weights"
+    shutil.copytree(weights, copy)
+    digests = []
+    for clock, mode in ((1_000_000_000.0, 0o600), (1_700_000_000.5, 0o755)):
+        for path in copy.iterdir():
+            path.chmod(mode)
+            os.utime(path, (clock, clock))
+        monkeypatch.setattr(time, "time", lambda clock=clock: clock)  # what gzip stamps
+        digests.append(pack_model_tarball(copy, tmp_path / f"{int(clock)}.tar.gz"))
+    monkeypatch.undo()
+    assert digests[0] == digests[1]
+    raw = (tmp_path / "1000000000.tar.gz").read_bytes()
+    # RFC 1952: ID1 ID2, CM 8 (deflate), FLG 0 (no FNAME), MTIME 0 (4 bytes little-endian)
+    assert raw[:8] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00"
+    with tarfile.open(tmp_path / "1000000000.tar.gz") as tar:
+        members = [(m.name, m.type, m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode,
+                    m.pax_headers) for m in tar.getmembers()]
+    assert members == [(name, tarfile.REGTYPE, 0, 0, 0, "root", "root", 0o644, {})
+                       for name in ("manifest.json", "fold_0.safetensors", "fold_1.safetensors")]
+
+
 def test_a_corrupt_fold_is_never_packed(tmp_path, weights, capsys) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()

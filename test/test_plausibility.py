@@ -44,12 +44,15 @@ WHOLE_BODY = (815.0, 815.0, 978.0)  # autoPET's 400 x 400 x 326 PET
 @pytest.mark.parametrize(("inside", "inside_outcome", "outside", "outside_outcome"), [
     # an axis too thin: refused below 16 mm (16 mm itself is still a small image: warned)
     ((16.0, 815.0, 978.0), "warned", (15.9, 815.0, 978.0), "refused"),
+    ((815.0, 16.0, 978.0), "warned", (815.0, 15.9, 978.0), "refused"),
     ((815.0, 815.0, 16.0), "warned", (815.0, 815.0, 15.9), "refused"),
     # longer or wider than any body: refused above 2500 / 1200 mm
     ((815.0, 815.0, 2500.0), "ok", (815.0, 815.0, 2500.1), "refused"),
     ((1200.0, 815.0, 978.0), "ok", (1200.1, 815.0, 978.0), "refused"),
+    ((815.0, 1200.0, 978.0), "ok", (815.0, 1200.1, 978.0), "refused"),
     # shorter than a bed position, narrower than a field of view: warned
     ((815.0, 815.0, 150.0), "ok", (815.0, 815.0, 149.9), "warned"),
+    ((250.0, 815.0, 978.0), "ok", (249.9, 815.0, 978.0), "warned"),
     ((815.0, 250.0, 978.0), "ok", (815.0, 249.9, 978.0), "warned"),
 ])
 def test_extent_rules_just_inside_and_just_outside(caplog, inside, inside_outcome, outside,

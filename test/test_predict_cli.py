@@ -84,6 +84,38 @@ def test_probability_option_and_mean_ensemble(tmp_path, weights, config, case) -
     assert len(list((out / MASKS).iterdir())) == 1
 
 
+def test_ensemble_option_picks_the_mean_or_the_dsc_weighted_mean(tmp_path, config,
+                                                                  case) -> None:
+    """Two folds of validation DSC 0.2 and 0.8, each alone, then together: --ensemble mean
+    gives the plain mean of the folds' probabilities, --ensemble weighted 0.2 p0 + 0.8 p1,
+    whatever ensemble the settings file names."""
+    import shutil
+
+    weights = tmp_path / "weights"
+    tiny_ensemble(weights, folds=2, dscs=(0.2, 0.8))
+    inp = _challenge_input(tmp_path / "input", *case)
+
+    def probability(weights_dir: Path, settings: Path, name: str, *extra: str) -> np.ndarray:
+        out = tmp_path / name
+        assert _predict(inp, out, weights_dir, settings, "--save-probability",
+                        "--allow-missing-folds", *extra) == 0  # 2 of 5 folds, or 1
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(out / "probabilities/1b7c5f4e-pet.mha")))
+
+    folds = []
+    for fold, other in ((0, 1), (1, 0)):
+        shutil.copytree(weights, tmp_path / f"fold_{fold}_alone")
+        (tmp_path / f"fold_{fold}_alone/fold_{other}.safetensors").unlink()
+        folds.append(probability(tmp_path / f"fold_{fold}_alone", config,
+                                 f"fold_{fold}").astype(np.float64))
+    mean, weighted = (folds[0] + folds[1]) / 2, 0.2 * folds[0] + 0.8 * folds[1]
+    assert np.abs(weighted - mean).max() > 0.01  # the two averages differ on this case
+    for ensemble, expected, other in (("mean", mean, "weighted"), ("weighted", weighted, "mean")):
+        settings = tmp_path / f"{other}.json"  # the option wins over the settings file
+        settings.write_text(json.dumps({**json.loads(config.read_text()), "ensemble": other}))
+        got = probability(weights, settings, ensemble, "--ensemble", ensemble)
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=ensemble)
+
+
 def test_threshold_option_overrides_the_calibrated_one(tmp_path, config, case,
                                                         capsys) -> None:
     from petseg.checkpoint import write_thresholds

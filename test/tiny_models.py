@@ -19,15 +19,16 @@ DSCS = (0.61, 0.64, 0.58, 0.66, 0.60)
 
 
 def tiny_ensemble(folder: Path, config: ModelConfig = TINY, folds: int = 5,
-                  dtype: torch.dtype | None = None) -> list[Path]:
-    """Write `folds` randomly initialised checkpoints (seed = fold) and their manifest."""
+                  dtype: torch.dtype | None = None, dscs: tuple[float, ...] = DSCS) -> list[Path]:
+    """Write `folds` randomly initialised checkpoints (seed = fold) and their manifest; fold
+    i records validation DSC `dscs[i]`."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for fold in range(folds):
         torch.manual_seed(fold)
         net = build_network(config.network)
         files.append(save_checkpoint(folder / f"fold_{fold}.safetensors", net.state_dict(),
-                                     config, {DSC_KEY: DSCS[fold], "loss": 0.3},
+                                     config, {DSC_KEY: dscs[fold], "loss": 0.3},
                                      extra={"epoch": 10 + fold}, dtype=dtype))
     write_manifest(folder, files)
     return files

@@ -66,13 +66,18 @@ def _part_files(output_dir: Path) -> tuple[int, dict[int, Path]]:
     for path in sorted(output_dir.glob("results.part-*-of-*.json")):
         match = _PART_FILE.match(path.name)
         if match:
-            found.setdefault(int(match[2]), {})[int(match[1])] = path
+            part_id, num_parts = int(match[1]), int(match[2])
+            if not 0 <= part_id < num_parts:
+                raise PetsegError(f"{path}: no run writes part {part_id} of {num_parts} (K is 0 "
+                                  "to N-1); remove the file")
+            found.setdefault(num_parts, {})[part_id] = path
     if not found:
         raise PetsegError(f"{output_dir}: no results.part-K-of-N.json; run `petseg predict "
                           "--num-parts N --part-id K` with --output there first")
     if len(found) > 1:
-        raise PetsegError(f"{output_dir}: parts of {' and '.join(map(str, sorted(found)))} "
-                          "parts side by side; remove the files of the split not wanted")
+        splits = " and ".join(f"N = {n}" for n in sorted(found))
+        raise PetsegError(f"{output_dir}: results.part-K-of-N.json of different N side by side "
+                          f"({splits}); remove the files of the split not wanted")
     [(num_parts, parts)] = found.items()
     return num_parts, parts
 
@@ -86,12 +91,15 @@ def merge_parts(output_dir: str | Path, cases: CaseList | None = None) -> Merged
     seen: dict[str, Path] = {}
     for part_id, path in sorted(files.items()):
         entries = read_json(path, "", "rerun that part of `petseg predict`")
-        if not isinstance(entries, list):
+        if not isinstance(entries, list) or not all(
+                isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                for entry in entries):
             raise PetsegError(f"{path}: not a list of results; rerun that part")
         for entry in entries:
             if entry["name"] in seen:
-                raise PetsegError(f"{path} and {seen[entry['name']]}: both hold case "
-                                  f"{entry['name']!r}; remove the stale file and rerun its part")
+                raise PetsegError(f"{seen[entry['name']]} and {path}: both hold case "
+                                  f"{entry['name']!r}, so the case list changed between the "
+                                  "parts' runs; rerun every part on the same --input")
             seen[entry["name"]] = path
         parts[part_id] = entries
     missing_parts = [k for k in range(num_parts) if k not in parts]
