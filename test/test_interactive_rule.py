@@ -20,7 +20,7 @@ from petseg.config import (
 from petseg.inference.predictor import Predictor
 from petseg.interactive.clicks import Clicks
 from petseg.interactive.maps import CLICK_RADIUS_MM
-from petseg.interactive.rule import REGION_RADIUS_MM, TUMOUR_FRACTION, apply_click_rule
+from petseg.interactive.rule import BALL_RADIUS_MM, TUMOUR_FRACTION, apply_click_rule
 
 SPACING_XYZ = (2.0, 2.0, 3.0)
 
@@ -55,27 +55,29 @@ def test_tumour_click_outside_the_mask_adds_its_hot_region_only() -> None:
     assert not mask.any()  # the input is left alone
 
 
-def test_tumour_click_region_follows_the_fraction_of_the_local_maximum() -> None:
-    """A Gaussian lesion: the region is its 41 % isocontour of the peak, not a fixed SUV."""
+def test_tumour_click_region_follows_the_background_corrected_fraction() -> None:
+    """A Gaussian lesion on SUV 1: the region is B + 0.41 (SUVmax - B), B the background
+    (the shell 20-30 mm out holds SUV 1.00-1.01), not 41 % of the peak alone."""
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij"), -1)
     d2 = (((grid - np.array([15, 25, 30])) * np.array([3.0, 2.0, 2.0])) ** 2).sum(-1)
     suv = (1.0 + 9.0 * np.exp(-d2 / (2 * 6.0 ** 2))).astype(np.float32)
     out = apply_click_rule(np.zeros(SHAPE, np.uint8), suv, Clicks(tumour=((33, 24, 15),)),
-                           SPACING_XYZ)
-    expected = suv >= TUMOUR_FRACTION * suv.max()
-    np.testing.assert_array_equal(out.astype(bool), expected)
-    assert 50 < expected.sum() < 1000
+                           SPACING_XYZ).astype(bool)
+    inner = suv >= 1.01 + TUMOUR_FRACTION * (suv.max() - 1.01)
+    outer = suv >= 1.0 + TUMOUR_FRACTION * (suv.max() - 1.0)
+    assert (out >= inner).all() and (out <= outer).all()
+    assert 50 < inner.sum() <= out.sum() < (suv >= TUMOUR_FRACTION * suv.max()).sum()
 
 
-def test_tumour_region_stays_near_the_click() -> None:
-    """A hot slab through the whole volume (an organ): only the box around the click."""
+def test_tumour_click_on_an_organ_gives_the_small_ball_only() -> None:
+    """A hot slab through the whole volume (an organ): its region reaches the faces of the
+    60 mm box at every fraction, so the click adds only the 5 mm ball (the earlier rule
+    filled its 40 mm box)."""
     suv = np.ones(SHAPE, np.float32)
     suv[:, 20:30, :] = 20.0
     out = apply_click_rule(np.zeros(SHAPE, np.uint8), suv, Clicks(tumour=((5, 25, 15),)),
                            SPACING_XYZ)
-    reach_x = int(np.ceil(REGION_RADIUS_MM / SPACING_XYZ[0]))
-    assert out[15, 25, : 5 + reach_x + 1].all() and not out[15, 25, 5 + reach_x + 1 :].any()
-    assert out.sum() < suv[suv > 10].size
+    np.testing.assert_array_equal(out.astype(bool), ball(SHAPE, (15, 25, 5), BALL_RADIUS_MM))
 
 
 def test_tumour_click_inside_the_mask_or_on_cold_tissue() -> None:
@@ -83,10 +85,10 @@ def test_tumour_click_inside_the_mask_or_on_cold_tissue() -> None:
     inside = xyz(np.argwhere(HOT)[5])
     np.testing.assert_array_equal(apply_click_rule(mask, suv, Clicks(tumour=(inside,)),
                                                    SPACING_XYZ), mask)
-    cold = np.zeros(SHAPE, np.float32)
+    cold = np.zeros(SHAPE, np.float32)  # no contrast: the ball
     out = apply_click_rule(np.zeros(SHAPE, np.uint8), cold, Clicks(tumour=((3, 4, 5),)),
                            SPACING_XYZ)
-    assert out.sum() == 1 and out[5, 4, 3] == 1
+    np.testing.assert_array_equal(out.astype(bool), ball(SHAPE, (5, 4, 3), BALL_RADIUS_MM))
 
 
 def test_background_click_removes_its_component_only() -> None:
@@ -188,11 +190,13 @@ def test_predictor_applies_the_rule_for_automatic_weights() -> None:
     assert not out[lesions == 2].any()
     np.testing.assert_array_equal(out[lesions != 2], automatic[lesions != 2])
     assert corrected.mask.GetDirection() == pet.GetDirection()
-    # a network that finds nothing: a tumour click on a lesion centre adds its 41 % region
+    # a network that finds nothing: a tumour click on a lesion centre adds its region
     peak = np.unravel_index(np.argmax(np.where(lesions == 1, suv, 0)), suv.shape)
-    added = predictor(Constant(0.01)).predict(pet, ct, clicks=Clicks(tumour=(xyz(peak),)))
-    region = cc3d.connected_components(suv >= TUMOUR_FRACTION * suv[peak], connectivity=18)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(added.mask), region == region[peak])
+    clicks = Clicks(tumour=(xyz(peak),))
+    added = sitk.GetArrayFromImage(predictor(Constant(0.01)).predict(pet, ct, clicks=clicks).mask)
+    np.testing.assert_array_equal(added, apply_click_rule(np.zeros_like(added), suv, clicks,
+                                                          pet.GetSpacing()))
+    assert added[peak] == 1 and added.sum() == added[lesions == 1].sum() > 300  # the core
 
 
 def test_background_click_labels_a_box_around_a_small_component(monkeypatch) -> None:
