@@ -70,8 +70,9 @@ def test_bundled_weights_verify_and_describe_themselves() -> None:
 @pytest.mark.slow
 def test_bundled_ensemble_honours_the_autopet_iv_clicks_of_a_held_out_phantom() -> None:
     """10 + 10 clicks by the organisers' rule: no lesion missed, less false-positive volume
-    and a higher Dice than without clicks (measured: DSC 0.540 -> 0.600, FPV 72.4 -> 66.6
-    ml, all 4 lesions found both times)."""
+    and a higher Dice than without clicks (measured: DSC 0.540 -> 0.570, FPV 72.4 -> 66.6
+    ml, all 4 lesions found both times; the click rule's background-corrected threshold
+    cuts bright lesions a little tighter than 41 % of SUVmax did, which gave 0.600)."""
     from petseg.evaluation.metrics import case_metrics
     from petseg.interactive.clicks import Clicks
     from petseg.interactive.simulate import autopet_iv_clicks, zyx_to_xyz
@@ -88,7 +89,7 @@ def test_bundled_ensemble_honours_the_autopet_iv_clicks_of_a_held_out_phantom() 
         for given in (None, clicks))
     assert after.fnv_ml == 0.0 and after.detected == after.n_true_lesions
     assert after.fpv_ml <= before.fpv_ml - 2.0
-    assert after.dsc >= before.dsc + 0.03
+    assert after.dsc >= before.dsc + 0.02
 
 
 def test_bundled_weights_carry_the_threshold_inference_uses() -> None:
