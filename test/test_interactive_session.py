@@ -34,7 +34,7 @@ from petseg.interactive.session import InteractiveSession
 from petseg.io.geometry import Geometry
 from petseg.model import build_network
 from petseg.training.clicks import automatic_model
-from petseg.training.parts import initial_checkpoint
+from petseg.training.fold import initial_checkpoint
 
 CLICK_MODEL = ModelConfig(
     network=NetworkConfig(in_channels=4, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),

@@ -20,8 +20,8 @@ from petseg.training.augment import augment_sample, draw_params
 from petseg.training.cache import load_volume
 from petseg.training.clicks import TrainingClicks, add_click_inputs, automatic_model
 from petseg.training.config import AugmentationConfig, load_training_config
+from petseg.training.fold import initial_checkpoint
 from petseg.training.loader import EpochLoader
-from petseg.training.parts import initial_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

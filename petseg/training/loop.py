@@ -1,7 +1,7 @@
 """The training of one fold: GDFL, Adam + cosine annealing, validation, checkpoints.
 
-`train` checks the run folder (`petseg.training.run_folder`), builds the parts
-(`petseg.training.parts`), restores `last.pt` on `--resume`, and a `Trainer` runs the
+`train` checks the run folder (`petseg.training.run_folder`), builds the fold's training
+(`petseg.training.fold`), restores `last.pt` on `--resume`, and a `Trainer` runs the
 epochs: one epoch of guarded steps (`petseg.training.step.train_step`), validation every
 `validation.every` epochs (`petseg.training.validation`), then saving (best checkpoint,
 `last.pt` as a `petseg.checkpoint.TrainingState`, history.csv, TensorBoard).
@@ -40,8 +40,8 @@ from petseg.training.distributed import (
     mean_over_processes,
     shutdown,
 )
+from petseg.training.fold import FoldTraining, build_fold, initial_checkpoint
 from petseg.training.loader import EpochLoader
-from petseg.training.parts import TrainingParts, build_parts, initial_checkpoint
 from petseg.training.run_folder import RunFolder
 from petseg.training.step import StepResult, cosine_lr, set_lr, train_step
 from petseg.training.validation import collapse_warning, summarise_validation, validate
@@ -112,7 +112,7 @@ def train(config: TrainingConfig, cache: str | Path, splits_path: str | Path, fo
 def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, run_dir: Path,
            resume: bool, context: DistributedContext, progress: bool,
            init: Path | None) -> TrainResult:
-    """`train` in one process: check the run folder, build the parts, resume, run."""
+    """`train` in one process: check the run folder, build the fold's training, resume, run."""
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     folder = RunFolder(run_dir)
@@ -121,7 +121,7 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
     if context.is_main and not resume:
         folder.write_config(config)
     barrier(context)
-    trainer = Trainer(build_parts(config, cache, splits_path, fold, context, start), folder,
+    trainer = Trainer(build_fold(config, cache, splits_path, fold, context, start), folder,
                       progress)
     if resume:
         trainer.resume(load_training_state(folder.last, context.device))
@@ -131,18 +131,18 @@ def _train(config: TrainingConfig, cache: Path, splits_path: Path, fold: int, ru
 
 
 class Trainer:
-    """Runs the epochs of one fold over `TrainingParts`, writing to a `RunFolder`.
+    """Runs the epochs of one fold over `FoldTraining`, writing to a `RunFolder`.
 
     Attributes:
-        parts: what trains (network, optimiser, data, ...).
+        fold: what trains (network, optimiser, data, ...).
         folder: the run folder (only the main process writes to it).
         epoch: epochs done, the one `last.pt` keeps (0: none).
         best_epoch, best_score, best_metrics: the best validation so far (0, -inf, {}).
         history: this call's per-epoch rows (as in history.csv).
     """
 
-    def __init__(self, parts: TrainingParts, folder: RunFolder, progress: bool) -> None:
-        self.parts, self.folder, self.progress = parts, folder, progress
+    def __init__(self, fold: FoldTraining, folder: RunFolder, progress: bool) -> None:
+        self.fold, self.folder, self.progress = fold, folder, progress
         self.epoch, self.best_epoch, self.best_score = 0, 0, -math.inf
         self.best_metrics: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
@@ -151,7 +151,7 @@ class Trainer:
 
     def resume(self, state: TrainingState) -> None:
         """Continue from a saved `state` (weights, optimiser, scaler, best so far)."""
-        self.parts.restore(state)
+        self.fold.restore(state)
         self.epoch, self.best_epoch = state.epoch, state.best_epoch
         self.best_score, self.best_metrics = state.best_score, dict(state.best_metrics)
         log.info("resuming %s at epoch %d (best %.4f at epoch %d)", self.folder.path,
@@ -159,7 +159,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """The remaining epochs: train, validate when due, save; returns the summary."""
-        config, context = self.parts.config, self.parts.context
+        config, context = self.fold.config, self.fold.context
         epochs = config.optimizer.epochs
         if context.is_main:
             self.folder.open_tensorboard(self.epoch)
@@ -181,7 +181,7 @@ class Trainer:
     def train_epoch(self, epoch: int, started: float) -> dict[str, Any]:
         """Train epoch `epoch` (0-based, begun at `perf_counter` time `started`); returns its
         history row without validation. Too many non-finite steps stop the run."""
-        p, opt = self.parts, self.parts.config.optimizer
+        p, opt = self.fold, self.fold.config.optimizer
         context, done = p.context, epoch + 1
         p.model.train()
         lr = cosine_lr(opt, epoch)
@@ -241,7 +241,7 @@ class Trainer:
     def diagnose(self, epoch: int, step: int, image: torch.Tensor, result: StepResult) -> None:
         """Rerun the forward of skipped step `step` of epoch `epoch` and say what it showed
         (`petseg.training.diagnosis`); every process runs it, the main one reports."""
-        p = self.parts
+        p = self.fold
         found = diagnose_non_finite(p.network, image, p.amp_dtype, p.channels_last)
         self.diagnosed += 1
         if p.context.is_main:
@@ -256,7 +256,7 @@ class Trainer:
     def validate_epoch(self, row: dict[str, Any]) -> bool:
         """Validate after epoch `row["epoch"]`, adding the means to `row`; True when it is
         the best so far (then saved as best.safetensors)."""
-        p, done = self.parts, row["epoch"]
+        p, done = self.fold, row["epoch"]
         cases = gather_objects(validate(p.network, p.validation, p.config, p.context.device),
                                p.context)
         broken = [c["key"] for c in cases if not c.pop("probability_finite")]
@@ -284,7 +284,7 @@ class Trainer:
 
     def save(self, row: dict[str, Any]) -> None:
         """Keep epoch `row["epoch"]`: last.pt, history.csv, TensorBoard, the log line."""
-        p, epochs = self.parts, self.parts.config.optimizer.epochs
+        p, epochs = self.fold, self.fold.config.optimizer.epochs
         if p.context.is_main:
             save_training_state(self.folder.last, TrainingState(
                 epoch=row["epoch"], model=p.network.state_dict(),

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class TrainingParts:
-    """Everything one fold's training works with, as `build_parts` makes it.
+class FoldTraining:
+    """Everything one fold's training works with, as `build_fold` makes it.
 
     Attributes:
         config: the training configuration.
@@ -75,9 +75,9 @@ class TrainingParts:
         self.started_from = None if state.init is None else dict(state.init)
 
 
-def build_parts(config: TrainingConfig, cache: Path, splits_path: Path, fold: int,
-                context: DistributedContext, start: Checkpoint | None) -> TrainingParts:
-    """The parts of fold `fold`'s training, random weights seeded by (seed, fold) unless
+def build_fold(config: TrainingConfig, cache: Path, splits_path: Path, fold: int,
+                context: DistributedContext, start: Checkpoint | None) -> FoldTraining:
+    """Fold `fold`'s training (studies, network, loss, optimiser, scaler), random weights seeded by (seed, fold) unless
     `start` (`initial_checkpoint`) gives them."""
     folds, volumes, validation = _load_fold(config, cache, splits_path, fold, context)
     device = context.device
@@ -105,7 +105,7 @@ def build_parts(config: TrainingConfig, cache: Path, splits_path: Path, fold: in
     log.info("precision: %s (amp %r on %s), gradient clipping: %s",
              "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
              config.amp, device.type, opt.grad_clip_norm or "off")
-    return TrainingParts(config=config, fold=fold, folds=folds, context=context,
+    return FoldTraining(config=config, fold=fold, folds=folds, context=context,
                          volumes=volumes, validation=validation, network=unwrap(model),
                          model=model, loss_fn=build_loss(config.loss), optimizer=optimizer,
                          scaler=scaler, amp_dtype=amp_dtype, channels_last=channels_last,
