@@ -114,6 +114,11 @@ class Server:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def json_body(self, request: Request, what: str) -> dict[str, Any]:
+        """The request's body as one JSON object, the key checked first."""
+        self.authorise(request)
+        return json_object(await self.body(request, what), what)
+
     def lesions(self, lease: Lease, what: str, buffer: bool = True) -> LesionSession:
         if lease.lesions is None:
             raise RequestError(f"{what}: no image yet; call set_image first", 409)
@@ -209,17 +214,16 @@ def _routes(app: FastAPI, server: Server) -> None:
         return await run_in_threadpool(work)
 
     _buffer_routes(app, server, lease_of)
+    _answer_routes(app, server, lease_of)
     _interaction_routes(app, server, lease_of)
 
 
 def _buffer_routes(app: FastAPI, server: Server,
                    lease_of: Callable[[Request], contextlib.AbstractContextManager[Lease]]
                    ) -> None:
-    """Target buffer, autozoom, reset, undo, predict, and the clicks so far."""
+    """Target buffer, autozoom, reset."""
 
-    async def json_body(request: Request, what: str) -> dict[str, Any]:
-        server.authorise(request)
-        return json_object(await server.body(request, what), what)
+    json_body = server.json_body
 
     @app.post(P.PATH_SET_TARGET_BUFFER)
     async def set_target_buffer(request: Request) -> dict[str, Any]:
@@ -250,6 +254,14 @@ def _buffer_routes(app: FastAPI, server: Server,
             if lease.lesions is not None:
                 lease.lesions.reset()
         return {}
+
+
+
+def _answer_routes(app: FastAPI, server: Server,
+                   lease_of: Callable[[Request], contextlib.AbstractContextManager[Lease]]
+                   ) -> None:
+    """Undo, predict and the clicks so far."""
+    json_body = server.json_body
 
     @app.post(P.PATH_UNDO)
     async def undo(request: Request) -> Response:

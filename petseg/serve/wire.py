@@ -110,8 +110,7 @@ def coordinates(value: Any, shape: tuple[int, ...], what: str) -> tuple[int, int
 
 
 def box(value: Any, shape: tuple[int, ...], what: str) -> list[int]:
-    """The low corner of an `[[low, high]] * 3` box inside `shape` whose size is `shape`-checked
-    by the caller; None-checks left to the caller."""
+    """The low corner of an `[[low, high]] * 3` box (high exclusive) inside `shape`."""
     if (not isinstance(value, list) or len(value) != 3
             or not all(isinstance(p, list) and len(p) == 2
                        and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
