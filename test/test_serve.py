@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from fastapi.testclient import TestClient
 from inference_synthetic import make_case
 from nnInteractive.inference.remote import (
@@ -26,11 +27,19 @@ from nnInteractive.inference.remote import (
     nnInteractiveRemoteInferenceSession,
 )
 from nnInteractive.inference.remote.serialization import pack_array
-from random_weights import make_random_weights
 
+from petseg.checkpoint import DSC_KEY, save_checkpoint, write_manifest
 from petseg.cli import main
-from petseg.config import InferenceConfig, save_json
+from petseg.config import (
+    CLICK_CHANNELS,
+    InferenceConfig,
+    ModelConfig,
+    NetworkConfig,
+    PreprocessingConfig,
+    save_json,
+)
 from petseg.inference.predictor import Predictor
+from petseg.model import build_network
 from petseg.serve.app import ServeOptions, make_app
 from petseg.serve.studies import ORIENTATIONS, StudyIndex
 
@@ -40,16 +49,33 @@ PET_NAME = "7a1d-pet.mha"
 MASKS = Path("images/tumor-lesion-segmentation")
 
 
+CLICK_MODEL = ModelConfig(
+    network=NetworkConfig(in_channels=4, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
+    preprocessing=PreprocessingConfig(channel_order=("pet", "ct", *CLICK_CHANNELS)))
+"""A tiny click-aware network: a click reruns it around the click in the server."""
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    """One tiny fold: the server and predict run the same network."""
-    return make_random_weights(tmp_path_factory.mktemp("model") / "weights", folds=1)
+    """One tiny click-aware fold, weights scaled so that clicks change its output."""
+    folder = tmp_path_factory.mktemp("model") / "weights"
+    folder.mkdir()
+    torch.manual_seed(3)
+    network = build_network(CLICK_MODEL.network)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(3.0)
+    path = save_checkpoint(folder / "fold_0.safetensors", network.state_dict(), CLICK_MODEL,
+                           {DSC_KEY: 0.6})
+    write_manifest(folder, [path.name], n_folds=1)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
+    """Fast mode: one window over the small case, so an update equals a full rerun."""
     path = tmp_path_factory.mktemp("config") / "inference.json"
-    save_json(InferenceConfig(roi_size=(32, 32, 32), overlap=0.25), path)
+    save_json(InferenceConfig(roi_size=(32, 32, 32), mode="fast"), path)
     return path
 
 
@@ -203,7 +229,7 @@ def app(study, weights, config) -> Iterator[TestClient]:
     """The application in this process: two sessions at most, small uploads, a short idle
     timeout."""
     predictor = Predictor.from_weights_dir(weights, InferenceConfig(roi_size=(32, 32, 32),
-                                                                    overlap=0.25), device="cpu")
+                                                                    mode="fast"), device="cpu")
     options = ServeOptions(max_sessions=2, idle_timeout_s=600, max_upload_bytes=400_000)
     with TestClient(make_app(predictor, StudyIndex(study[0]), options)) as client:
         yield client
