@@ -27,6 +27,7 @@ from nnInteractive.inference.remote import (
     nnInteractiveRemoteInferenceSession,
 )
 from nnInteractive.inference.remote.serialization import pack_array
+from test_layout import import_graph
 
 from petseg.checkpoint import DSC_KEY, save_checkpoint, write_manifest
 from petseg.cli import main
@@ -361,3 +362,10 @@ def test_a_transposed_upload_finds_its_study_and_axes(study) -> None:
     assert found.name == "study-1" and found.orientation.axes == (2, 1, 0)
     assert found.orientation.flips == (False, False, False)
     assert found.orientation.pet_index((6, 21, 5), xyz.shape[1:]) == (6, 21, 5)
+
+
+def test_nothing_but_its_command_imports_the_server() -> None:
+    users = {name for name, targets in import_graph().items()
+             if not name.startswith("petseg.serve")
+             and any(t.startswith("petseg.serve") for t in targets)}
+    assert users == {"petseg.commands.serve"}
