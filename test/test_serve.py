@@ -369,3 +369,26 @@ def test_nothing_but_its_command_imports_the_server() -> None:
              if not name.startswith("petseg.serve")
              and any(t.startswith("petseg.serve") for t in targets)}
     assert users == {"petseg.commands.serve"}
+
+
+def test_undo_runs_no_network_and_gives_back_the_mask_before(app, study) -> None:
+    """Two clicks, then undo: the mask of the first click again, the network not run."""
+    _cases, pet, _ct = study
+    lease = claim(app)
+    assert upload(app, lease, sitk.GetArrayFromImage(pet)[None], [6.0, 4.0, 4.0]).status_code \
+        == 200
+    app.post("/set_target_buffer", json={"shape": [24, 30, 30], "dtype": "uint8"},
+             headers=lease)
+    lesions = app.app.state.server.leases.peek(lease["X-Lease-Token"]).lesions
+    masks = []
+    for coordinates, positive in (([5, 21, 6], True), ([12, 10, 20], True)):
+        app.post("/add_point_interaction", headers=lease, json={
+            "coordinates": coordinates, "include_interaction": positive})
+        assert lesions.session.updated_voxels > 0  # the network ran around the click
+        masks.append(lesions.viewer.copy())
+    assert not np.array_equal(*masks)
+    response = app.post("/undo", headers=lease)
+    assert json.loads(response.headers["X-Meta"])["ran_prediction"] is True
+    assert lesions.session.updated_voxels == 0
+    np.testing.assert_array_equal(lesions.viewer, masks[0])
+    app.post("/release", headers=lease)

@@ -14,7 +14,9 @@ mask, every lesion ("lesions", one segment):
   as the client zeroes its own), so the first interaction sends every lesion and each later
   one the box its change touched;
 - undo drops the last interaction's clicks, reset drops all; the mask follows from the
-  remaining clicks (the network's kept output: no full rerun).
+  remaining clicks: the network's output from before the last interaction is kept, so an
+  undo runs no network (a second undo in a row, or a reset, reruns it only around the
+  clicks that went).
 
 A scribble becomes tumour or background clicks at its voxels, one per `SCRIBBLE_STEP_MM`
 cell, so a stroke costs a few clicks, not thousands.
@@ -29,6 +31,7 @@ import threading
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from petseg.errors import PetsegError
 from petseg.inference.predictor import Predictor
@@ -43,6 +46,16 @@ SCRIBBLE_STEP_MM = 4.0
 
 Index = tuple[int, int, int]
 Box = list[list[int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """The interactive session's network state for `clicks` (taken before an interaction)."""
+
+    clicks: Clicks
+    probability: torch.Tensor
+    maps: np.ndarray  # the click map channels of the network input
+    network_mask: sitk.Image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +107,7 @@ class LesionSession:
         self.steps: list[Step] = []
         self.viewer: np.ndarray | None = None  # the viewer's buffer as the server sent it
         self.last_box: Box | None = None
+        self.kept: Kept | None = None
         self.compute = compute
         executor = concurrent.futures.ThreadPoolExecutor(1, "petseg-serve-start")
         self.started = executor.submit(self._start)
@@ -143,6 +157,22 @@ class LesionSession:
         if self.viewer is not None:
             self.viewer[...] = 0
 
+    def _keep_or_restore(self, clicks: Clicks) -> None:
+        """Before an update to `clicks`: the state kept for exactly these clicks comes back
+        (an undo: no network); otherwise the present state is kept for a later undo."""
+        session = self.session
+        assert session.image is not None and session.probability is not None
+        maps = len(session.image) - 2 if session.predictor.model_config.takes_clicks else None
+        kept = self.kept
+        if kept is not None and kept.clicks == clicks and maps is not None:
+            session.probability = kept.probability.clone()
+            session.image[maps:] = kept.maps
+            session.network_mask = kept.network_mask
+            session.clicks = kept.clicks
+        elif session.clicks != clicks and maps is not None and session.network_mask is not None:
+            self.kept = Kept(session.clicks or Clicks(), session.probability.clone(),
+                             session.image[maps:].copy(), session.network_mask)
+
     def answer(self) -> tuple[Box, np.ndarray] | None:
         """(box, uint8 mask inside the box) of what the viewer must change to hold the mask
         for the clicks so far, None when it already does; the viewer's copy is updated."""
@@ -153,8 +183,10 @@ class LesionSession:
         except Exception as exc:
             raise PetsegError(f"the automatic run on study {self.study.name} failed: "
                               f"{exc}") from exc
+        clicks = self.clicks()
         with self.compute:
-            mask = self.session.update(self.clicks())
+            self._keep_or_restore(clicks)
+            mask = self.session.update(clicks)
         on_upload = self.study.orientation.to_upload(sitk.GetArrayViewFromImage(mask))
         box = changed_bounds(self.viewer, on_upload)
         self.last_box = box
