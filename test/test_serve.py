@@ -42,6 +42,7 @@ from petseg.config import (
 from petseg.inference.predictor import Predictor
 from petseg.model import build_network
 from petseg.serve.app import ServeOptions, make_app
+from petseg.serve.lesions import changed_bounds, scribble_voxels
 from petseg.serve.studies import ORIENTATIONS, StudyIndex
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -392,3 +393,19 @@ def test_undo_runs_no_network_and_gives_back_the_mask_before(app, study) -> None
     assert lesions.session.updated_voxels == 0
     np.testing.assert_array_equal(lesions.viewer, masks[0])
     app.post("/release", headers=lease)
+
+
+def test_the_changed_box_and_the_scribble_cells() -> None:
+    rng = np.random.default_rng(2)
+    before = np.zeros((5, 6, 7), np.uint8)
+    assert changed_bounds(before, before) is None
+    for _ in range(50):
+        after = before.copy()
+        after[tuple(rng.integers(0, s, 3) for s in before.shape)] = 1
+        found = np.argwhere(after)
+        assert changed_bounds(before, after) == [[int(found[:, a].min()),
+                                                  int(found[:, a].max()) + 1] for a in range(3)]
+    # a 1 x 1 x 9 stroke at 1 mm voxels keeps one voxel per 4 mm cell, first in each
+    stroke = np.ones((1, 1, 9), np.uint8)
+    kept = scribble_voxels(stroke, [2, 3, 1], np.array([1.0, 1.0, 1.0]))
+    assert kept.tolist() == [[2, 3, 1], [2, 3, 4], [2, 3, 8]]

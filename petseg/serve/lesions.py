@@ -67,13 +67,16 @@ class Step:
 
 
 def changed_bounds(before: np.ndarray, after: np.ndarray) -> Box | None:
-    """`[[low, high], ...]` per axis (high exclusive) of the voxels where two arrays differ."""
+    """`[[low, high]] * 3` (high exclusive) of the voxels where two 3D arrays differ; the
+    first axis is found on flat rows, the other two only within its range."""
     changed = before != after
-    if not changed.any():
+    rows = np.flatnonzero(changed.reshape(changed.shape[0], -1).any(axis=1))
+    if not len(rows):
         return None
-    box = []
-    for axis in range(changed.ndim):
-        hit = np.flatnonzero(changed.any(axis=tuple(a for a in range(changed.ndim) if a != axis)))
+    slab = changed[rows[0]:rows[-1] + 1]
+    box = [[int(rows[0]), int(rows[-1]) + 1]]
+    for axes in ((0, 2), (0, 1)):
+        hit = np.flatnonzero(slab.any(axis=axes))
         box.append([int(hit[0]), int(hit[-1]) + 1])
     return box
 
