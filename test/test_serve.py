@@ -155,6 +155,7 @@ def test_the_client_version_is_in_the_supported_range() -> None:
     assert (2, 5, 1) <= (major, minor, patch) < (2, 7, 0)
 
 
+@pytest.mark.slow
 def test_slicer_call_order_gives_the_masks_of_predict(tmp_path, server, study, weights,
                                                       config) -> None:
     """claim, capabilities, autozoom, set_image [1, k, j, i] with the spacing reversed,
@@ -372,6 +373,7 @@ def test_nothing_but_its_command_imports_the_server() -> None:
     assert users == {"petseg.commands.serve"}
 
 
+@pytest.mark.slow
 def test_undo_runs_no_network_and_gives_back_the_mask_before(app, study) -> None:
     """Two clicks, then undo: the mask of the first click again, the network not run."""
     _cases, pet, _ct = study
