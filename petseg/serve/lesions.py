@@ -109,7 +109,6 @@ class LesionSession:
         self.session = InteractiveSession(predictor)
         self.steps: list[Step] = []
         self.viewer: np.ndarray | None = None  # the viewer's buffer as the server sent it
-        self.last_box: Box | None = None
         self.kept: Kept | None = None
         self.compute = compute
         executor = concurrent.futures.ThreadPoolExecutor(1, "petseg-serve-start")
@@ -192,7 +191,6 @@ class LesionSession:
             mask = self.session.update(clicks)
         on_upload = self.study.orientation.to_upload(sitk.GetArrayViewFromImage(mask))
         box = changed_bounds(self.viewer, on_upload)
-        self.last_box = box
         if box is None:
             return None
         index = tuple(slice(low, high) for low, high in box)
