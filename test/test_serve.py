@@ -364,6 +364,9 @@ def test_a_transposed_upload_finds_its_study_and_axes(study) -> None:
     assert found.name == "study-1" and found.orientation.axes == (2, 1, 0)
     assert found.orientation.flips == (False, False, False)
     assert found.orientation.pet_index((6, 21, 5), xyz.shape[1:]) == (6, 21, 5)
+    # a viewer without the file's geometry sends 1 mm: shape and content still decide
+    unit = index.match(np.ascontiguousarray(xyz), [1.0, 1.0, 1.0])
+    assert unit.name == "study-1" and unit.orientation == found.orientation
 
 
 def test_nothing_but_its_command_imports_the_server() -> None:

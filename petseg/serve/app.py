@@ -143,9 +143,8 @@ class Server:
             study = self.studies.match(image, spacing)
         except NoStudyError as exc:
             raise RequestError(f"set_image: {exc}", 422) from None
-        upload_spacing = (np.asarray(spacing, float) if spacing is not None
-                          else study.orientation.spacing(study.pet.GetSpacing()))
-        lease.lesions = LesionSession(self.predictor, study, upload_spacing,
+        lease.lesions = LesionSession(self.predictor, study,
+                                      study.orientation.spacing(study.pet.GetSpacing()),
                                       compute=self.compute)
         return {"original_image_shape": list(image.shape), "study": study.name}
 

@@ -8,8 +8,9 @@ is, and takes the CT and the full geometry from disk:
 
 - shape: the upload's spatial shape is the PET's `[z, y, x]` shape under an axis order (any
   of the 6, each axis possibly reversed; the identity is tried first and wins ties);
-- spacing: when the upload gives one, it equals the PET's under that axis order to 1 %
-  (`SPACING_TOLERANCE`);
+- spacing: when the upload gives one, the axis order whose PET spacing it equals to 1 %
+  (`SPACING_TOLERANCE`) wins a tie of content; a spacing that fits no order is logged and
+  does not refuse the match (a viewer without the file's geometry sends 1 mm);
 - content: the Pearson correlation of the upload with the PET, on every `STRIDE`-th voxel
   of each axis, is at least `MIN_CORRELATION` (0.99). A correlation, not a byte hash: the
   viewer may hold the PET in another type or unit (Bq/ml instead of SUV is a scale factor),
@@ -163,37 +164,47 @@ class StudyIndex:
         if image.shape[0] == 2:
             return self._two_channels(image, spacing)
         volume = image[0]
-        best: tuple[float, Fingerprint, Orientation] | None = None
+        best: tuple[float, bool, Fingerprint, Orientation] | None = None
         ct_hit: Fingerprint | None = None
         for study in self.studies:
             for orientation in ORIENTATIONS:
-                if not self._fits(study, orientation, volume.shape, spacing):
+                if not self._fits(study, orientation, volume.shape):
                     continue
                 strided = _strided(orientation.from_upload(volume))
                 score = correlation(strided, study.pet)
-                if best is None or score > best[0]:
-                    best = (score, study, orientation)
+                same = self._same_spacing(study, orientation, spacing)
+                if best is None or score > best[0] + 1e-9 or (
+                        score >= best[0] - 1e-9 and same and not best[1]):
+                    best = (score, same, study, orientation)
                 if study.ct is not None and correlation(strided, study.ct) >= MIN_CORRELATION:
                     ct_hit = study
         if best is not None and best[0] >= MIN_CORRELATION:
-            _score, study, orientation = best
+            score, same, study, orientation = best
+            if not same:
+                log.warning("upload %s: spacing %s is not study %s's %s; matched by shape and "
+                            "content", volume.shape, spacing, study.files.name,
+                            orientation.spacing(study.geometry.spacing).tolist())
             case = read_case(study.files)
             log.info("upload %s is study %s (correlation %.4f, axes %s, flips %s)",
-                     volume.shape, study.files.name, best[0], orientation.axes,
+                     volume.shape, study.files.name, score, orientation.axes,
                      orientation.flips)
             return MatchedStudy(study.files.name, case.pet, case.ct, orientation,
                                 tuple(volume.shape))  # type: ignore[arg-type]
         if ct_hit is not None:
-            raise NoStudyError(f"the uploaded volume is the CT of study {ct_hit.files.name}; load "
-                          "its PET (SUV) volume as the source image")
+            raise NoStudyError(f"the uploaded volume is the CT of study {ct_hit.files.name}; "
+                               "load its PET (SUV) volume as the source image")
         raise NoStudyError(self._nothing_matches(volume.shape))
 
-    def _fits(self, study: Fingerprint, orientation: Orientation, shape: tuple[int, ...],
-              spacing: list[float] | None) -> bool:
-        """Shape and (given) spacing of the upload agree with the study under `orientation`."""
+    @staticmethod
+    def _fits(study: Fingerprint, orientation: Orientation, shape: tuple[int, ...]) -> bool:
+        """The upload's shape is the study's PET under `orientation`."""
         zyx = tuple(study.geometry.size[::-1])
-        if tuple(zyx[a] for a in orientation.axes) != tuple(shape):
-            return False
+        return tuple(zyx[a] for a in orientation.axes) == tuple(shape)
+
+    @staticmethod
+    def _same_spacing(study: Fingerprint, orientation: Orientation,
+                      spacing: list[float] | None) -> bool:
+        """The upload's spacing (when given) is the PET's under `orientation`."""
         if spacing is None:
             return True
         expected = orientation.spacing(study.geometry.spacing)
