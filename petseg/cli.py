@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "predict",
     "preprocess",
     "report",
+    "serve",
     "split",
     "suv",
     "train",

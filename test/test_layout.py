@@ -260,7 +260,7 @@ def loose_modules(root: Path = PACKAGE) -> list[str]:
 
 def test_the_package_reads_like_the_pipeline(tmp_path: Path) -> None:
     assert len(loose_modules()) <= MAX_TOP_LEVEL_MODULES, loose_modules()
-    for stage in ("io", "inference", "interactive", "runs", "evaluation", "clinical",
+    for stage in ("io", "inference", "interactive", "serve", "runs", "evaluation", "clinical",
                   "training", "phantom", "commands"):
         init = PACKAGE / stage / "__init__.py"
         assert ast.get_docstring(ast.parse(init.read_text())), f"{init} says what it holds"

@@ -76,9 +76,9 @@ class FoldTraining:
 
 
 def build_fold(config: TrainingConfig, cache: Path, splits_path: Path, fold: int,
-                context: DistributedContext, start: Checkpoint | None) -> FoldTraining:
-    """Fold `fold`'s training (studies, network, loss, optimiser, scaler), random weights seeded by (seed, fold) unless
-    `start` (`initial_checkpoint`) gives them."""
+               context: DistributedContext, start: Checkpoint | None) -> FoldTraining:
+    """Fold `fold`'s training (studies, network, loss, optimiser, scaler), random weights
+    seeded by (seed, fold) unless `start` (`initial_checkpoint`) gives them."""
     folds, volumes, validation = _load_fold(config, cache, splits_path, fold, context)
     device = context.device
     torch.manual_seed(config.seed + fold)
