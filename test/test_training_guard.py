@@ -19,7 +19,7 @@ from petseg.cli import main
 from petseg.config import save_json
 from petseg.errors import PetsegError
 from petseg.model import build_network
-from petseg.training import loop, parts
+from petseg.training import fold, loop
 from petseg.training.config import OptimizerConfig, TrainingConfig
 from petseg.training.loop import train
 from petseg.training.loss import build_loss
@@ -244,7 +244,7 @@ def _history(run) -> list[dict[str, str]]:
 
 def _nan_loss_at_steps(monkeypatch, steps: set[int]) -> None:
     """The training loss is NaN at the given (1-based) calls of the loss function."""
-    original = parts.build_loss
+    original = fold.build_loss
 
     def build(config):
         loss_fn, calls = original(config), []
@@ -254,7 +254,7 @@ def _nan_loss_at_steps(monkeypatch, steps: set[int]) -> None:
             return loss_fn(logits, label) * (math.nan if len(calls) in steps else 1.0)
         return loss
 
-    monkeypatch.setattr(parts, "build_loss", build)
+    monkeypatch.setattr(fold, "build_loss", build)
 
 
 def _one_study_batches(**changes) -> TrainingConfig:
@@ -327,7 +327,7 @@ def test_overflowing_first_steps_raise_no_scheduler_warning(tmp_path, monkeypatc
     learning rate still follows the cosine and PyTorch's scheduler-order warning (an error
     here) cannot appear."""
     cache, splits = synthetic_cache(tmp_path, n=6)
-    monkeypatch.setattr(parts, "resolve_amp", lambda setting, device: torch.float16)  # GPU-like
+    monkeypatch.setattr(fold, "resolve_amp", lambda setting, device: torch.float16)  # GPU-like
     monkeypatch.setattr(torch.amp, "GradScaler",
                         functools.partial(torch.amp.GradScaler, init_scale=2.0**60))
     with warnings.catch_warnings():
