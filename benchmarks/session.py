@@ -27,6 +27,7 @@ from common import describe_machine, device_from, print_table
 
 from petseg.config import InferenceConfig
 from petseg.inference.predictor import Predictor
+from petseg.interactive import session as session_module
 from petseg.interactive.clicks import Clicks
 from petseg.interactive.session import InteractiveSession
 from petseg.interactive.simulate import autopet_iv_clicks, zyx_to_xyz
@@ -57,7 +58,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=("reference", "fast"), default="fast")
     parser.add_argument("--steps", type=int, default=3, help="clicks of each kind added")
     parser.add_argument("--seed", type=int, default=777001, help="phantom seed")
+    parser.add_argument("--context-mm", type=float, default=session_module.CONTEXT_MM,
+                        help="context around the changed clicks the network sees (mm)")
+    parser.add_argument("--update-mm", type=float, default=session_module.UPDATE_MM,
+                        help="reach of a click's update (mm)")
     args = parser.parse_args()
+    session_module.CONTEXT_MM, session_module.UPDATE_MM = args.context_mm, args.update_mm
     device = device_from(args.device)
     case = generate_case(args.seed, "full", "LYMPHOMA")
     pet, ct = case.pet, case.ctres
@@ -86,7 +92,9 @@ def main() -> None:
                      f"{update_s:.2f}", f"{full_s:.2f}", f"{update_s / first_s:.3f}",
                      f"{full_s / update_s:.1f}x", f"{dices[-1]:.5f}", int((a != b).sum())])
     print(f"first step (preprocess, whole case, mask): {first_s:.2f} s, "
-          f"{int(sitk.GetArrayViewFromImage(first).sum())} lesion voxels")
+          f"{int(sitk.GetArrayViewFromImage(first).sum())} lesion voxels; its plan: "
+          f"{session.plan.describe()}; context {args.context_mm:g} mm, update "
+          f"{args.update_mm:g} mm")
     print_table(["step", "network on", "update s", "full answer s", "update / first",
                  "full / update", "Dice vs full", "voxels differ"], rows)
     print(f"median update / first step: {statistics.median(ratios):.3f}; "

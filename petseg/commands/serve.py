@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from petseg.checkpoint import find_weights_dir
     from petseg.commands.predict import DEFAULT_CONFIG, REPOSITORY
-    from petseg.evaluation.calibration import inference_config
+    from petseg.training.calibration import inference_config
     from petseg.inference.predictor import Predictor
     from petseg.serve.app import ServeOptions, make_app
     from petseg.serve.studies import StudyIndex

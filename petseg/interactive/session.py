@@ -43,7 +43,7 @@ from petseg.model import size_divisor
 from petseg.preprocessing import PreparedCase, body_mask_for_windows, preprocess_case
 from petseg.progress import CaseProgress
 
-CONTEXT_MM = 64.0
+CONTEXT_MM = 96.0
 """Context (mm) around the changed click maps that the network sees when it runs again."""
 UPDATE_MM = 32.0
 """Distance (mm) from the changed click maps within which the probability is replaced."""
@@ -241,7 +241,8 @@ class InteractiveSession:
 
         The block is cut from the first run's padded frame at multiples of the network's
         size divisor, so its strided layers sample the same voxels as the first run did:
-        where that run was one window, the block's inside equals it to float rounding."""
+        where that run was one window, the block's inside agrees with it but for the faint
+        reach of the block's zero padding past the context."""
         assert self.case is not None and self.image is not None
         assert self.probability is not None and self.plan is not None
         spacing = np.asarray(self.case.grid.spacing[::-1], float)  # [z, y, x] mm
