@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
     from petseg.checkpoint import find_weights_dir
     from petseg.commands.predict import DEFAULT_CONFIG, REPOSITORY
-    from petseg.training.calibration import inference_config
     from petseg.inference.predictor import Predictor
     from petseg.serve.app import ServeOptions, make_app
     from petseg.serve.studies import StudyIndex
+    from petseg.training.calibration import inference_config
 
     if not 0 < args.port < 65536 or args.max_sessions < 1 or not args.idle_timeout > 0:
         raise PetsegError("--port must be 1-65535, --max-sessions and --idle-timeout positive")
