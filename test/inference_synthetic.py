@@ -117,6 +117,22 @@ def finer_ct_geometry(pet: sitk.Image, spacing: tuple[float, float, float] = (1.
     return Geometry(tuple(int(s) for s in size), spacing, tuple(float(v) for v in low))
 
 
+DECIDED_MARGIN = 1e-3
+"""Two paths that agree on a probability to this (a session's update against a full rerun)
+must give the same mask wherever the probability lies farther than this from the
+threshold; nearer, float rounding on another machine may decide either way."""
+
+
+def assert_masks_agree(mask: np.ndarray, expected: np.ndarray, probability: np.ndarray,
+                       threshold: float, margin: float = DECIDED_MARGIN) -> None:
+    """`mask` equals `expected` wherever `probability` (the one `expected` was thresholded
+    from, same grid) lies more than `margin` (at least the two paths' largest probability
+    difference) from `threshold`, which must be almost every voxel (over 99 %)."""
+    decided = np.abs(np.asarray(probability) - threshold) > margin
+    assert decided.mean() > 0.99, f"only {decided.mean():.1%} of the voxels are decided"
+    np.testing.assert_array_equal(np.asarray(mask)[decided], np.asarray(expected)[decided])
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two binary arrays."""
     a, b = a.astype(bool), b.astype(bool)
