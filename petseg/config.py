@@ -72,7 +72,7 @@ class PreprocessingConfig:
         return tuple(n for n in self.channel_order if n not in CLICK_CHANNELS)
 
 
-CLICK_SHAPES: tuple[str, ...] = ("gaussian",)
+CLICK_SHAPES: tuple[str, ...] = ("gaussian", "ball")
 """How a click may be drawn into its map."""
 
 
@@ -82,7 +82,8 @@ class ClickEncoding:
 
     Attributes:
         shape: "gaussian": each click a 3D Gaussian of sigma `radius_mm / 3`, peak 1 at
-            the click, cut to zero beyond `radius_mm`; overlapping clicks take the maximum.
+            the click, cut to zero beyond `radius_mm`; "ball": 1 within `radius_mm` of the
+            click, 0 beyond. Overlapping clicks take the maximum.
         radius_mm: physical radius of a drawn click (mm).
 
     A checkpoint written before the encoding was recorded was trained with these defaults.

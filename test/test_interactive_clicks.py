@@ -149,6 +149,18 @@ def test_click_map_is_a_physical_gaussian_in_a_local_box() -> None:
     assert maps[1, 0, 0, 12] > 0 and maps[1, 0, 0, 13] == 0
 
 
+def test_a_ball_click_is_one_within_its_radius_and_zero_beyond() -> None:
+    shape, spacing = (20, 24, 28), (3.0, 2.0, 1.5)
+    point = np.array([[9.0, 11.0, 13.5]])
+    maps = render_click_maps(point, np.zeros((0, 3)), shape, spacing, 6.0, "ball")
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+    inside = (((grid - point[0]) * np.asarray(spacing)) ** 2).sum(-1) <= 36.0
+    np.testing.assert_array_equal(maps[0], inside.astype(np.float32))
+    assert int(inside.sum()) == 88 and not maps[1].any()
+    with pytest.raises(ValueError, match="click shape 'disk': use one of"):
+        render_click_maps(point, point, shape, spacing, 6.0, "disk")
+
+
 def test_no_clicks_and_far_clicks_give_empty_maps() -> None:
     empty = np.zeros((0, 3))
     assert not render_click_maps(empty, empty, (5, 6, 7), (2.0, 2.0, 2.0)).any()

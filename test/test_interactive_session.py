@@ -82,7 +82,7 @@ def test_the_encoding_travels_with_the_checkpoint(tmp_path: Path) -> None:
 
 def test_an_unknown_encoding_is_refused_with_the_fix() -> None:
     with pytest.raises(PetsegError, match=r"clicks.shape 'disk': petseg draws clicks as "
-                                          r"gaussian; use weights trained with one of these"):
+                                          r"gaussian, ball; use weights trained with one of these"):
         from_dict(ModelConfig, {**to_dict(CLICK_MODEL), "clicks": {"shape": "disk"}})
     with pytest.raises(PetsegError, match=r"clicks.radius_mm 0.0: must be a positive radius"):
         ClickEncoding(radius_mm=0.0)

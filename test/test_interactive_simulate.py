@@ -1,7 +1,9 @@
-"""Click and scribble simulators: the autoPET IV rule, training clicks, autoPET V scribbles
+"""Click and scribble simulators: the autoPET IV rule, training patch clicks, autoPET V scribbles
 (their equality with the organisers' own output: test_organisers_protocols.py)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,13 +18,11 @@ from petseg.interactive.scribbles import (
     simulate_scribble,
 )
 from petseg.interactive.simulate import (
-    ClickTrainingConfig,
     autopet_iv_clicks,
-    click_targets,
-    draw_training_clicks,
     high_uptake_mask,
     zyx_to_xyz,
 )
+from petseg.training.click_simulation import ClickTrainingConfig, patch_clicks
 
 SHAPE = (40, 48, 56)
 CENTRES = ((10, 12, 14), (28, 30, 40), (20, 38, 12))
@@ -92,28 +92,42 @@ def test_click_index_order_lands_on_the_lesion_in_itk_order(case) -> None:
         assert image.GetPixel(x, y, z) == 1
 
 
-def test_training_clicks_centres_jitter_and_empty_share(case) -> None:
+def test_patch_clicks_centres_jitter_counts_and_empty_share(case) -> None:
+    """Points: organisers' centres (moved by at most the jitter), on the lesions, counts
+    falling from 0; background off the lesions; scribbles on the corrupted truth's errors."""
     truth, pet, _ = case
-    config = ClickTrainingConfig(no_click_fraction=0.0, jitter_fraction=0.0)
-    targets = click_targets(truth, pet, config)
-    assert [p.size for p in targets.lesions] == sorted([int(ball(c, r).sum()) for c, r in
-                                                        zip(CENTRES, RADII, strict=True)],
-                                                       reverse=True)
+    truth = truth != 0
+    points = dataclasses.replace(ClickTrainingConfig(no_click_fraction=0.0,
+                                                     scribble_fraction=0.0,
+                                                     organiser_fraction=1.0), jitter_voxels=0)
     counts = []
-    for seed in range(30):
-        tumour, background = draw_training_clicks(targets, np.random.default_rng(seed), config)
+    for seed in range(40):
+        tumour, background = patch_clicks(truth, pet, np.random.default_rng(seed), points)
         counts.append(len(tumour))
         assert truth[tuple(tumour.T)].all() and not truth[tuple(background.T)].any()
         assert {tuple(p) for p in tumour[:3]} <= set(CENTRES)  # unjittered: centres first
         assert len(background) <= 10
-    assert min(counts) == 0 and max(counts) >= 8
-    jittered = ClickTrainingConfig(no_click_fraction=0.0, jitter_fraction=1.0)
-    off_centre = [tuple(p) for s in range(10) for p in draw_training_clicks(
-        targets, np.random.default_rng(s), jittered)[0]]
-    assert any(p not in CENTRES for p in off_centre)
-    assert all(truth[p] for p in off_centre)
+    assert min(counts) == 0 and max(counts) >= 5
+    assert np.mean(np.array(counts) <= 3) > 0.5  # falling probability
+    jittered = dataclasses.replace(points, jitter_voxels=2)
+    moved = [tuple(p) for s in range(20) for p in patch_clicks(
+        truth, pet, np.random.default_rng(s), jittered)[0][:1]]
+    assert any(p not in CENTRES for p in moved) and all(truth[p] for p in moved)
+    assert all(min(np.abs(np.subtract(p, c)).max() for c in CENTRES) <= 2 for p in moved)
+    wider = dataclasses.replace(points, organiser_fraction=0.0)
+    for seed in range(20):
+        tumour, background = patch_clicks(truth, pet, np.random.default_rng(seed), wider)
+        assert truth[tuple(tumour.T)].all() and not truth[tuple(background.T)].any()
+    scribbles = ClickTrainingConfig(no_click_fraction=0.0, scribble_fraction=1.0)
+    kinds = set()
+    for seed in range(20):
+        tumour, background = patch_clicks(truth, pet, np.random.default_rng(seed), scribbles)
+        assert len(tumour) + len(background) > 0
+        assert truth[tuple(tumour.T)].all() and not truth[tuple(background.T)].any()
+        kinds |= {k for k, v in (("tumour", tumour), ("background", background)) if len(v)}
+    assert kinds == {"tumour", "background"}
     never = ClickTrainingConfig(no_click_fraction=1.0)
-    assert all(sum(map(len, draw_training_clicks(targets, np.random.default_rng(s), never))) == 0
+    assert all(sum(map(len, patch_clicks(truth, pet, np.random.default_rng(s), never))) == 0
                for s in range(10))
 
 

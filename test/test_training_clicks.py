@@ -13,11 +13,11 @@ import torch
 from training_fixtures import TINY_MODEL, synthetic_cache, tiny_config
 
 from petseg.checkpoint import load_checkpoint
-from petseg.config import CLICK_CHANNELS, ModelConfig
-from petseg.interactive.maps import render_click_maps
+from petseg.config import CLICK_CHANNELS, ClickEncoding, ModelConfig
 from petseg.model import build_network
 from petseg.training.augment import augment_sample, draw_params
 from petseg.training.cache import load_volume
+from petseg.training.click_simulation import ClickTrainingConfig
 from petseg.training.clicks import TrainingClicks, add_click_inputs, automatic_model
 from petseg.training.config import AugmentationConfig, load_training_config
 from petseg.training.fold import initial_checkpoint
@@ -51,65 +51,53 @@ def lesion_volume() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return image, label, centre
 
 
-def test_a_click_on_the_lesion_centre_stays_on_the_lesion_after_augmentation() -> None:
-    image, label, centre = lesion_volume()
-    config = AugmentationConfig(patch_size=(32, 32, 32), positive_fraction=1.0, affine_prob=1.0,
-                                elastic_prob=1.0, rotate_axial_rad=0.5, scale_range=0.2,
-                                translate_voxels=8.0, gamma_prob=1.0, noise_prob=1.0)
+STRONG = AugmentationConfig(patch_size=(32, 32, 32), positive_fraction=1.0, affine_prob=1.0,
+                            elastic_prob=1.0, rotate_axial_rad=0.5, scale_range=0.2,
+                            translate_voxels=8.0, gamma_prob=1.0, noise_prob=1.0)
 
-    def maps(start, shape):
-        return render_click_maps(centre[None] - np.asarray(start), np.zeros((0, 3)), shape,
-                                 SPACING_ZYX)
 
-    unmoved_would_miss = 0
-    for seed in range(12):
-        params = draw_params(np.random.default_rng(seed), label.shape, config,
-                             np.flatnonzero(label))
-        out, out_label = augment_sample(image, label, params, config, CPU, box_maps=maps)
-        assert out.shape == (4, 32, 32, 32)
-        tumour, lesion = out[2].numpy(), out_label.numpy()
-        peak = np.unravel_index(int(np.argmax(tumour)), tumour.shape)
-        assert tumour[peak] > 0.9  # the click's peak is in the patch
-        assert lesion[peak] == 1, f"draw {seed}: the click left the lesion"
-        assert float(out[3].abs().max()) == 0.0  # no background click drawn
-        assert float(tumour.min()) >= 0.0 and float(tumour.max()) <= 1.0  # no noise, no gamma
-        # the click where the crop alone would put it: off the moved lesion in some draws
-        naive = np.clip(centre - np.asarray(params.start), 0, 31)
-        unmoved_would_miss += int(lesion[tuple(naive)] == 0)
-    assert unmoved_would_miss >= 3
+def test_training_clicks_lie_in_the_patch_on_its_lesion_after_augmentation() -> None:
+    """Clicks are drawn on the augmented patch: each tumour click on the patch's (moved)
+    lesion, each background click off it, and every click drawn into the patch's maps."""
+    image, label, _ = lesion_volume()
+    for kind in ("points", "scribbles"):
+        config = ClickTrainingConfig(no_click_fraction=0.0,
+                                     scribble_fraction=1.0 if kind == "scribbles" else 0.0)
+        simulation = TrainingClicks(config, encoding=ClickEncoding("ball", 2.0))
+        drawn = []
+        for seed in range(8):
+            params = draw_params(np.random.default_rng(seed), label.shape, STRONG,
+                                 np.flatnonzero(label))
+            seen = []
+            draw = simulation.draw
+            simulation.draw = lambda *a, _d=draw, _s=seen: _s.append((a[0], _d(*a))) or _s[-1][1]
+            maps = simulation.patch_maps(np.random.default_rng(100 + seed), SPACING_ZYX)
+            out, out_label = augment_sample(image, label, params, STRONG, CPU, patch_maps=maps)
+            simulation.draw = draw
+            assert out.shape == (4, 32, 32, 32)
+            lesion = out_label.numpy() > 0
+            (drawn_on, (tumour, background)), = seen
+            np.testing.assert_array_equal(drawn_on, out_label.numpy())  # the augmented patch
+            assert lesion[tuple(tumour.T)].all() and not lesion[tuple(background.T)].any()
+            for channel, points in ((2, tumour), (3, background)):
+                assert (out[channel].numpy()[tuple(points.T)] == 1.0).all()  # drawn, in patch
+                assert bool(out[channel].any()) == bool(len(points))
+            drawn.append(len(tumour) + len(background))
+        assert max(drawn) > 0, kind
 
 
 def test_image_channels_are_those_of_the_automatic_sample() -> None:
-    image, label, centre = lesion_volume()
+    image, label, _ = lesion_volume()
     config = AugmentationConfig(patch_size=(24, 24, 24), gamma_prob=1.0, noise_prob=1.0,
                                 affine_prob=1.0, elastic_prob=1.0)
     params = draw_params(np.random.default_rng(5), label.shape, config)
     plain, plain_label = augment_sample(image, label, params, config, CPU)
-
-    def maps(start, shape):
-        return render_click_maps(centre[None] - np.asarray(start), centre[None] + 3.0, shape,
-                                 SPACING_ZYX)
-
-    clicked, clicked_label = augment_sample(image, label, params, config, CPU, box_maps=maps)
+    clicks = TrainingClicks(ClickTrainingConfig(no_click_fraction=0.0))
+    clicked, clicked_label = augment_sample(
+        image, label, params, config, CPU,
+        patch_maps=clicks.patch_maps(np.random.default_rng(1), SPACING_ZYX))
     np.testing.assert_allclose(clicked[:2].numpy(), plain.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(clicked_label.numpy(), plain_label.numpy())
-
-
-def test_training_clicks_land_on_lesions_and_high_uptake(tmp_path: Path) -> None:
-    cache, _ = synthetic_cache(tmp_path, n=2)
-    volume = load_volume(cache, "PETCT_00/01-01-2001-NA-x", in_memory=True)
-    config = dataclasses.replace(tiny_config().clicks, no_click_fraction=0.0)
-    clicks = TrainingClicks([volume], config)
-    counts = []
-    for seed in range(20):
-        tumour, background = clicks.draw(0, np.random.default_rng(seed))
-        assert volume.label[tuple(tumour.T)].all()
-        assert not volume.label[tuple(background.T)].any()
-        counts.append(len(tumour))
-    assert max(counts) > 2 and min(counts) == 0  # 0..10, more clicks than the 2 lesions
-    none = dataclasses.replace(config, no_click_fraction=1.0)
-    assert all(len(np.concatenate(TrainingClicks([volume], none).draw(0, np.random.default_rng(s))))
-               == 0 for s in range(5))
 
 
 def test_loader_with_clicks_keeps_the_automatic_stream(tmp_path: Path) -> None:
@@ -117,15 +105,18 @@ def test_loader_with_clicks_keeps_the_automatic_stream(tmp_path: Path) -> None:
     volumes = [load_volume(cache, f"PETCT_{i:02d}/01-01-2001-NA-x", in_memory=True)
                for i in range(4)]
     config = tiny_config(patch=16)
-    clicks = TrainingClicks(volumes, config.clicks)
+    clicks = TrainingClicks(config.clicks)
     args = (volumes, config.augmentation, 2, 0, 0, 1, CPU)
     plain = list(EpochLoader(*args, threads=1))
     clicked = list(EpochLoader(*args, threads=1, clicks=clicks))
+    again = list(EpochLoader(*args, threads=2, clicks=clicks))
     assert len(plain) == len(clicked) == 2
-    for (image, label), (image_c, label_c) in zip(plain, clicked, strict=True):
+    for (image, label), (image_c, label_c), (image_a, _) in zip(plain, clicked, again,
+                                                                 strict=True):
         assert image_c.shape == (2, 4, 16, 16, 16)
         np.testing.assert_allclose(image_c[:, :2].numpy(), image.numpy(), rtol=0, atol=1e-6)
         np.testing.assert_array_equal(label_c.numpy(), label.numpy())
+        assert torch.equal(image_c[:, 2:], image_a[:, 2:])  # the clicks are reproducible
 
 
 def test_click_config_is_the_paper_setting_with_clicks() -> None:

@@ -8,10 +8,7 @@
   the components of the non-lesion PET above its 99.75th percentile, filled up with any
   voxel of a drawn component (of a component of uniform depth: any voxel of the volume
   outside it), as their edge test for background looks outside the component.
-- `draw_training_clicks`: clicks for one training sample. A share of samples gets none
-  (so the network still segments automatically); otherwise 0-10 tumour clicks near lesion
-  centres (some jittered inside the lesion, the larger lesions taking the clicks beyond one
-  per lesion) and 0-10 background clicks on high-uptake components outside the lesions.
+- Training clicks are drawn on each augmented patch: `petseg.training.click_simulation`.
 
 All arrays are numpy `[z, y, x]` and all points voxel indices in that order; see
 `zyx_to_xyz` for the (x, y, z) order of a click file.
@@ -35,44 +32,6 @@ HIGH_UPTAKE_PERCENTILE = 99.75
 non-lesion PET (the organisers' rule)."""
 EVALUATION_SEED = 42
 """The organisers' fixed seed."""
-MAX_SAMPLED_VOXELS = 2000
-"""Voxels kept per component for jittered and extra clicks (a seeded sample)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Component:
-    """One connected component of a mask, as clicks see it.
-
-    Attributes:
-        centre: voxel `[z, y, x]` farthest from the component's border (EDT maximum).
-        boundary: `[n, 3]` voxels with the smallest distance to the border (edge voxels).
-        inner: `[m, 3]` a sample of voxels at least half as deep as the centre (jitter).
-        size: voxel count.
-    """
-
-    centre: tuple[int, int, int]
-    boundary: np.ndarray
-    inner: np.ndarray
-    size: int
-
-
-def describe_component(labels: np.ndarray, label: int, box: tuple[slice, ...],
-                       rng: np.random.Generator | None = None) -> Component:
-    """The `Component` of `labels == label`, its EDT computed on the bounding `box`
-    (grown by one voxel, so the result equals the EDT of the whole volume)."""
-    grown = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n))
-                  for s, n in zip(box, labels.shape, strict=True))
-    mask = labels[grown] == label
-    depth = ndimage.distance_transform_edt(mask)
-    offset = np.array([s.start for s in grown])
-    centre = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    inside = depth[mask]
-    boundary = np.argwhere(mask & (depth == inside.min())) + offset
-    inner = np.argwhere(mask & (depth >= 0.5 * inside.max())) + offset
-    if rng is not None and len(inner) > MAX_SAMPLED_VOXELS:
-        inner = inner[np.sort(rng.choice(len(inner), MAX_SAMPLED_VOXELS, replace=False))]
-    return Component(centre=tuple(int(c) for c in np.asarray(centre) + offset),  # type: ignore[arg-type]
-                     boundary=boundary, inner=inner, size=int(mask.sum()))
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
@@ -242,86 +201,6 @@ def autopet_iv_clicks(truth: np.ndarray, pet: np.ndarray, seed: int = EVALUATION
         return np.asarray([p[::-1] for p in points], int).reshape(-1, 3)
 
     return zyx(tumour_xyz), zyx(background_xyz)
-
-
-@dataclasses.dataclass(frozen=True)
-class ClickTrainingConfig:
-    """How training samples get their simulated clicks (click-aware models only).
-
-    Attributes:
-        no_click_fraction: share of samples without any click (the automatic case).
-        max_tumour_clicks, max_background_clicks: per sample the counts are uniform in
-            0..max (tumour clicks only when the study has lesions).
-        jitter_fraction: share of clicks placed on a random voxel at least half as deep
-            as the centre instead of the centre itself.
-        uptake_percentile: background clicks go to components of non-lesion PET above
-            this percentile. Lower than the evaluation rule's 99.75, whose voxels on a
-            whole body are mostly the brain's hottest part: at 99 the bladder, heart and
-            kidneys are components too.
-        max_uptake_components: the largest high-uptake components kept per study.
-    """
-
-    no_click_fraction: float = 0.25
-    max_tumour_clicks: int = CLICK_BUDGET
-    max_background_clicks: int = CLICK_BUDGET
-    jitter_fraction: float = 0.5
-    uptake_percentile: float = 99.0
-    max_uptake_components: int = 40
-
-
-@dataclasses.dataclass(frozen=True)
-class ClickTargets:
-    """The components one study's training clicks land on (computed once per study)."""
-
-    lesions: tuple[Component, ...]
-    uptake: tuple[Component, ...]
-
-
-def click_targets(truth: np.ndarray, pet: np.ndarray, config: ClickTrainingConfig,
-                  seed: int = 0) -> ClickTargets:
-    """Lesion components and the largest high-uptake components of one study `[z, y, x]`."""
-    rng = np.random.default_rng(seed)
-    truth = np.asarray(truth) != 0
-    found = []
-    for mask, keep in ((truth, None), (high_uptake_mask(pet, truth, config.uptake_percentile),
-                                       config.max_uptake_components)):
-        labels, counts, boxes = label_components(mask)
-        order = np.argsort(-counts[1:], kind="stable")[:keep] + 1
-        found.append(tuple(describe_component(labels, int(label), boxes[label], rng)
-                           for label in order if counts[label] > 0))
-    return ClickTargets(lesions=found[0], uptake=found[1])
-
-
-def _click_on(part: Component, rng: np.random.Generator, jitter: float) -> tuple[int, ...]:
-    if len(part.inner) and rng.random() < jitter:
-        return tuple(int(v) for v in part.inner[rng.integers(len(part.inner))])
-    return part.centre
-
-
-def _draw_on(parts: tuple[Component, ...], count: int, rng: np.random.Generator,
-             jitter: float) -> np.ndarray:
-    """`count` clicks: one per component (random order) first, then components drawn in
-    proportion to their size (larger lesions get more), always jittered."""
-    if not parts or count <= 0:
-        return np.zeros((0, 3), int)
-    order = rng.permutation(len(parts))
-    clicks = [_click_on(parts[i], rng, jitter) for i in order[:count]]
-    sizes = np.array([p.size for p in parts], float)
-    while len(clicks) < count:
-        clicks.append(_click_on(parts[rng.choice(len(parts), p=sizes / sizes.sum())], rng, 1.0))
-    return np.asarray(clicks, int)
-
-
-def draw_training_clicks(targets: ClickTargets, rng: np.random.Generator,
-                         config: ClickTrainingConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(tumour `[n, 3]`, background `[m, 3]`) clicks `[z, y, x]` for one training sample."""
-    if rng.random() < config.no_click_fraction:
-        return np.zeros((0, 3), int), np.zeros((0, 3), int)
-    tumour = _draw_on(targets.lesions, int(rng.integers(0, config.max_tumour_clicks + 1)),
-                      rng, config.jitter_fraction)
-    background = _draw_on(targets.uptake, int(rng.integers(0, config.max_background_clicks + 1)),
-                          rng, config.jitter_fraction)
-    return tumour, background
 
 
 def zyx_to_xyz(points: np.ndarray) -> tuple[tuple[int, int, int], ...]:

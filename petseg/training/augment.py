@@ -296,7 +296,7 @@ def adjust_intensity(image: torch.Tensor, params: SampleParams,
 def augment_sample(image: np.ndarray, label: np.ndarray, params: SampleParams,
                    config: AugmentationConfig, device: torch.device,
                    pin_memory: bool = False,
-                   box_maps: Callable[[tuple[int, ...], tuple[int, ...]], np.ndarray] | None = None
+                   patch_maps: Callable[[torch.Tensor, torch.Tensor], np.ndarray] | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training patch from a cached volume.
 
@@ -307,10 +307,10 @@ def augment_sample(image: np.ndarray, label: np.ndarray, params: SampleParams,
         config: patch size.
         device: where the resampling runs.
         pin_memory: copy the source box through pinned memory (CUDA).
-        box_maps: `(start [z, y, x], shape [d, h, w]) -> [K, d, h, w]` float32 maps drawn on
-            the source box (click maps); appended after the image channels, sampled by the
-            same grid (so they follow every spatial augmentation) and left out of the
-            intensity augmentation.
+        patch_maps: `(image [C, *patch], label [*patch]) -> [K, *patch]` float32 maps drawn
+            on the resampled patch before the intensity augmentation (the click maps of
+            clicks simulated on the patch itself); appended after the image channels and
+            left out of the intensity augmentation.
 
     Returns:
         image `[C (+ K), *patch]` float32 and label `[*patch]` uint8 on `device`.
@@ -323,17 +323,13 @@ def augment_sample(image: np.ndarray, label: np.ndarray, params: SampleParams,
         lo = (-(10**6),) * 3
     img_box = _to_device(image[(slice(None), *region)], device, pin_memory)
     lab_box = _to_device(label[region], device, pin_memory)
-    channels = img_box.shape[0]
-    if box_maps is not None:
-        maps = box_maps(tuple(r.start for r in region), tuple(img_box.shape[1:]))
-        img_box = torch.cat([img_box.float(), torch.from_numpy(maps).to(device)])
     generator = torch.Generator(device=device)
     generator.manual_seed(params.seed)
     out, out_label = resample_patch(img_box, lab_box, lo, params, patch, generator)
-    if box_maps is None:
-        out = adjust_intensity(out, params, generator)
-    else:
-        out = torch.cat([adjust_intensity(out[:channels], params, generator), out[channels:]])
+    maps = None if patch_maps is None else patch_maps(out, out_label)
+    out = adjust_intensity(out, params, generator)
+    if maps is not None:
+        out = torch.cat([out.float(), torch.from_numpy(maps).to(out.device)])
     return out, out_label  # type: ignore[return-value]
 
 

@@ -1,12 +1,12 @@
 """Simulated clicks for training a click-aware network.
 
-Each study's click targets (lesion components, high-uptake components outside the lesions)
-are found once when the fold is built; each sample then draws its own clicks from them
-(`petseg.interactive.simulate.draw_training_clicks`) with a generator of its own, derived
-from (seed, fold, epoch, sample index) like the patch's augmentation but independent of
-it, so the patches of an automatic network's training are untouched. The clicks become
-maps (`petseg.interactive.maps.render_click_maps`) on the source box of the patch, and the
-fused sampler resamples them with the image (`augment_sample(box_maps=...)`).
+Each sample draws its clicks on its own augmented patch
+(`petseg.training.click_simulation.patch_clicks`: none, points or corrective scribbles)
+with a generator of its own, derived from (seed, fold, epoch, sample index) like the
+patch's augmentation but independent of it, so the patches of an automatic network's
+training are untouched. The clicks become maps drawn as the model's click encoding says
+(`petseg.interactive.maps.render_click_maps`, the inference's own drawing) on the patch
+grid, appended after the image channels (`augment_sample(patch_maps=...)`).
 
 A click-aware network is fine-tuned from automatic weights with `add_click_inputs`: the
 click channels start with zero weights, so at zero clicks it starts as the automatic one.
@@ -15,20 +15,14 @@ click channels start with zero weights, so at zero clicks it starts as the autom
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from petseg.config import CLICK_CHANNELS, DEFAULT_CLICK_ENCODING, ClickEncoding, ModelConfig
 from petseg.errors import PetsegError
-from petseg.interactive.simulate import (
-    ClickTargets,
-    ClickTrainingConfig,
-    click_targets,
-    draw_training_clicks,
-)
-from petseg.training.cache import Volume
+from petseg.training.click_simulation import ClickTrainingConfig, patch_clicks
 
 
 def click_rng(seed: int, fold: int, epoch: int, index: int) -> np.random.Generator:
@@ -37,38 +31,35 @@ def click_rng(seed: int, fold: int, epoch: int, index: int) -> np.random.Generat
 
 
 class TrainingClicks:
-    """The click targets of a fold's training studies and the maps of one sample's clicks.
+    """Draws each training sample's clicks on its patch and renders their maps.
 
     Attributes:
-        config: how many clicks, how often none.
-        targets: per study (in the order of the volumes).
-        spacing_zyx_mm: per study, the voxel size in `[z, y, x]` order (mm).
+        config: how many clicks, of which kinds, how often none.
+        encoding: how the model wants its clicks drawn (`ModelConfig.clicks`).
+        pet_channel: index of the PET among the image channels.
     """
 
-    def __init__(self, volumes: Sequence[Volume], config: ClickTrainingConfig,
-                 pet_channel: int = 0, encoding: ClickEncoding = DEFAULT_CLICK_ENCODING) -> None:
-        self.config, self.encoding = config, encoding
-        self.targets: list[ClickTargets] = [
-            click_targets(np.asarray(v.label), np.asarray(v.image[pet_channel], np.float32),
-                          config, seed=i) for i, v in enumerate(volumes)]
-        self.spacing_zyx_mm = [tuple(float(s) for s in v.spacing_mm[::-1]) for v in volumes]
+    def __init__(self, config: ClickTrainingConfig, pet_channel: int = 0,
+                 encoding: ClickEncoding = DEFAULT_CLICK_ENCODING) -> None:
+        self.config, self.pet_channel, self.encoding = config, pet_channel, encoding
 
-    def draw(self, case: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(tumour `[n, 3]`, background `[m, 3]`) clicks `[z, y, x]` of one sample of `case`."""
-        return draw_training_clicks(self.targets[case], rng, self.config)
+    def draw(self, label: np.ndarray, pet: np.ndarray, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """(tumour `[n, 3]`, background `[m, 3]`) clicks `[z, y, x]` on one patch."""
+        return patch_clicks(label, pet, rng, self.config)
 
-    def box_maps(self, case: int, rng: np.random.Generator
-                 ) -> Callable[[tuple[int, ...], tuple[int, ...]], np.ndarray]:
-        """The `augment_sample` callback drawing this sample's click maps on a source box."""
+    def patch_maps(self, rng: np.random.Generator, spacing_zyx_mm: tuple[float, float, float]
+                   ) -> Callable[[torch.Tensor, torch.Tensor], np.ndarray]:
+        """The `augment_sample` callback: `(image [C, *patch], label [*patch]) -> maps
+        [2, *patch]` float32 of this sample's clicks drawn on the augmented patch."""
         from petseg.interactive.maps import render_click_maps
 
-        tumour, background = self.draw(case, rng)
-        spacing = self.spacing_zyx_mm[case]
-
-        def maps(start: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-            origin = np.asarray(start, float)
-            return render_click_maps(tumour - origin, background - origin, shape, spacing,
-                                     self.encoding.radius_mm)
+        def maps(image: torch.Tensor, label: torch.Tensor) -> np.ndarray:
+            lesion = label.detach().cpu().numpy()
+            pet = image[self.pet_channel].detach().float().cpu().numpy()
+            tumour, background = self.draw(lesion, pet, rng)
+            return render_click_maps(tumour, background, lesion.shape, spacing_zyx_mm,
+                                     self.encoding.radius_mm, self.encoding.shape)
 
         return maps
 

@@ -15,8 +15,8 @@ from typing import Literal
 
 from petseg.config import InferenceConfig, ModelConfig, from_dict, load_json, to_dict
 from petseg.errors import PetsegError
-from petseg.interactive.simulate import ClickTrainingConfig
 from petseg.model import size_divisor
+from petseg.training.click_simulation import ClickTrainingConfig, check_click_training_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +142,7 @@ class TrainingConfig:
         model: network and preprocessing (stored in the checkpoints).
         augmentation, loss, optimizer, validation: see their classes.
         clicks: the simulated clicks of each sample, used only when `model` takes clicks
-            (`petseg.interactive.simulate.ClickTrainingConfig`).
+            (`petseg.training.click_simulation.ClickTrainingConfig`).
         seed: base seed; each epoch's patch order and augmentation derive from
             (seed, fold, epoch, sample index), so a resumed run continues identically.
         amp: mixed precision of the training step: "auto" (bf16 on CUDA GPUs with native
@@ -207,11 +207,8 @@ def check_training_config(config: TrainingConfig) -> None:
             f"loss.focal_weight has {len(config.loss.focal_weight)} values for "
             f"{config.model.network.out_channels} output channels; give one per class"
         )
-    clicks = config.clicks
-    if not 0.0 <= clicks.no_click_fraction <= 1.0 or not 0.0 <= clicks.jitter_fraction <= 1.0:
-        raise PetsegError("clicks.no_click_fraction and clicks.jitter_fraction must be in [0, 1]")
-    if min(clicks.max_tumour_clicks, clicks.max_background_clicks) < 0:
-        raise PetsegError("clicks.max_tumour_clicks and max_background_clicks must be >= 0")
+    for problem in check_click_training_config(config.clicks):
+        raise PetsegError(f"{problem}; change the config")
     if config.loader_threads < 1 or config.prefetch_batches < 1:
         raise PetsegError("loader_threads and prefetch_batches must be >= 1")
 

@@ -47,7 +47,7 @@ class FoldTraining:
         amp_dtype: autocast dtype of the step (None: fp32).
         channels_last: batches and weights in `channels_last_3d` (CUDA only).
         started_from: {"file", "sha256"} of the checkpoint a fine-tuning started from.
-        clicks: the training studies' click targets (click-aware models), else None.
+        clicks: the samples' click simulation (click-aware models), else None.
     """
 
     config: TrainingConfig
@@ -109,16 +109,15 @@ def build_fold(config: TrainingConfig, cache: Path, splits_path: Path, fold: int
                          volumes=volumes, validation=validation, network=unwrap(model),
                          model=model, loss_fn=build_loss(config.loss), optimizer=optimizer,
                          scaler=scaler, amp_dtype=amp_dtype, channels_last=channels_last,
-                         started_from=started_from, clicks=_training_clicks(config, volumes))
+                         started_from=started_from, clicks=_training_clicks(config))
 
 
-def _training_clicks(config: TrainingConfig, volumes: list[Volume]) -> TrainingClicks | None:
-    """The click targets of the training studies when the model takes clicks."""
+def _training_clicks(config: TrainingConfig) -> TrainingClicks | None:
+    """The samples' click simulation when the model takes clicks."""
     if not config.model.takes_clicks:
         return None
     pet_channel = config.model.preprocessing.channel_order.index("pet")
-    log.info("finding the click targets of %d training studies", len(volumes))
-    return TrainingClicks(volumes, config.clicks, pet_channel, config.model.clicks)
+    return TrainingClicks(config.clicks, pet_channel, config.model.clicks)
 
 
 def _load_fold(config: TrainingConfig, cache: Path, splits_path: Path, fold: int,

@@ -98,11 +98,12 @@ class EpochLoader:
                 rng = sample_rng(self.seed, self.fold, self.epoch, index)
                 params = draw_params(rng, volume.label.shape, self.config,
                                      volume.lesion_voxels, volume.hot_voxels)
-                maps = None if self.clicks is None else self.clicks.box_maps(
-                    case, click_rng(self.seed, self.fold, self.epoch, index))
+                maps = None if self.clicks is None else self.clicks.patch_maps(
+                    click_rng(self.seed, self.fold, self.epoch, index),
+                    tuple(float(s) for s in volume.spacing_mm[::-1]))
                 image, label = augment_sample(volume.image, volume.label, params, self.config,
                                               self.device, pin_memory=stream is not None,
-                                              box_maps=maps)
+                                              patch_maps=maps)
                 images.append(image)
                 labels.append(label)
             image_batch = torch.stack(images)
