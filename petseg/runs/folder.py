@@ -137,7 +137,10 @@ def predict_run(cases: CaseList, request: RunRequest) -> list[dict[str, Any]]:
         if request.session_cache is not None:
             from petseg.interactive.cache import SessionCache
 
-            sessions = SessionCache(request.session_cache, fingerprint)
+            # what the kept probability depends on: the weights and the inference settings,
+            # not the outputs asked for
+            sessions = SessionCache(request.session_cache, run_fingerprint(
+                weights_dir, {"inference": dataclasses.asdict(config)}))
         if len(request.devices) > 1 and len(to_run) > 1:
             _on_workers(to_run, request, config, results, sessions)
         else:
