@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--mode", choices=("reference", "fast"), default="fast")
     parser.add_argument("--steps", type=int, default=3, help="clicks of each kind added")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="of the update's blocks (default: the Predictor's)")
     parser.add_argument("--one-click", action="store_true",
                         help="one click per step (tumour, background, tumour, ...)")
     parser.add_argument("--seed", type=int, default=777001, help="phantom seed")
@@ -80,7 +82,7 @@ def main() -> None:
         print("note: automatic weights: an update runs no network, only the click rule")
     print(describe_machine(device), f"| {args.weights} ({len(predictor.networks)} folds, "
           f"{args.mode}) | PET {pet.GetSize()}")
-    session = InteractiveSession(predictor, args.context_mm, args.update_mm)
+    session = InteractiveSession(predictor, args.context_mm, args.update_mm, args.precision)
     first, first_s = timed(lambda: session.start(pet, ct), device)
     rows, ratios, dices, updates, stages = [], [], [], [], {}
     for step, clicks in enumerate(steps(tumour, background, args), 1):
@@ -99,7 +101,7 @@ def main() -> None:
     print(f"first step (preprocess, whole case, mask): {first_s:.2f} s, "
           f"{int(sitk.GetArrayViewFromImage(first).sum())} lesion voxels; its plan: "
           f"{session.plan.describe()}; context {args.context_mm:g} mm, update "
-          f"{args.update_mm:g} mm")
+          f"{args.update_mm:g} mm, blocks in {session.precision}")
     print_table(["step", "network on", "update s", "full answer s", "update / first",
                  "full / update", "Dice vs full", "voxels differ"], rows)
     print(f"median update / first step: {statistics.median(ratios):.3f}; "

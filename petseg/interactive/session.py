@@ -125,6 +125,11 @@ class InteractiveSession:
         context_mm, update_mm: an update's context and reach (`CONTEXT_MM`, `UPDATE_MM`,
             measured for the bundled network; a network whose clicks act farther, or
             whose output feels a block's border deeper, needs more).
+        precision: of an update's blocks, None for the Predictor's; "bf16" runs them
+            1.5-4x faster on a CPU with native bfloat16 (AVX512-BF16, AMX), its mask
+            within Dice 0.9999 of the fp32 full rerun with the bundled network on the
+            full-size phantom, but Dice 0.996 for a random network of large weights:
+            measure it for other weights before using it.
 
     Raises:
         PetsegError: the network takes input channels other than the click maps, which
@@ -132,7 +137,7 @@ class InteractiveSession:
     """
 
     def __init__(self, predictor: Predictor, context_mm: float = CONTEXT_MM,
-                 update_mm: float = UPDATE_MM) -> None:
+                 update_mm: float = UPDATE_MM, precision: str | None = None) -> None:
         model = predictor.model_config
         extra = model.extra_channels
         if extra and tuple(extra) != CLICK_CHANNELS:
@@ -143,6 +148,7 @@ class InteractiveSession:
         self.predictor = predictor
         self.encoding = model.clicks
         self.context_mm, self.update_mm = float(context_mm), float(update_mm)
+        self.precision = precision or predictor.config.precision
         self.pet: sitk.Image | None = None
         self.case: PreparedCase | None = None
         self.image: np.ndarray | None = None  # the network input [C, D, H, W]
@@ -375,7 +381,8 @@ class InteractiveSession:
         block[(slice(None), *_slices(inside_start - (start - pad), inside_stop - (start - pad)))
               ] = self.image[(slice(None), *_slices(inside_start, inside_stop))]
         config = dataclasses.replace(self.predictor.config, mode="fast", time_budget_s=None,
-                                     tta=self.passes, skip_empty_windows=False)
+                                     tta=self.passes, skip_empty_windows=False,
+                                     precision=self.precision)
         local = self.predictor.probability(block, config=config).probability
         reach = np.ceil(self.update_mm / spacing).astype(int)
         target_start = np.maximum(low - reach, inside_start)
