@@ -60,8 +60,6 @@ def serving(cases: Path, args: argparse.Namespace, log: Path):
                str(port), "--device", args.device, "--mode", args.mode]
     if args.weights:
         command += ["--weights", str(args.weights)]
-    if args.click_precision:
-        command += ["--click-precision", args.click_precision]
     process = subprocess.Popen(command, cwd=REPOSITORY, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -140,8 +138,6 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="default: weights/")
     parser.add_argument("--mode", choices=("reference", "fast"), default="fast")
     parser.add_argument("--seed", type=int, default=777001, help="phantom seed")
-    parser.add_argument("--click-precision", choices=("fp32", "bf16"), default=None,
-                        help="petseg serve --click-precision (default: the config's)")
     args = parser.parse_args()
     case = generate_case(args.seed, "full", "LYMPHOMA")
     clicks = clicks_in_order(case)
@@ -156,8 +152,7 @@ def main() -> None:
     dice = 2 * int((a & b).sum()) / max(1, int(a.sum() + b.sum()))
     median = statistics.median(later)
     p95 = float(np.percentile(later, 95))
-    print(f"{args.device}, {args.mode}, click blocks in {args.click_precision or 'the config'}"
-          f" | PET {case.pet.GetSize()} | {len(clicks)} clicks "
+    print(f"{args.device}, {args.mode} | PET {case.pet.GetSize()} | {len(clicks)} clicks "
           f"({sum(p for _, p in clicks)} tumour)")
     print("| upload s | first answer s | click median s | click p95 s | predict run s "
           "| predict / click | Dice vs predict |")

@@ -402,22 +402,6 @@ def test_undo_runs_no_network_and_gives_back_the_mask_before(app, study) -> None
     app.post("/release", headers=lease)
 
 
-def test_the_click_precision_reaches_the_session(study, weights) -> None:
-    """`--click-precision` (ServeOptions.update_precision) is the precision of the blocks
-    a click runs; without it the config's."""
-    _cases, pet, _ct = study
-    predictor = Predictor.from_weights_dir(weights, InferenceConfig(roi_size=(32, 32, 32),
-                                                                    mode="fast"), device="cpu")
-    for precision, expected in ((None, "auto"), ("bf16", "bf16")):
-        options = ServeOptions(max_upload_bytes=400_000, update_precision=precision)
-        with TestClient(make_app(predictor, StudyIndex(study[0]), options)) as client:
-            lease = claim(client)
-            assert upload(client, lease, sitk.GetArrayFromImage(pet)[None],
-                          [6.0, 4.0, 4.0]).status_code == 200
-            lesions = client.app.state.server.leases.peek(lease["X-Lease-Token"]).lesions
-            assert lesions.session.precision == expected
-
-
 def test_the_changed_box_and_the_scribble_cells() -> None:
     rng = np.random.default_rng(2)
     before = np.zeros((5, 6, 7), np.uint8)

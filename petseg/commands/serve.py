@@ -36,10 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference settings JSON (default: resources/inference.json)")
     parser.add_argument("--mode", choices=("reference", "fast"), default=None,
                         help="engine mode (default: the config's)")
-    parser.add_argument("--click-precision", choices=("fp32", "bf16"), default=None,
-                        help="precision of the network around a click (default: the "
-                             "config's); bf16 is faster on a CPU with native bfloat16, "
-                             "measured for the bundled weights (docs/serve.md)")
     parser.add_argument("--max-sessions", type=int, default=1, metavar="N",
                         help="readers served at once, one study each in memory (default 1)")
     parser.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
@@ -75,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
                            idle_timeout_s=args.idle_timeout,
                            liveness_timeout_s=min(60.0, args.idle_timeout),
                            sweep_interval_s=min(15.0, args.idle_timeout / 4),
-                           max_upload_bytes=int(args.max_upload_mb * 2**20),
-                           update_precision=args.click_precision)
+                           max_upload_bytes=int(args.max_upload_mb * 2**20))
     studies = StudyIndex(args.cases)
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     weights = args.weights or find_weights_dir([Path.cwd() / "weights", REPOSITORY / "weights"])

@@ -52,7 +52,6 @@ class ServeOptions:
     liveness_timeout_s: float = 60.0
     sweep_interval_s: float = 15.0
     max_upload_bytes: int = 2 << 30
-    update_precision: str | None = None  # of a click's network blocks; None: the config's
 
 
 def capabilities() -> dict[str, Any]:
@@ -146,8 +145,7 @@ class Server:
             raise RequestError(f"set_image: {exc}", 422) from None
         lease.lesions = LesionSession(self.predictor, study,
                                       study.orientation.spacing(study.pet.GetSpacing()),
-                                      compute=self.compute,
-                                      precision=self.options.update_precision)
+                                      compute=self.compute)
         return {"original_image_shape": list(image.shape), "study": study.name}
 
     def interact(self, lease: Lease, what: str, add: Callable[[LesionSession], None],

@@ -103,14 +103,13 @@ class LesionSession:
         study: the matched study.
         spacing: the upload's spacing on its axes (mm).
         compute: held while the network runs (one run at a time on the server).
-        precision: of a click's network blocks (`InteractiveSession`), None: the config's.
     """
 
     def __init__(self, predictor: Predictor, study: MatchedStudy, spacing: np.ndarray,
-                 compute: threading.Lock, precision: str | None = None) -> None:
+                 compute: threading.Lock) -> None:
         self.study = study
         self.spacing = spacing
-        self.session = InteractiveSession(predictor, precision=precision)
+        self.session = InteractiveSession(predictor)
         self.steps: list[Step] = []
         self.viewer: np.ndarray | None = None  # the viewer's buffer as the server sent it
         self.kept: Kept | None = None
