@@ -129,7 +129,8 @@ class InteractiveSession:
             1.5-4x faster on a CPU with native bfloat16 (AVX512-BF16, AMX), its mask
             within Dice 0.9999 of the fp32 full rerun with the bundled network on the
             full-size phantom, but Dice 0.996 for a random network of large weights:
-            measure it for other weights before using it.
+            measure it for other weights before using it (and a server process running
+            bf16 blocks crashed at its 18th click twice: docs/serve.md).
 
     Raises:
         PetsegError: the network takes input channels other than the click maps, which
