@@ -8,7 +8,9 @@ the case's truth (tumour and background alternating, up to 10 each) as point int
 Timed: the upload, the first answer (the automatic run, in the background since
 `set_image`, plus the first click), and every later click (median, 95th percentile). The
 stock way is `petseg predict` with the same clicks in a lesion-clicks.json, a whole run per
-answer, timed in the same run; its mask is compared with the viewer's buffer (Dice).
+answer, timed in the same run; its mask is compared with the viewer's buffer (Dice). The
+server's log gives each answer's time per stage (click maps, network, mask on the PET
+grid, click rule, the viewer's change): their medians over the later clicks are printed.
 
     python benchmarks/serve.py cpu                  # the bundled weights, fast mode
     python benchmarks/serve.py cuda --mode reference
@@ -34,6 +36,7 @@ from nnInteractive.inference.remote import nnInteractiveRemoteInferenceSession
 
 from petseg.interactive.simulate import autopet_iv_clicks
 from petseg.phantom import generate_case
+from petseg.serve.lesions import ANSWER_STAGES
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 MASK = Path("images/tumor-lesion-segmentation/pet.mha")
@@ -47,8 +50,9 @@ def write_case(folder: Path, pet: sitk.Image, ct: sitk.Image) -> Path:
 
 
 @contextlib.contextmanager
-def serving(cases: Path, args: argparse.Namespace):
-    """`petseg serve` on a free loopback port; its URL; killed afterwards."""
+def serving(cases: Path, args: argparse.Namespace, log: Path):
+    """`petseg serve` on a free loopback port, its log to `log`; its URL; killed
+    afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -56,7 +60,7 @@ def serving(cases: Path, args: argparse.Namespace):
                str(port), "--device", args.device, "--mode", args.mode]
     if args.weights:
         command += ["--weights", str(args.weights)]
-    process = subprocess.Popen(command, cwd=REPOSITORY, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=REPOSITORY, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -103,6 +107,16 @@ def drive(url: str, pet: sitk.Image, clicks) -> tuple[float, float, list[float],
     return upload_s, first_s, times[1:], buffer
 
 
+def stage_medians(log: Path, skip: int = 1) -> dict[str, float]:
+    """Median seconds per stage over the answers the server logged, the first `skip` left
+    out (the first answer waits for the automatic run)."""
+    answers = [json.loads(line.split(ANSWER_STAGES, 1)[1])
+               for line in log.read_text().splitlines() if ANSWER_STAGES in line][skip:]
+    stages = {stage for answer in answers for stage in answer}
+    return {stage: statistics.median(answer.get(stage, 0.0) for answer in answers)
+            for stage in sorted(stages)}
+
+
 def predict_time(folder: Path, clicks, args: argparse.Namespace) -> tuple[float, np.ndarray]:
     """(seconds, mask) of `petseg predict` with the clicks in lesion-clicks.json."""
     points = [{"point": [int(v) for v in index[::-1]], "name": "tumor" if positive
@@ -129,8 +143,10 @@ def main() -> None:
     clicks = clicks_in_order(case)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_case(Path(tmp) / "cases" / "study", case.pet, case.ct)
-        with serving(folder.parent, args) as url:
+        log = Path(tmp) / "serve.log"
+        with serving(folder.parent, args, log) as url:
             upload_s, first_s, later, buffer = drive(url, case.pet, clicks)
+        stages = stage_medians(log)
         predict_s, mask = predict_time(folder, clicks, args)
     a, b = buffer > 0, mask > 0
     dice = 2 * int((a & b).sum()) / max(1, int(a.sum() + b.sum()))
@@ -144,6 +160,8 @@ def main() -> None:
     print(f"| {upload_s:.2f} | {first_s:.2f} | {median:.2f} | {p95:.2f} | {predict_s:.1f} "
           f"| {predict_s / median:.0f}x | {dice:.5f} |")
     print(f"voxels that differ from predict: {int((a != b).sum())}")
+    print("server's time per stage, median over the later clicks: " + ", ".join(
+        f"{stage} {seconds:.3f} s" for stage, seconds in stages.items()))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ preprocessed again, the whole case through the ensemble, the click rule). A sess
 click, runs the network only around the click maps that changed. On the full-size
 synthetic case (`petseg.phantom.generate_case(seed, "full")`, PET 400 x 400 x ~327) with
 the autoPET IV clicks of its truth (the organisers' rule), each step k = 1..N adds one
-tumour and one background click; per step the session's update and the stock full answer
-are timed in the same run and their masks compared (Dice, voxels that differ).
+tumour and one background click (`--one-click`: one click per step, tumour and background
+alternating, as a viewer sends them); per step the session's update and the stock full
+answer are timed in the same run and their masks compared (Dice, voxels that differ), and
+the update's time is broken down by stage (`InteractiveSession.seconds`: click maps drawn
+and compared, network blocks, probability to the PET grid and mask, click rule).
 
     python benchmarks/session.py cpu                 # the bundled weights (weights/)
     python benchmarks/session.py cpu --steps 2 --weights DIR --mode reference
@@ -57,13 +60,16 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--mode", choices=("reference", "fast"), default="fast")
     parser.add_argument("--steps", type=int, default=3, help="clicks of each kind added")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="of the update's blocks (default: the Predictor's)")
+    parser.add_argument("--one-click", action="store_true",
+                        help="one click per step (tumour, background, tumour, ...)")
     parser.add_argument("--seed", type=int, default=777001, help="phantom seed")
     parser.add_argument("--context-mm", type=float, default=session_module.CONTEXT_MM,
                         help="context around the changed clicks the network sees (mm)")
     parser.add_argument("--update-mm", type=float, default=session_module.UPDATE_MM,
                         help="reach of a click's update (mm)")
     args = parser.parse_args()
-    session_module.CONTEXT_MM, session_module.UPDATE_MM = args.context_mm, args.update_mm
     device = device_from(args.device)
     case = generate_case(args.seed, "full", "LYMPHOMA")
     pet, ct = case.pet, case.ctres
@@ -76,13 +82,14 @@ def main() -> None:
         print("note: automatic weights: an update runs no network, only the click rule")
     print(describe_machine(device), f"| {args.weights} ({len(predictor.networks)} folds, "
           f"{args.mode}) | PET {pet.GetSize()}")
-    session = InteractiveSession(predictor)
+    session = InteractiveSession(predictor, args.context_mm, args.update_mm, args.precision)
     first, first_s = timed(lambda: session.start(pet, ct), device)
-    rows, ratios, dices = [], [], []
-    for step in range(1, args.steps + 1):
-        clicks = Clicks(tumour=zyx_to_xyz(tumour[:step]),
-                        background=zyx_to_xyz(background[:step]))
+    rows, ratios, dices, updates, stages = [], [], [], [], {}
+    for step, clicks in enumerate(steps(tumour, background, args), 1):
         mask, update_s = timed(lambda c=clicks: session.update(c), device)
+        updates.append(update_s)
+        for stage, seconds in session.seconds.items():
+            stages.setdefault(stage, []).append(seconds)
         full, full_s = timed(lambda c=clicks: InteractiveSession(predictor).predict(pet, ct, c),
                              device)
         a, b = sitk.GetArrayFromImage(mask) > 0, sitk.GetArrayFromImage(full.mask) > 0
@@ -94,11 +101,30 @@ def main() -> None:
     print(f"first step (preprocess, whole case, mask): {first_s:.2f} s, "
           f"{int(sitk.GetArrayViewFromImage(first).sum())} lesion voxels; its plan: "
           f"{session.plan.describe()}; context {args.context_mm:g} mm, update "
-          f"{args.update_mm:g} mm")
+          f"{args.update_mm:g} mm, blocks in {session.precision}")
     print_table(["step", "network on", "update s", "full answer s", "update / first",
                  "full / update", "Dice vs full", "voxels differ"], rows)
     print(f"median update / first step: {statistics.median(ratios):.3f}; "
           f"lowest Dice vs the full answer: {min(dices):.5f}")
+    print(f"update median {statistics.median(updates):.3f} s; per stage, median s (share of "
+          "the summed medians):")
+    medians = {stage: statistics.median(times) for stage, times in stages.items()}
+    print_table(["stage", "median s", "share"], [
+        [stage, f"{seconds:.3f}", f"{seconds / sum(medians.values()):.0%}"]
+        for stage, seconds in medians.items()])
+
+
+def steps(tumour: np.ndarray, background: np.ndarray, args: argparse.Namespace
+          ) -> list[Clicks]:
+    """The clicks of each step: one more of each kind, or with `--one-click` one more
+    click, tumour and background alternating."""
+    if not args.one_click:
+        return [Clicks(tumour=zyx_to_xyz(tumour[:k]), background=zyx_to_xyz(background[:k]))
+                for k in range(1, args.steps + 1)]
+    # after n clicks: (n + 1) // 2 tumour and n // 2 background
+    return [Clicks(tumour=zyx_to_xyz(tumour[:(n + 1) // 2]),
+                   background=zyx_to_xyz(background[:n // 2]))
+            for n in range(1, 2 * args.steps + 1)]
 
 
 if __name__ == "__main__":

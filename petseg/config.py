@@ -165,7 +165,8 @@ class InferenceConfig:
         windows_per_batch: windows per forward, or "auto" (from the free GPU memory).
         mode: "reference" (`roi_size` windows at `overlap`, the paper) or "fast" (windows as
             large as memory allows, up to the whole cropped body in one forward).
-        precision: "fp16" autocast, "fp32", or "auto" (fp16 on CUDA, fp32 on the CPU).
+        precision: "fp16" autocast, "fp32", or "auto" (fp16 on CUDA, fp32 on the CPU);
+            "bf16" autocast on either (CUDA or the CPU).
         stitch: where the accumulation buffers live: "device", "cpu" or "auto".
         memory_budget_gb: memory the engine may plan for (GB); None = 90 % of the free
             GPU memory, or half the available RAM on the CPU.
@@ -183,7 +184,7 @@ class InferenceConfig:
     blend: Literal["gaussian", "constant"] = "gaussian"
     windows_per_batch: int | Literal["auto"] = "auto"
     mode: Literal["reference", "fast"] = "reference"
-    precision: Literal["auto", "fp32", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     stitch: Literal["auto", "device", "cpu"] = "auto"
     memory_budget_gb: float | None = None
     fast_overlap: int = 32

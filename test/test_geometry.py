@@ -19,6 +19,7 @@ from petseg.io.geometry import (
     resample,
     resample_parallel,
     same_grid,
+    target_span,
     uncrop,
 )
 
@@ -175,6 +176,32 @@ def test_separable_resampling_equals_simpleitk_linear(name: str, spacing: float)
         resample(grid.image_from_array(expected), parent, sitk.sitkLinear, 0.0))
     np.testing.assert_allclose(resample_parallel(expected, grid, parent), expected_back,
                                rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", [*sorted(DIRECTIONS), "permuted"])
+def test_a_box_of_the_resampling_is_the_whole_one_there(name: str) -> None:
+    """A box of the target resampled alone equals the whole resampling there, bit for bit;
+    a change of the source inside a box changes the target only inside `target_span`."""
+    parent = _geometry(DIRECTIONS.get(name, PERMUTED_DIRECTION))
+    grid = isotropic_grid(parent, 1.3, "RAS")
+    shifted = Geometry(grid.size, grid.spacing, tuple(o + 7.0 for o in grid.origin),
+                       grid.direction)
+    values = np.random.default_rng(2).random(tuple(reversed(parent.size)), np.float32)
+    whole = resample_parallel(values, parent, shifted, -1.0)
+    for low, high in (([0, 0, 0], list(whole.shape)), ([3, 0, 5], [9, 4, 6]),
+                      ([0, 11, 2], [whole.shape[0], whole.shape[1], 3])):
+        got = resample_parallel(values, parent, shifted, -1.0, box=(low, high))
+        np.testing.assert_array_equal(got, whole[tuple(map(slice, low, high))])
+    low, high = np.array([5, 7, 20]), np.array([9, 12, 30])
+    changed = values.copy()
+    changed[tuple(map(slice, low, high))] += 1.0
+    differ = np.argwhere(resample_parallel(changed, parent, shifted, -1.0) != whole)
+    span_low, span_high = target_span(parent, shifted, low, high)
+    assert np.all(differ.min(axis=0) >= span_low) and np.all(differ.max(axis=0) < span_high)
+    # no wider than the voxels that read the box (a voxel may read it with weight 0)
+    assert np.all(span_low >= differ.min(axis=0) - 1)
+    assert np.all(span_high <= differ.max(axis=0) + 2)
+    assert target_span(parent, shifted, np.array([0, 0, 0]), np.array([1, 1, 0])) is None
 
 
 def test_separable_resampling_refuses_grids_whose_axes_are_not_parallel() -> None:

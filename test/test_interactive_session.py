@@ -163,6 +163,9 @@ STEPS = (Clicks(tumour=((48, 58, 75),)),
                 background=((44, 57, 40), (50, 58, 140))))
 """Clicks added step by step (PET indices x, y, z) inside the body box of the case; the
 last step adds two clicks 520 mm apart (two blocks)."""
+REACH = {"context_mm": 96.0, "update_mm": 32.0}
+"""The scaled random network's clicks act farther than the bundled network's (for which
+the session's defaults were measured, `benchmarks/session.py`): its update needs more."""
 
 
 def test_each_update_equals_a_full_rerun_and_runs_the_network_on_less(session_case) -> None:
@@ -172,7 +175,7 @@ def test_each_update_equals_a_full_rerun_and_runs_the_network_on_less(session_ca
     zero padding reaches faintly past the context: up to 6e-4 for this network), while the
     network runs on a part of the case."""
     pet, ct, predictor = session_case
-    session = InteractiveSession(predictor)
+    session = InteractiveSession(predictor, **REACH)
     start = session.start(pet, ct)
     whole = session.updated_voxels
     np.testing.assert_array_equal(sitk.GetArrayFromImage(start), sitk.GetArrayFromImage(
@@ -186,10 +189,33 @@ def test_each_update_equals_a_full_rerun_and_runs_the_network_on_less(session_ca
         rerun = predictor.probability(predictor.network_input(
             session.case, session.click_maps(clicks, pet))).probability
         torch.testing.assert_close(session.probability, rerun, rtol=0, atol=1e-3)
+        # drawn and resampled in boxes only, yet as drawn and resampled over the whole case
+        np.testing.assert_array_equal(session.image[-2:], session.click_maps(clicks, pet)(
+            session.case.grid))
+        np.testing.assert_array_equal(session.network_mask, sitk.GetArrayFromImage(
+            predictor.mask_on_pet_grid(session.probability, session.case)[0]))
+        assert {"click maps", "network", "mask on the PET grid", "click rule"} <= set(
+            session.seconds)
     assert session.blocks == 2  # the last step's two clicks lie far apart
     # the clicks changed the network's output: the check above is not vacuous
     assert not torch.equal(session.probability, predictor.probability(
         predictor.network_input(session.case)).probability)
+
+
+def test_bf16_blocks_run_in_bfloat16_close_to_fp32(session_case) -> None:
+    """`precision="bf16"`: the update's blocks run in bfloat16 (not bit for bit the fp32
+    rerun), within 0.02 of it for a network of unscaled random weights."""
+    pet, ct, _predictor = session_case
+    torch.manual_seed(5)
+    predictor = Predictor([build_network(CLICK_MODEL.network)], CLICK_MODEL,
+                          _predictor.config, device="cpu")
+    session = InteractiveSession(predictor, **REACH, precision="bf16")
+    session.start(pet, ct)
+    session.update(STEPS[0])
+    rerun = predictor.probability(predictor.network_input(
+        session.case, session.click_maps(STEPS[0], pet))).probability
+    torch.testing.assert_close(session.probability, rerun, rtol=0, atol=0.02)
+    assert not torch.equal(session.probability, rerun)
 
 
 def test_unchanged_clicks_and_automatic_weights_run_no_network(session_case) -> None:

@@ -87,7 +87,7 @@ class _Run:
     networks: Sequence[Network]
     weights: Sequence[float]
     device: torch.device
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "bf16"]
     channels_last: bool
     flips: Sequence[tuple[int, ...]]
     per_network: bool
@@ -268,8 +268,8 @@ def _settings(networks: Sequence[Network], config: InferenceConfig, device: torc
     device = resolve_device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    precision: Literal["fp32", "fp16"] = "fp16" if device.type == "cuda" else "fp32"
-    if config.precision != "auto" and device.type == "cuda":
+    precision: Literal["fp32", "fp16", "bf16"] = "fp16" if device.type == "cuda" else "fp32"
+    if config.precision == "bf16" or (config.precision != "auto" and device.type == "cuda"):
         precision = config.precision
     _prepare(networks, device, channels_last)
     flips = FLIP_AXES if config.time_budget_s is not None else FLIP_AXES[: int(config.tta)]

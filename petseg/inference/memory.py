@@ -77,9 +77,12 @@ class _LiveTensorBytes:
 
 
 def autocast(device: torch.device, precision: str) -> Any:
-    """fp16 autocast on CUDA when `precision` is "fp16", else a disabled autocast."""
+    """fp16 autocast on CUDA when `precision` is "fp16", bf16 autocast on any device when
+    it is "bf16", else a disabled autocast."""
     if device.type == "cuda" and precision == "fp16":
         return torch.autocast("cuda", dtype=torch.float16)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
 
@@ -121,7 +124,7 @@ def activation_bytes_per_voxel(
     network: Any,
     in_channels: int,
     device: torch.device | str,
-    precision: Literal["fp32", "fp16"] = "fp32",
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32",
     channels_last: bool = True,
     size_divisor: int = 16,
 ) -> float:
@@ -151,7 +154,7 @@ def activation_bytes_per_voxel(
 
 
 def planning_cost(network: Any, in_channels: int, device: torch.device,
-                  precision: Literal["fp32", "fp16"], channels_last: bool,
+                  precision: Literal["fp32", "fp16", "bf16"], channels_last: bool,
                   size_divisor: int) -> float:
     """Activation bytes per window voxel the planner assumes: measured, times `COST_SAFETY`."""
     measured = activation_bytes_per_voxel(network, in_channels, device, precision,

@@ -180,7 +180,7 @@ class Plan:
         stitch: where the accumulation buffers live ("device" or "cpu").
         blend: "gaussian" or "constant" (MONAI's maps), or "ramp" (`edge_ramp_map`).
         ramp: ramp width in voxels for "ramp" blending.
-        precision: "fp16" (autocast) or "fp32".
+        precision: "fp16" or "bf16" (autocast), or "fp32".
         buffer_bytes: device memory of the padded input and accumulation buffers (0 when
             they live on the CPU while the networks run on CUDA).
         window_bytes: estimated memory of one window's forward.
@@ -196,7 +196,7 @@ class Plan:
     stitch: Literal["device", "cpu"]
     blend: Literal["gaussian", "constant", "ramp"]
     ramp: int
-    precision: Literal["fp32", "fp16"]
+    precision: Literal["fp32", "fp16", "bf16"]
     buffer_bytes: int
     window_bytes: int
     estimated_bytes: int
@@ -273,7 +273,7 @@ def _symmetric_pad(shape: Sequence[int], target: Sequence[int]) -> tuple[tuple[i
 
 def make_plan(
     shape: Sequence[int], *, mode: Mode, roi_size: Sequence[int], overlap: float, blend: Blend,
-    windows_per_batch: int | Literal["auto"], precision: Literal["fp32", "fp16"],
+    windows_per_batch: int | Literal["auto"], precision: Literal["fp32", "fp16", "bf16"],
     stitch: Stitch, budget_bytes: float, bytes_per_voxel: float, in_channels: int,
     out_channels: int = 2, size_divisor: int = 1, fast_overlap: int = 32,
     body_mask: np.ndarray | torch.Tensor | None = None, device_type: str = "cuda",
@@ -302,7 +302,7 @@ def make_plan(
         target = [round_up(s, size_divisor) for s in shape]
     pad = _symmetric_pad(shape, target)
     padded = tuple(s + a + b for s, (a, b) in zip(shape, pad, strict=True))
-    in_bytes = 2 if precision == "fp16" else 4
+    in_bytes = 2 if precision in ("fp16", "bf16") else 4
     voxels = math.prod(padded)
     if stitch == "auto":
         fits = _buffer_bytes(voxels, in_channels, in_bytes, True, maps) <= budget_bytes / 2

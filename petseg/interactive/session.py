@@ -11,19 +11,25 @@ costs a fraction of the first step:
 
 - the case is preprocessed once, and the network runs once over the whole case;
 - automatic weights: the network's mask stays, only the click rule runs again;
-- click-aware weights: the network runs again only over the boxes where the click maps
-  changed (one per group of nearby changes) plus `CONTEXT_MM` of context on each side
-  (one forward each, cut from the first run's padded frame at whole strides), and the
-  probability is replaced within `UPDATE_MM` of each box; beyond it a click's effect on
-  the network's output is below what changes a mask (measured against a full rerun:
-  `test/test_interactive_session.py`, `benchmarks/session.py`).
+- click-aware weights: the click maps are drawn again and compared only around the clicks
+  added or removed; the network runs again only over the boxes where they changed (one
+  per group of nearby changes) plus `CONTEXT_MM` of context on each side (one forward
+  each, cut from the first run's padded frame at whole strides), the probability is
+  replaced within `UPDATE_MM` of each box, and the network's mask on the PET grid is
+  resampled and thresholded again only where it reads the replaced probability. Measured
+  against a full rerun on the full-size phantom with the bundled network
+  (`benchmarks/session.py`, `test/test_interactive_session.py` for the tolerance).
 
+Only the click rule's copy of the mask and the returned image span the whole case.
 The probabilities stay the network's; only the mask honours every click.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,19 +40,26 @@ from scipy import ndimage
 from petseg.config import CLICK_CHANNELS
 from petseg.errors import PetsegError
 from petseg.inference.plan import Plan
+from petseg.inference.postprocessing import threshold_mask
 from petseg.inference.predictor import ExtraChannels, Prediction, Predictor
-from petseg.interactive.clicks import Clicks
-from petseg.interactive.maps import click_maps_on_grid
+from petseg.interactive.clicks import Clicks, clicks_on_grid
+from petseg.interactive.maps import click_maps_on_grid, render_click_maps
 from petseg.interactive.rule import apply_click_rule
-from petseg.io.geometry import Geometry
+from petseg.io.geometry import Geometry, resample_parallel, target_span
 from petseg.model import size_divisor
 from petseg.preprocessing import PreparedCase, body_mask_for_windows, preprocess_case
 from petseg.progress import CaseProgress
 
-CONTEXT_MM = 96.0
-"""Context (mm) around the changed click maps that the network sees when it runs again."""
-UPDATE_MM = 32.0
-"""Distance (mm) from the changed click maps within which the probability is replaced."""
+CONTEXT_MM = 56.0
+"""Context (mm) around the changed click maps that the network sees when it runs again.
+Measured for the bundled network on the full-size phantom: the replaced part must lie at
+least about 40 mm inside the block (the zero padding beyond it changes the output up to
+there); 48 mm of context with 8 mm replaced (40 mm inside) agreed with a full rerun to
+Dice 0.9999, 40 mm with 4 mm (36 mm inside) differed in 11 voxels (Dice 0.9990)."""
+UPDATE_MM = 8.0
+"""Distance (mm) from the changed click maps within which the probability is replaced:
+beyond it a click changed the bundled network's probability by at most 0.034 on the
+full-size phantom, which moved no mask voxel."""
 
 
 def changed_boxes(before: np.ndarray, after: np.ndarray, gap: np.ndarray
@@ -58,8 +71,15 @@ def changed_boxes(before: np.ndarray, after: np.ndarray, gap: np.ndarray
     if not changed.any():
         return []
     labels, _count = ndimage.label(changed)
-    boxes = [(np.array([s.start for s in found]), np.array([s.stop for s in found]))
-             for found in ndimage.find_objects(labels)]
+    return merged_boxes([(np.array([s.start for s in found]), np.array([s.stop for s in found]))
+                         for found in ndimage.find_objects(labels)], gap)
+
+
+def merged_boxes(boxes: list[tuple[np.ndarray, np.ndarray]], gap: np.ndarray
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`boxes` (low, high voxel bounds, high exclusive) with those closer than `gap` voxels
+    (per axis) merged into their bounding box, until none are."""
+    boxes = list(boxes)
     merged = True
     while merged and len(boxes) > 1:
         merged = False
@@ -74,6 +94,13 @@ def changed_boxes(before: np.ndarray, after: np.ndarray, gap: np.ndarray
             if merged:
                 break
     return boxes
+
+
+def _changed_points(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Rows `[N, 3]` of either points array that the other one lacks."""
+    old = {tuple(p) for p in before.tolist()}
+    new = {tuple(p) for p in after.tolist()}
+    return np.array(sorted(old ^ new), float).reshape(-1, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +122,23 @@ class InteractiveSession:
     Args:
         predictor: the fold ensemble; its network may take click maps
             (`ModelConfig.takes_clicks`) or not (then only the click rule acts).
+        context_mm, update_mm: an update's context and reach (`CONTEXT_MM`, `UPDATE_MM`,
+            measured for the bundled network; a network whose clicks act farther, or
+            whose output feels a block's border deeper, needs more).
+        precision: of an update's blocks, None for the Predictor's; "bf16" runs them
+            1.5-4x faster on a CPU with native bfloat16 (AVX512-BF16, AMX), its mask
+            within Dice 0.9999 of the fp32 full rerun with the bundled network on the
+            full-size phantom, but Dice 0.996 for a random network of large weights:
+            measure it for other weights before using it (and a server process running
+            bf16 blocks crashed at its 18th click twice: docs/serve.md).
 
     Raises:
         PetsegError: the network takes input channels other than the click maps, which
             this session cannot supply.
     """
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, context_mm: float = CONTEXT_MM,
+                 update_mm: float = UPDATE_MM, precision: str | None = None) -> None:
         model = predictor.model_config
         extra = model.extra_channels
         if extra and tuple(extra) != CLICK_CHANNELS:
@@ -111,16 +148,20 @@ class InteractiveSession:
                               "weights")
         self.predictor = predictor
         self.encoding = model.clicks
+        self.context_mm, self.update_mm = float(context_mm), float(update_mm)
+        self.precision = precision or predictor.config.precision
         self.pet: sitk.Image | None = None
         self.case: PreparedCase | None = None
         self.image: np.ndarray | None = None  # the network input [C, D, H, W]
         self.probability: torch.Tensor | None = None  # [D, H, W] on the network grid
-        self.network_mask: sitk.Image | None = None  # the network's mask on the PET grid
+        self.network_mask: np.ndarray | None = None  # the network's uint8 mask, PET grid
         self.passes = 1
         self.plan: Plan | _FramePlan | None = None  # the first run's padded frame
         self.clicks: Clicks | None = None  # those the probability was computed with
         self.updated_voxels = 0  # network-grid voxels the last update ran the network on
         self.blocks = 0  # blocks the last update ran the network on
+        self.seconds: dict[str, float] = {}  # the last update's time per stage
+        self.patches: list[Patch] = []  # what the last update overwrote, for `restore`
 
     def click_maps(self, clicks: Clicks | None, pet: sitk.Image | Geometry
                    ) -> ExtraChannels | None:
@@ -168,10 +209,16 @@ class InteractiveSession:
             result = predictor.probability(self.image, body_mask=body)
         self.probability, self.passes, self.plan = (result.probability, result.passes,
                                                     result.plan)
-        self.network_mask = predictor.mask_on_pet_grid(self.probability, self.case)[0]
+        self.network_mask = self._whole_mask()
         self.updated_voxels = int(np.prod(self.image.shape[1:]))
         self.clicks = clicks
         return self._honour(self.network_mask, pet, clicks, progress)
+
+    def _whole_mask(self) -> np.ndarray:
+        """The network's mask (uint8 `[z, y, x]`, PET grid) of the whole probability."""
+        assert self.probability is not None and self.case is not None
+        return sitk.GetArrayFromImage(
+            self.predictor.mask_on_pet_grid(self.probability, self.case)[0])
 
     def probability_on_pet_grid(self) -> sitk.Image:
         """The network's probability (float32) on the PET grid of the started case."""
@@ -207,37 +254,113 @@ class InteractiveSession:
         self.probability = torch.from_numpy(np.asarray(state.probability, np.float32))
         self.passes = state.passes
         self.plan = _FramePlan(state.pad, state.padded_shape)
-        self.network_mask = self.predictor.mask_on_pet_grid(self.probability, case)[0]
+        self.network_mask = self._whole_mask()
         self.updated_voxels = 0
 
     def update(self, clicks: Clicks | None, progress: CaseProgress | None = None) -> sitk.Image:
         """The mask for the case `start`ed with all of `clicks` (those given so far): the
-        network runs again only where the click maps changed (click-aware weights)."""
+        network runs again only where the click maps changed (click-aware weights).
+
+        Every stage works in boxes: the click maps are drawn and compared only around the
+        clicks added or removed, the probability is resampled to the PET grid and
+        thresholded only where the network's output was replaced. `seconds` gets each
+        stage's time."""
         if self.case is None or self.image is None or self.pet is None:
             raise RuntimeError("start the session on a case first")
         progress = progress or CaseProgress("-")
-        self.updated_voxels, self.blocks = 0, 0
-        maps = self.click_maps(clicks, self.pet)
-        if maps is not None:
-            drawn = maps(self.case.grid)
-            spacing = np.asarray(self.case.grid.spacing[::-1], float)  # [z, y, x] mm
-            boxes = changed_boxes(self.image[-len(drawn):], drawn,
-                                  2 * np.ceil(CONTEXT_MM / spacing).astype(int))
+        self.updated_voxels, self.blocks, self.seconds, self.patches = 0, 0, {}, []
+        if self.predictor.model_config.takes_clicks:
+            with self._timed("click maps"):
+                boxes = self._redraw_maps(clicks)
             if boxes:
-                self.image[-len(drawn):] = drawn
                 progress.stage(f"network around the changed clicks ({len(boxes)} block(s))")
-                for low, high in boxes:
-                    self._run_again(low, high)
-                self.blocks = len(boxes)
-                self.network_mask = self.predictor.mask_on_pet_grid(self.probability,
-                                                                    self.case)[0]
+            for low, high in boxes:
+                with self._timed("network"):
+                    target = self._run_again(low, high)
+                with self._timed("mask on the PET grid"):
+                    self._patch_mask(*target)
+            self.blocks = len(boxes)
         assert self.network_mask is not None
         self.clicks = clicks
-        return self._honour(self.network_mask, self.pet, clicks, progress)
+        with self._timed("click rule"):
+            return self._honour(self.network_mask, self.pet, clicks, progress)
 
-    def _run_again(self, low: np.ndarray, high: np.ndarray) -> None:
-        """Run the network over `[low, high)` plus `CONTEXT_MM` (one forward) and replace
-        the probability within `UPDATE_MM` of the box.
+    @contextlib.contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        """Adds the time (s) of the block to `seconds[stage]`."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - began
+
+    def _redraw_maps(self, clicks: Clicks | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Draw the click maps of `clicks` anew only around the clicks added or removed
+        since `self.clicks` (the same values as drawing them all); returns the boxes
+        (network grid `[z, y, x]`, high exclusive) where they changed, those within twice
+        `context_mm` merged."""
+        assert self.case is not None and self.image is not None and self.pet is not None
+        grid = self.case.grid
+        spacing = np.asarray(grid.spacing[::-1], float)  # [z, y, x] mm
+        shape = np.asarray(self.image.shape[1:])
+        old = clicks_on_grid(self.clicks or Clicks(), self.pet, grid)
+        new = clicks_on_grid(clicks or Clicks(), self.pet, grid)
+        reach = self.encoding.radius_mm / spacing
+        around = [(np.clip(np.floor(point - reach).astype(int), 0, shape),
+                   np.clip(np.ceil(point + reach).astype(int) + 1, 0, shape))
+                  for before, after in zip(old, new, strict=True)
+                  for point in _changed_points(before, after)]
+        gap = 2 * np.ceil(self.context_mm / spacing).astype(int)
+        maps = self.image[-len(CLICK_CHANNELS):]
+        changed = []
+        for low, high in merged_boxes([(lo, hi) for lo, hi in around if np.all(hi > lo)],
+                                      np.zeros(3, int)):
+            drawn = render_click_maps(new[0] - low, new[1] - low, tuple(high - low),
+                                      tuple(spacing), self.encoding.radius_mm,
+                                      self.encoding.shape)
+            index = (slice(len(self.image) - len(maps), None), *_slices(low, high))
+            found = changed_boxes(self.image[index], drawn, gap)
+            if found:
+                changed += [(a + low, b + low) for a, b in found]
+                self._overwrite("image", index, drawn)
+        return merged_boxes(changed, gap)
+
+    def _patch_mask(self, low: np.ndarray, high: np.ndarray) -> None:
+        """Make the network's mask on the PET grid again where it reads the probability's
+        box `[low, high)` (network grid `[z, y, x]`): resampled and thresholded only there
+        (the whole mask when small components are removed: a component reaches anywhere)."""
+        assert self.case is not None and self.probability is not None
+        assert self.network_mask is not None
+        predictor, case = self.predictor, self.case
+        if predictor.min_component_ml > 0:
+            self._overwrite("network_mask", (), self._whole_mask())
+            return
+        crop = case.crop_geometry
+        span = target_span(case.grid, crop, low, high)
+        if span is None:
+            return
+        values = resample_parallel(self.probability.numpy(), case.grid, crop, 0.0, box=span)
+        corner = np.asarray(case.crop_box.index[::-1])  # the crop's first voxel [z, y, x]
+        self._overwrite("network_mask", _slices(span[0] + corner, span[1] + corner),
+                        threshold_mask(values, predictor.threshold))
+
+    def _overwrite(self, name: str, index: tuple[slice, ...], values: Any) -> None:
+        """`self.<name>[index] = values`, what was there kept in `patches`."""
+        held = getattr(self, name)
+        self.patches.append(Patch(name, index, held[index].copy() if isinstance(
+            held, np.ndarray) else held[index].clone()))
+        held[index] = values
+
+    def restore(self, patches: list[Patch], clicks: Clicks | None) -> None:
+        """Undo an update: put back what it overwrote (its `patches`, taken right after
+        it), the state for `clicks` (those before it) again; no network runs."""
+        for patch in reversed(patches):
+            getattr(self, patch.name)[patch.index] = patch.values
+        self.clicks = clicks
+
+    def _run_again(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network over `[low, high)` plus `context_mm` (one forward) and replace
+        the probability within `update_mm` of the box; returns the replaced box.
 
         The block is cut from the first run's padded frame at multiples of the network's
         size divisor, so its strided layers sample the same voxels as the first run did:
@@ -250,7 +373,7 @@ class InteractiveSession:
         shape = np.asarray(self.image.shape[1:])
         pad = np.asarray([before for before, _after in self.plan.pad])
         padded = np.asarray(self.plan.padded_shape)
-        context = np.ceil(CONTEXT_MM / spacing).astype(int)
+        context = np.ceil(self.context_mm / spacing).astype(int)
         start = np.maximum((low + pad - context) // divisor * divisor, 0)
         stop = np.minimum(-(-(high + pad + context) // divisor) * divisor, padded)
         stop = start + -(-(stop - start) // divisor) * divisor  # whole strides
@@ -259,29 +382,42 @@ class InteractiveSession:
         block[(slice(None), *_slices(inside_start - (start - pad), inside_stop - (start - pad)))
               ] = self.image[(slice(None), *_slices(inside_start, inside_stop))]
         config = dataclasses.replace(self.predictor.config, mode="fast", time_budget_s=None,
-                                     tta=self.passes, skip_empty_windows=False)
+                                     tta=self.passes, skip_empty_windows=False,
+                                     precision=self.precision)
         local = self.predictor.probability(block, config=config).probability
-        reach = np.ceil(UPDATE_MM / spacing).astype(int)
+        reach = np.ceil(self.update_mm / spacing).astype(int)
         target_start = np.maximum(low - reach, inside_start)
         target_stop = np.minimum(high + reach, inside_stop)
         offset = start - pad
-        self.probability[_slices(target_start, target_stop)] = local[
-            _slices(target_start - offset, target_stop - offset)]
+        self._overwrite("probability", _slices(target_start, target_stop),
+                        local[_slices(target_start - offset, target_stop - offset)])
         self.updated_voxels += int(np.prod(stop - start))
+        return target_start, target_stop
 
     @staticmethod
-    def _honour(mask: sitk.Image, pet: sitk.Image, clicks: Clicks | None,
+    def _honour(mask: sitk.Image | np.ndarray, pet: sitk.Image, clicks: Clicks | None,
                 progress: CaseProgress) -> sitk.Image:
-        """`mask` with every click honoured (the click rule), on the PET grid."""
+        """`mask` (an image, or uint8 `[z, y, x]` on the PET grid) with every click honoured
+        (the click rule), a new image on the PET grid."""
+        geometry = Geometry.of(pet)
+        array = sitk.GetArrayViewFromImage(mask) if isinstance(mask, sitk.Image) else mask
         if not clicks:
-            return mask
+            return mask if isinstance(mask, sitk.Image) else geometry.image_from_array(array)
         counts = clicks.counts()
         progress.stage(f"click rule ({counts['tumour']} tumour, {counts['background']} "
                        "background)")
-        geometry = Geometry.of(mask)
         return geometry.image_from_array(apply_click_rule(
-            sitk.GetArrayViewFromImage(mask), sitk.GetArrayViewFromImage(pet), clicks,
-            geometry.spacing))
+            array, sitk.GetArrayViewFromImage(pet), clicks, geometry.spacing))
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+    """A box of a session's array as it was before an update: `<name>[index]` held
+    `values`."""
+
+    name: str  # "image", "probability" or "network_mask"
+    index: tuple[slice, ...]
+    values: np.ndarray | torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)

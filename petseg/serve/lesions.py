@@ -26,21 +26,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import threading
+import time
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from petseg.errors import PetsegError
 from petseg.inference.predictor import Predictor
 from petseg.interactive.clicks import Clicks
-from petseg.interactive.session import InteractiveSession
+from petseg.interactive.session import InteractiveSession, Patch
 from petseg.serve.studies import MatchedStudy
 
 log = logging.getLogger(__name__)
 
+ANSWER_STAGES = "answer stages (s):"
+"""Starts the log line giving each answer's time per stage (a JSON object after it)."""
 SCRIBBLE_STEP_MM = 4.0
 """A scribble keeps one of its voxels per cube of this edge (mm) as a click."""
 
@@ -50,12 +53,12 @@ Box = list[list[int]]
 
 @dataclasses.dataclass(frozen=True)
 class Kept:
-    """The interactive session's network state for `clicks` (taken before an interaction)."""
+    """How to bring back the interactive session's network state for `clicks`, those
+    before an interaction: what the interaction's update overwrote (boxes, not copies of
+    the whole case)."""
 
     clicks: Clicks
-    probability: torch.Tensor
-    maps: np.ndarray  # the click map channels of the network input
-    network_mask: sitk.Image
+    patches: list[Patch]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,21 +162,19 @@ class LesionSession:
         if self.viewer is not None:
             self.viewer[...] = 0
 
-    def _keep_or_restore(self, clicks: Clicks) -> None:
-        """Before an update to `clicks`: the state kept for exactly these clicks comes back
-        (an undo: no network); otherwise the present state is kept for a later undo."""
+    def _update(self, clicks: Clicks) -> sitk.Image:
+        """The session's mask for `clicks`. The state kept for exactly these clicks comes
+        back (an undo: no network); an update that changes the network's state is kept
+        for a later undo (what it overwrote)."""
         session = self.session
-        assert session.image is not None and session.probability is not None
-        maps = len(session.image) - 2 if session.predictor.model_config.takes_clicks else None
         kept = self.kept
-        if kept is not None and kept.clicks == clicks and maps is not None:
-            session.probability = kept.probability.clone()
-            session.image[maps:] = kept.maps
-            session.network_mask = kept.network_mask
-            session.clicks = kept.clicks
-        elif session.clicks != clicks and maps is not None and session.network_mask is not None:
-            self.kept = Kept(session.clicks or Clicks(), session.probability.clone(),
-                             session.image[maps:].copy(), session.network_mask)
+        if kept is not None and kept.clicks == clicks and session.clicks != clicks:
+            session.restore(kept.patches, kept.clicks)
+        before = session.clicks or Clicks()
+        mask = session.update(clicks)
+        if session.patches:
+            self.kept = Kept(before, session.patches)
+        return mask
 
     def answer(self) -> tuple[Box, np.ndarray] | None:
         """(box, uint8 mask inside the box) of what the viewer must change to hold the mask
@@ -187,13 +188,15 @@ class LesionSession:
                               f"{exc}") from exc
         clicks = self.clicks()
         with self.compute:
-            self._keep_or_restore(clicks)
-            mask = self.session.update(clicks)
+            mask = self._update(clicks)
+        began = time.perf_counter()
         on_upload = self.study.orientation.to_upload(sitk.GetArrayViewFromImage(mask))
         box = changed_bounds(self.viewer, on_upload)
-        if box is None:
-            return None
-        index = tuple(slice(low, high) for low, high in box)
-        part = np.ascontiguousarray(on_upload[index], dtype=np.uint8)
-        self.viewer[index] = part
-        return box, part
+        part = None
+        if box is not None:
+            index = tuple(slice(low, high) for low, high in box)
+            part = np.ascontiguousarray(on_upload[index], dtype=np.uint8)
+            self.viewer[index] = part
+        stages = {**self.session.seconds, "viewer's change": time.perf_counter() - began}
+        log.info("%s %s", ANSWER_STAGES, json.dumps({k: round(v, 4) for k, v in stages.items()}))
+        return None if part is None else (box, part)
