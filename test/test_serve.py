@@ -169,7 +169,11 @@ def test_bad_payloads_are_one_line_and_the_server_goes_on(app, study) -> None:
                                                            "include_interaction": True},
                            headers=lease), 409) == \
         "add_point_interaction: no image yet; call set_image first"
+    assert detail(upload(app, lease, image, [6.0, 0.0, 4.0]), 400) == \
+        "set_image: image_properties.spacing must be three non-zero mm"
     assert upload(app, lease, image, [6.0, 4.0, 4.0]).status_code == 200
+    # napari-nifti's signed scale: the sign (a flipped axis) is dropped, the study matches
+    assert upload(app, lease, image, [-6.0, -4.0, 4.0]).json()["study"] == "study-1"
     assert detail(app.post("/set_target_buffer", json={"shape": [3, 3, 3], "dtype": "uint8"},
                            headers=lease), 400).startswith("set_target_buffer: shape [3, 3, 3]")
     assert app.post("/set_target_buffer", json={"shape": [24, 30, 30], "dtype": "uint8"},
