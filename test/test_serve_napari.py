@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 
 import httpx
@@ -19,6 +18,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from serve_fixtures import KEY, config, dice, predicted, server, study, weights
+
+from scripts.napari_screenshot import (
+    LABELS,
+    POINTS,
+    connect_and_initialize,
+    offline,
+    start_xvfb,
+)
 
 __all__ = ["config", "server", "study", "weights"]  # fixtures used by name
 
@@ -29,24 +36,7 @@ pytestmark = [
     pytest.mark.skipif(XVFB is None and os.environ.get("PETSEG_REQUIRE_XVFB") != "1",
                        reason="Xvfb not installed (scripts/system_setup.sh installs it)"),
 ]
-LABELS = "nnInteractive - Label Layer"
-POINTS = "nnInteractive - Point Layer"
 WAIT_MS = 120_000
-
-
-def start_xvfb() -> tuple[subprocess.Popen, str]:
-    """An Xvfb server on a free display number, 1280 x 1024 x 24, that ends when its last
-    client disconnects (`-terminate`); (process, DISPLAY)."""
-    assert XVFB is not None, \
-        "PETSEG_REQUIRE_XVFB=1 but Xvfb is not on PATH; run scripts/system_setup.sh"
-    read, write = os.pipe()
-    process = subprocess.Popen([XVFB, "-displayfd", str(write), "-screen", "0", "1280x1024x24",
-                                "-nolisten", "tcp", "-terminate"], pass_fds=(write,))
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        number = pipe.readline().strip()
-    assert number, "Xvfb did not report a display number"
-    return process, f":{number}"
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +45,8 @@ def screen(tmp_path_factory) -> Iterator[None]:
     folder; session-scoped, so that it is set up before pytest-qt's `qapp`. Once Qt has
     connected, the server outlives the session: Qt exits the process when its display goes
     away, so Xvfb ends by itself when this process closes the connection."""
+    assert XVFB is not None, \
+        "PETSEG_REQUIRE_XVFB=1 but Xvfb is not on PATH; run scripts/system_setup.sh"
     process, display = start_xvfb()
     saved = {k: os.environ.get(k) for k in ("DISPLAY", "QT_QPA_PLATFORM", "XDG_CONFIG_HOME")}
     os.environ.update(DISPLAY=display, QT_QPA_PLATFORM="xcb",
@@ -81,9 +73,6 @@ def viewer(screen, qapp, monkeypatch):
     import napari
     from napari_nninteractive import _version_check
 
-    def offline(package: str) -> str:
-        raise OSError(f"no network in tests ({package})")
-
     monkeypatch.setattr(_version_check, "_latest_version", offline)
     shown = napari.Viewer(show=False)
     try:
@@ -104,21 +93,10 @@ def test_the_napari_plugin_fills_the_mask_of_predict(tmp_path, viewer, qtbot, se
     np.testing.assert_array_equal(image.data, zyx[:, ::-1, :])
     np.testing.assert_allclose(np.abs(image.scale), [6.0, 4.0, 4.0])  # signed by the reader
 
-    # docked by its manifest name, as napari's Plugins menu does
-    _dock, widget = viewer.window.add_plugin_dock_widget("napari-nninteractive")
-    assert widget._remote_mode  # remote-only install: torch-free client, no local backend
-    widget.server_url_edit.setText(server)
-    widget.api_key_edit.setText(KEY)
-    widget.connect_btn.click()
-    qtbot.waitUntil(lambda: widget._remote_connected, timeout=WAIT_MS)
+    widget = connect_and_initialize(
+        viewer, server, KEY, lambda condition: qtbot.waitUntil(condition, timeout=WAIT_MS))
     assert widget.remote_status_label.text() == f"connected ({server})"
-
     assert widget.image_selection.currentText() == image.name
-    widget.init_button.click()  # uploads the volume on a worker thread
-    # done: the point tool's layer is made; failed: the plugin unlocks the session again
-    qtbot.waitUntil(lambda: POINTS in viewer.layers or not widget._session_locked,
-                    timeout=WAIT_MS)
-    assert POINTS in viewer.layers, "the upload failed (see the plugin's warning)"
     labels = viewer.layers[LABELS]
     assert labels.data.shape == (24, 30, 30) and not labels.data.any()
     points = viewer.layers[POINTS]
@@ -149,6 +127,8 @@ def test_the_napari_plugin_fills_the_mask_of_predict(tmp_path, viewer, qtbot, se
     assert dice(mask, both) >= 0.999 and int(mask.sum()) == int(both.sum())
     first = predicted(tmp_path / "first", study, weights, config, clicks[:1])
     assert dice(after_positive[:, ::-1, :], first) >= 0.999
+    print(f"label layer: {int(after_positive.sum())} voxels after the positive point, "
+          f"{int(mask.sum())} after the negative; Dice with predict {dice(mask, both):.4f}")
 
     widget.init_button.click()  # Initialized: tears the session down, releases the lease
     gone = httpx.get(server + "/lease_status", headers=headers)
