@@ -11,6 +11,8 @@
 #   PETSEG_REQUIRE_DCIODVFY=1 fail when dciodvfy (dicom3tools) is missing instead of skipping
 #                             the DICOM SEG validation; .ci/run sets it after
 #                             scripts/system_setup.sh installed it
+#   PETSEG_REQUIRE_XVFB=1     fail when Xvfb is missing instead of skipping the napari test
+#                             (test/test_serve_napari.py); .ci/run sets it
 #   PETSEG_REQUIRE_LINT=1     fail when hadolint or shellcheck is missing instead of skipping
 #                             it with a SKIPPED line (scripts/lint.sh); .ci/run sets it
 #   PETSEG_TEST_BASE          auto | pinned | cpu, see scripts/container_test.sh --help

@@ -15,6 +15,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -135,9 +136,11 @@ class Server:
         spacing = properties.get("spacing") if isinstance(properties, dict) else None
         if spacing is not None and not (
                 isinstance(spacing, list) and len(spacing) == 3
-                and all(isinstance(s, int | float) and not isinstance(s, bool) and s > 0
-                        for s in spacing)):
-            raise RequestError("set_image: image_properties.spacing must be three positive mm")
+                and all(isinstance(s, int | float) and not isinstance(s, bool) and s != 0
+                        and math.isfinite(s) for s in spacing)):
+            raise RequestError("set_image: image_properties.spacing must be three non-zero mm")
+        if spacing is not None:  # napari-nifti's layers have a signed scale: a flipped axis
+            spacing = [abs(float(s)) for s in spacing]
         lease.lesions = None  # the previous study goes first
         try:
             study = self.studies.match(image, spacing)
