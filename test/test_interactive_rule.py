@@ -295,6 +295,28 @@ def test_background_marks_alone_keep_a_lesion_free_case_empty(monkeypatch) -> No
     np.testing.assert_array_equal(out.astype(bool), untouched)
 
 
+def test_background_marks_on_a_lesion_rim_trim_it_and_keep_the_lesion(body) -> None:
+    """A lesion over-segmented by a 6 mm rim: a background scribble on the rim removes the
+    rim and keeps the lesion's core (one component, no fragment); a mark on the lesion's hot
+    core removes the whole component."""
+    suv, _, large = body
+    grown = ndimage.binary_dilation(large, iterations=3)
+    rim_slice = np.argwhere(large).mean(0).round().astype(int)
+    ring = grown[rim_slice[0]] & ~ndimage.binary_dilation(large, iterations=2)[rim_slice[0]]
+    scribble = [(rim_slice[0], y, x) for y, x in np.argwhere(ring)[:12]]
+    out = apply_click_rule(grown.astype(np.uint8), suv,
+                           Clicks(background=tuple(xyz(p) for p in scribble)), SPACING_XYZ)
+    kept = out.astype(bool)
+    assert cc3d.connected_components(out, connectivity=18).max() == 1
+    assert not kept[tuple(np.asarray(scribble).T)].any()
+    assert dice_of(kept, large) > dice_of(grown, large)
+    assert kept.sum() < grown.sum() and (kept & large).sum() > 0.6 * large.sum()
+    peak = np.unravel_index(np.argmax(np.where(large, suv, 0)), suv.shape)
+    gone = apply_click_rule(grown.astype(np.uint8), suv, Clicks(background=(xyz(peak),)),
+                            SPACING_XYZ)
+    assert not gone.any()
+
+
 # --- through the Predictor ------------------------------------------------------------------
 
 
@@ -356,7 +378,8 @@ def test_predictor_applies_the_rule_for_automatic_weights() -> None:
     assert lesions.max() == 2
     automatic = sitk.GetArrayFromImage(predictor(SuvThreshold()).predict(pet, ct).mask)
     assert all((automatic[lesions == k]).any() for k in (1, 2))
-    background = xyz(np.argwhere(lesions == 2)[0])
+    peak_2 = np.unravel_index(np.argmax(np.where(lesions == 2, suv, 0)), suv.shape)
+    background = xyz(peak_2)  # on the component's hot core: all of it goes
     corrected = InteractiveSession(predictor(SuvThreshold())).predict(
         pet, ct, Clicks(background=(background,)))
     out = sitk.GetArrayFromImage(corrected.mask)

@@ -31,12 +31,16 @@ A tumour stroke with a point outside the mask adds one region:
   is an organ or tissue, not a closed lesion: the fraction rises through
   `TUMOUR_FRACTIONS` (0.41, 0.5, 0.6, 0.7) until the region closes, else the small ball.
 
-A background stroke removes every predicted component (18-connected, the challenge
-metrics' connectivity) holding one of its points. When the component also holds a tumour
-point, only its voxels nearer (in mm) to a background point than to every tumour point go,
-so both are honoured. Tumour strokes act first, then background strokes; background marks
-alone never add a voxel, so a lesion-free case whose reader only placed background marks
-stays empty (and loses every component a mark touches).
+A background stroke acts on every predicted component (18-connected, the challenge
+metrics' connectivity) holding one of its points. The component's core is the region a
+tumour click at its SUVmax would add (above): when a mark lies on the core (a false
+positive organ or lesion marked on its hot part), the whole component goes; when the marks
+lie only outside it (an over-segmented rim or tail of a lesion), the component goes but
+for its core, so marking the rim never deletes the lesion and leaves no fragment. When the
+component also holds a tumour point, only its voxels nearer (in mm) to a background point
+than to every tumour point go, so both are honoured. Tumour strokes act first, then
+background strokes; background marks alone never add a voxel, so a lesion-free case whose
+reader only placed background marks stays empty.
 
 Everything happens on the PET grid, where the clicks were given. The cost follows the
 strokes, not the points or the image: per tumour stroke one distance transform and at most
@@ -212,26 +216,64 @@ def _nearest_mm(voxels_mm: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
     return cKDTree(points_mm).query(voxels_mm)[0]
 
 
-def _remove_components(mask_zyx: np.ndarray, background: np.ndarray, tumour: np.ndarray,
-                       spacing_zyx: np.ndarray) -> int:
-    """Remove in place the components of `mask_zyx` holding a background point (`[N, 3]`
-    zyx); voxels nearer a tumour point of the same component stay. Returns voxels removed."""
+def _marked_part(suv_zyx: np.ndarray, box: tuple[slice, ...], component: np.ndarray,
+                 marks: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """The part of `component` (bool, within `box`) that background marks (`[N, 3]` zyx, on
+    it) remove: all of it when a mark lies on its hot core, else all but the core.
+
+    The core is the region a tumour click at the component's SUVmax would add
+    (`stroke_region`): the lesion itself when the marks sit on an over-segmented rim or
+    tail of it, so marking the rim does not delete the lesion; a reader who marks the hot
+    part itself (a false positive organ or lesion) removes the whole component."""
+    origin = np.array([part.start for part in box])
+    voxels = np.argwhere(component)
+    peak = voxels[int(np.argmax(suv_zyx[box][component]))] + origin
+    core = stroke_region(suv_zyx, peak, spacing_zyx)
+    core_origin = np.array([part.start for part in core.box])
+    local = marks - core_origin
+    inside = np.all((local >= 0) & (local < core.region.shape), axis=1)
+    if core.region[tuple(local[inside].T)].any():
+        return component
+    kept = np.zeros_like(component)
+    lo, hi = np.maximum(core_origin, origin), np.minimum(
+        core_origin + core.region.shape, origin + component.shape)
+    if np.any(hi <= lo):
+        return component
+    kept[tuple(slice(a, b) for a, b in zip(lo - origin, hi - origin, strict=True))] = \
+        core.region[tuple(slice(a, b) for a, b in zip(lo - core_origin, hi - core_origin,
+                                                       strict=True))]
+    kept &= component
+    labels = cc3d.connected_components(kept, connectivity=CONNECTIVITY)
+    at_peak = labels[tuple(peak - origin)]
+    if at_peak == 0:
+        return component
+    return component & (labels != at_peak)
+
+
+def _remove_components(mask_zyx: np.ndarray, suv_zyx: np.ndarray, background: np.ndarray,
+                       tumour: np.ndarray, spacing_zyx: np.ndarray) -> int:
+    """Remove in place, from each component of `mask_zyx` holding a background point
+    (`[N, 3]` zyx), the part the marks remove (`_marked_part`); when the component also
+    holds a tumour point, only its voxels nearer a background point than every tumour
+    point go. Returns voxels removed."""
     removed = 0
     for click in background:
         if not mask_zyx[tuple(click)]:
-            continue  # outside the mask, or its component went with an earlier point
+            continue  # outside the mask, or its part went with an earlier point
         box, component = component_at(mask_zyx, click, spacing_zyx)
         local = mask_zyx[box]  # a view: writes go to the mask
         keep_near = _in_component(tumour, box, component)
+        marks = _in_component(background, box, component)
         if len(keep_near):
             origin = np.array([part.start for part in box])
             voxels = np.argwhere(component)
             voxels_mm = (voxels + origin) * spacing_zyx
-            near_background = _in_component(background, box, component) * spacing_zyx
-            drop = (_nearest_mm(voxels_mm, near_background)
+            drop = (_nearest_mm(voxels_mm, marks * spacing_zyx)
                     < _nearest_mm(voxels_mm, keep_near * spacing_zyx))
             component = np.zeros_like(component)
             component[tuple(voxels[drop].T)] = True
+        else:
+            component = _marked_part(suv_zyx, box, component, marks, spacing_zyx)
         local[component] = 0
         removed += int(component.sum())
     return removed
@@ -260,7 +302,7 @@ def apply_click_rule(mask_zyx: np.ndarray, suv_zyx: np.ndarray, clicks: Clicks,
         added += int((found.region & (out[found.box] == 0)).sum())
         out[found.box] |= found.region.astype(np.uint8)
         grown += 1
-    removed = _remove_components(out, background, tumour, spacing)
+    removed = _remove_components(out, suv_zyx, background, tumour, spacing)
     if added or removed:
         log.info("click rule: %d voxel(s) added for %d tumour stroke(s), %d removed for "
                  "background clicks", added, grown, removed)
