@@ -303,3 +303,34 @@ def test_the_changed_box_and_the_scribble_cells() -> None:
     stroke = np.ones((1, 1, 9), np.uint8)
     kept = scribble_voxels(stroke, [2, 3, 1], np.array([1.0, 1.0, 1.0]))
     assert kept.tolist() == [[2, 3, 1], [2, 3, 4], [2, 3, 8]]
+
+
+def test_devices_spread_the_readers_and_answer_alike(study, weights) -> None:
+    """Two ensembles (two devices; CPU twice here): the second reader's study goes to the
+    idle one, a released reader frees its device, and both devices answer a click alike."""
+    _cases, pet, _ct = study
+    config = InferenceConfig(roi_size=(32, 32, 32), mode="fast")
+    predictors = [Predictor.from_weights_dir(weights, config, device="cpu") for _ in range(2)]
+    options = ServeOptions(max_sessions=3, idle_timeout_s=600, max_upload_bytes=400_000)
+    app = make_app(predictors, StudyIndex(study[0]), options)
+    server = app.state.server
+    image = sitk.GetArrayFromImage(pet)[None]
+    peak = [int(v) for v in np.unravel_index(int(np.argmax(image[0])), image.shape[1:])]
+    with TestClient(app) as client:
+        leases = [claim(client) for _ in range(3)]
+        served, answers = [], []
+        for lease in leases[:2]:
+            assert upload(client, lease, image).status_code == 200
+            served.append(server.leases.peek(lease["X-Lease-Token"]).lesions.session.predictor)
+            assert client.post("/set_target_buffer", headers=lease, json={
+                "shape": list(image.shape[1:]), "dtype": "uint8"}).status_code == 200
+            answer = client.post("/add_point_interaction", headers=lease, json={
+                "coordinates": peak, "include_interaction": True, "run_prediction": True})
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.content)
+        assert served[0] is predictors[0] and served[1] is predictors[1]
+        assert answers[0] == answers[1]
+        client.post("/release", headers=leases[0])
+        assert upload(client, leases[2], image).status_code == 200
+        third = server.leases.peek(leases[2]["X-Lease-Token"]).lesions.session.predictor
+        assert third is predictors[0]  # the released reader's device is the idle one

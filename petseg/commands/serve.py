@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fold checkpoints + manifest.json (default: the bundled weights)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the network runs (default auto = CUDA if available)")
+    parser.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
+                        help="one ensemble on each of these devices (e.g. cuda:0 cuda:1), "
+                             "each reader's study on the least busy one; with --max-sessions "
+                             "at least as large (default: --device alone)")
     parser.add_argument("--config", type=Path, default=None, metavar="JSON",
                         help="inference settings JSON (default: resources/inference.json)")
     parser.add_argument("--mode", choices=("reference", "fast"), default=None,
@@ -75,12 +79,13 @@ def run(args: argparse.Namespace) -> int:
     studies = StudyIndex(args.cases)
     config_path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
     weights = args.weights or find_weights_dir([Path.cwd() / "weights", REPOSITORY / "weights"])
-    predictor = Predictor.from_weights_dir(weights, inference_config(config_path, args.mode),
-                                           device=args.device)
+    config = inference_config(config_path, args.mode)
+    predictors = [Predictor.from_weights_dir(weights, config, device=device)
+                  for device in (args.devices or [args.device])]
     if args.host not in ("127.0.0.1", "localhost", "::1") and options.api_key is None:
         log.warning("listening on %s without --api-key-file: anyone who reaches the port may "
                     "use the server (docs/serve.md)", args.host)
-    app = make_app(predictor, studies, options)
+    app = make_app(predictors, studies, options)
     log.info("serving on http://%s:%d", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import blosc2
@@ -84,12 +84,21 @@ def prediction(ran: bool, answer: tuple[list[list[int]], np.ndarray] | None) -> 
 class Server:
     """The ensemble, the studies and the leases behind the routes."""
 
-    def __init__(self, predictor: Predictor, studies: StudyIndex, options: ServeOptions
-                 ) -> None:
-        self.predictor, self.studies, self.options = predictor, studies, options
+    def __init__(self, predictors: Predictor | Sequence[Predictor], studies: StudyIndex,
+                 options: ServeOptions) -> None:
+        if isinstance(predictors, Predictor):
+            predictors = [predictors]
+        # one ensemble per device, each with its lock: one network run at a time per device
+        self.devices = [(predictor, threading.Lock()) for predictor in predictors]
+        self.studies, self.options = studies, options
         self.leases = Leases(options.max_sessions, options.idle_timeout_s,
                              options.liveness_timeout_s)
-        self.compute = threading.Lock()  # one network run at a time
+
+    def least_busy_device(self) -> tuple[Predictor, threading.Lock]:
+        """The device whose ensemble serves the fewest readers' studies now (the first on
+        ties), so `--devices` spreads the readers over the GPUs."""
+        serving = [lesions.session.predictor for lesions in self.leases.studies()]
+        return min(self.devices, key=lambda device: sum(p is device[0] for p in serving))
 
     def authorise(self, request: Request) -> None:
         key = self.options.api_key
@@ -146,9 +155,10 @@ class Server:
             study = self.studies.match(image, spacing)
         except NoStudyError as exc:
             raise RequestError(f"set_image: {exc}", 422) from None
-        lease.lesions = LesionSession(self.predictor, study,
+        predictor, compute = self.least_busy_device()
+        lease.lesions = LesionSession(predictor, study,
                                       study.orientation.spacing(study.pet.GetSpacing()),
-                                      compute=self.compute)
+                                      compute=compute)
         return {"original_image_shape": list(image.shape), "study": study.name}
 
     def interact(self, lease: Lease, what: str, add: Callable[[LesionSession], None],
@@ -369,9 +379,11 @@ def _refuse(server: Server, name: str) -> Callable[[Request], Any]:
     return refuse
 
 
-def make_app(predictor: Predictor, studies: StudyIndex, options: ServeOptions) -> FastAPI:
-    """The application: routes, one-line errors, the lease reaper."""
-    server = Server(predictor, studies, options)
+def make_app(predictors: Predictor | Sequence[Predictor], studies: StudyIndex,
+             options: ServeOptions) -> FastAPI:
+    """The application: routes, one-line errors, the lease reaper; with several predictors
+    (one per device) each reader's study goes to the least busy one."""
+    server = Server(predictors, studies, options)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

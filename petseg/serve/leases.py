@@ -97,6 +97,11 @@ class Leases:
             raise LeaseGoneError("lease expired or unknown; reconnect")
         return lease
 
+    def studies(self) -> list[LesionSession]:
+        """The studies the leases hold now."""
+        with self._mu:
+            return [lease.lesions for lease in self._table.values() if lease.lesions is not None]
+
     def release(self, token: str | None) -> bool:
         with self._mu:
             lease = self._table.pop(token or "", None)
