@@ -46,7 +46,7 @@ def test_slicer_call_order_gives_the_masks_of_predict(tmp_path, server, study, w
     _cases, pet, _ct = study
     session = nnInteractiveRemoteInferenceSession(server, api_key=KEY)
     assert session.supported_interactions == {"points": True, "scribble": True,
-                                              "bbox2d": False, "bbox3d": False, "lasso": False}
+                                              "bbox2d": True, "bbox3d": True, "lasso": False}
     assert session.supports_undo and not session.supports_initial_label
     session.set_do_autozoom(True)
     image = sitk.GetArrayFromImage(pet)  # Slicer's arrayFromVolume: [k, j, i]
@@ -90,6 +90,39 @@ def test_slicer_call_order_gives_the_masks_of_predict(tmp_path, server, study, w
     gone = httpx.get(server + "/lease_status", headers=headers)
     assert gone.status_code == 410
     assert gone.json() == {"detail": "lease expired or unknown; reconnect"}
+
+
+@pytest.mark.slow
+def test_a_box_is_a_click_at_its_hottest_voxel(tmp_path, server, study, weights,
+                                               config) -> None:
+    """A positive 2D box around the hot spot (Slicer's [k, j, i] order) gives the mask of a
+    tumour click at the box's hottest PET voxel; after undo, a negative box there gives the
+    mask of a background click at that voxel."""
+    _cases, pet, _ct = study
+    session = nnInteractiveRemoteInferenceSession(server, api_key=KEY)
+    image = sitk.GetArrayFromImage(pet)
+    session.set_image(np.ascontiguousarray(image[None]),
+                      {"spacing": list(reversed(pet.GetSpacing()))})
+    buffer = np.zeros(image.shape, np.uint8)
+    session.set_target_buffer(buffer)
+    bounds = [[5, 6], [17, 25], [2, 10]]  # slice k = 5, j 17-24, i 2-9
+    inside = image[5, 17:25, 2:10]
+    j, i = np.unravel_index(int(np.argmax(inside)), inside.shape)
+    hottest = [int(2 + i), int(17 + j), 5]  # (i, j, k): PET (x, y, z)
+    assert session.add_bbox_interaction(bounds, include_interaction=True) is not None
+    headers = {"Authorization": f"Bearer {KEY}", "X-Lease-Token": session._lease_token}
+    clicks = httpx.get(server + "/petseg/clicks", headers=headers).json()["points"]
+    assert clicks == [{"point": hottest, "name": "tumor"}]
+    expected = predicted(tmp_path / "box", study, weights, config, clicks)
+    assert buffer[5, hottest[1], hottest[0]] == 1
+    assert dice(buffer, expected) >= 0.999
+    assert session.undo() is True
+    session.add_bbox_interaction(bounds, include_interaction=False)
+    clicks = httpx.get(server + "/petseg/clicks", headers=headers).json()["points"]
+    assert clicks == [{"point": hottest, "name": "background"}]
+    assert dice(buffer, predicted(tmp_path / "negative", study, weights, config, clicks)) \
+        >= 0.999
+    session.close()
 
 
 def test_key_and_capacity(server) -> None:
@@ -199,7 +232,14 @@ def test_bad_payloads_are_one_line_and_the_server_goes_on(app, study) -> None:
                            content=pack_array(np.ones((1, 2, 40), np.uint8)), headers=scribble),
                   400).startswith("add_scribble_interaction: interaction_bbox [[0, 1], [0, 2]")
     assert detail(app.post("/add_bbox_interaction", json={}, headers=lease), 400) == \
-        "boxes are not supported by this server (see /capabilities); use points or scribbles"
+        "add_bbox_interaction: bbox_coords must be [[low, high]] * 3 integers"
+    assert detail(app.post("/add_bbox_interaction", headers=lease, json={
+        "bbox_coords": [[0, 1], [0, 2], [0, 40]], "include_interaction": True}), 400) == \
+        "add_bbox_interaction: bbox_coords [[0, 1], [0, 2], [0, 40]] outside the image of " \
+        "[24, 30, 30] voxels"
+    assert detail(app.post("/add_lasso_interaction", json={}, headers=lease), 400) == \
+        "lassos are not supported by this server (see /capabilities); use points, scribbles " \
+        "or boxes"
     assert app.get("/healthz").json() == {"ok": True}
     app.post("/release", headers=lease)
 

@@ -38,9 +38,10 @@ from petseg.serve.wire import RequestError, box, coordinates, flag, json_object,
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = {"points": True, "scribble": True, "bbox2d": False, "bbox3d": False,
+SUPPORTED = {"points": True, "scribble": True, "bbox2d": True, "bbox3d": True,
              "lasso": False}
-"""What a viewer may send: points and scribbles (as clicks); no boxes, no lassos."""
+"""What a viewer may send: points and scribbles (as clicks), boxes (a click at the box's
+hottest voxel); no lassos."""
 
 
 @dataclasses.dataclass
@@ -312,7 +313,7 @@ def _answer_routes(app: FastAPI, server: Server,
 def _interaction_routes(app: FastAPI, server: Server,
                         lease_of: Callable[[Request], contextlib.AbstractContextManager[Lease]]
                         ) -> None:
-    """Points and scribbles; boxes, lassos and initial masks refused (not advertised)."""
+    """Points, scribbles and boxes; lassos and initial masks refused (not advertised)."""
 
     @app.post(P.PATH_ADD_POINT)
     async def add_point(request: Request) -> Response:
@@ -365,8 +366,29 @@ def _interaction_routes(app: FastAPI, server: Server,
 
         return await run_in_threadpool(work)
 
-    for path, name in ((P.PATH_ADD_BBOX, "boxes"), (P.PATH_ADD_LASSO, "lassos"),
-                       (P.PATH_ADD_INITIAL_SEG, "initial masks")):
+    @app.post(P.PATH_ADD_BBOX)
+    async def add_bbox(request: Request) -> Response:
+        server.authorise(request)
+        what = "add_bbox_interaction"
+        data = json_object(await server.body(request, what), what)
+
+        def work() -> Response:
+            with lease_of(request) as lease:
+                shape = server.lesions(lease, what).shape
+                bounds = data.get("bbox_coords")
+                low = box(bounds, shape, what, "bbox_coords")
+                high = [h for _low, h in bounds]
+                positive = flag(data, "include_interaction", what)
+
+                def add(lesions: LesionSession) -> None:
+                    lesions.add_box(low, high, positive)
+
+                return server.interact(lease, what, add, flag(data, "run_prediction", what,
+                                                              True))
+
+        return await run_in_threadpool(work)
+
+    for path, name in ((P.PATH_ADD_LASSO, "lassos"), (P.PATH_ADD_INITIAL_SEG, "initial masks")):
         app.add_api_route(path, _refuse(server, name), methods=["POST"])
 
 
@@ -374,7 +396,7 @@ def _refuse(server: Server, name: str) -> Callable[[Request], Any]:
     def refuse(request: Request) -> None:
         server.authorise(request)
         raise RequestError(f"{name} are not supported by this server (see /capabilities); use "
-                         "points or scribbles", 400)
+                         "points, scribbles or boxes", 400)
 
     return refuse
 

@@ -144,6 +144,22 @@ class LesionSession:
         pet = tuple(self.study.orientation.pet_index(tuple(p), self.shape) for p in points)
         self.steps.append(Step(tumour=pet) if positive else Step(background=pet))
 
+    def add_box(self, low: list[int], high: list[int], positive: bool) -> tuple[int, int, int]:
+        """A box (upload indices, `high` exclusive) as one click at its hottest PET voxel:
+        tumour (positive: the lesion inside the box, grown by the click rule from its
+        SUVmax) or background (negative: the component at the box's hottest voxel goes).
+        Returns that voxel's PET index (x, y, z)."""
+        corners = [self.study.orientation.pet_index(tuple(c), self.shape)
+                   for c in (low, [h - 1 for h in high])]
+        lo_xyz = np.minimum(*corners)
+        hi_xyz = np.maximum(*corners) + 1
+        suv = sitk.GetArrayViewFromImage(self.study.pet)[
+            lo_xyz[2]:hi_xyz[2], lo_xyz[1]:hi_xyz[1], lo_xyz[0]:hi_xyz[0]]
+        z, y, x = np.unravel_index(int(np.argmax(suv)), suv.shape)
+        hottest = (int(lo_xyz[0] + x), int(lo_xyz[1] + y), int(lo_xyz[2] + z))
+        self.steps.append(Step(tumour=(hottest,)) if positive else Step(background=(hottest,)))
+        return hottest
+
     def clicks(self) -> Clicks:
         """Every click of the steps so far, in order."""
         return Clicks(tumour=tuple(i for s in self.steps for i in s.tumour),

@@ -109,14 +109,15 @@ def coordinates(value: Any, shape: tuple[int, ...], what: str) -> tuple[int, int
     return index  # type: ignore[return-value]
 
 
-def box(value: Any, shape: tuple[int, ...], what: str) -> list[int]:
+def box(value: Any, shape: tuple[int, ...], what: str, field: str = "interaction_bbox"
+        ) -> list[int]:
     """The low corner of an `[[low, high]] * 3` box (high exclusive) inside `shape`."""
     if (not isinstance(value, list) or len(value) != 3
             or not all(isinstance(p, list) and len(p) == 2
                        and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
                        for p in value)):
-        raise RequestError(f"{what}: interaction_bbox must be [[low, high]] * 3 integers")
+        raise RequestError(f"{what}: {field} must be [[low, high]] * 3 integers")
     if not all(0 <= low < high <= s for (low, high), s in zip(value, shape, strict=True)):
-        raise RequestError(f"{what}: interaction_bbox {value} outside the image of "
+        raise RequestError(f"{what}: {field} {value} outside the image of "
                          f"{list(shape)} voxels")
     return [low for low, _high in value]
