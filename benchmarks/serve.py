@@ -138,12 +138,14 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=None, help="default: weights/")
     parser.add_argument("--mode", choices=("reference", "fast"), default="fast")
     parser.add_argument("--seed", type=int, default=777001, help="phantom seed")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="keep the server's log here (default: dropped)")
     args = parser.parse_args()
     case = generate_case(args.seed, "full", "LYMPHOMA")
     clicks = clicks_in_order(case)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_case(Path(tmp) / "cases" / "study", case.pet, case.ct)
-        log = Path(tmp) / "serve.log"
+        log = args.log or Path(tmp) / "serve.log"
         with serving(folder.parent, args, log) as url:
             upload_s, first_s, later, buffer = drive(url, case.pet, clicks)
         stages = stage_medians(log)

@@ -19,15 +19,16 @@ from nnInteractive.inference.remote import (
     SessionExpiredError,
     nnInteractiveRemoteInferenceSession,
 )
-from nnInteractive.inference.remote.serialization import pack_array
+from nnInteractive.inference.remote.serialization import pack_array, unpack_array
 from serve_fixtures import KEY, config, dice, predicted, server, study, weights
 from test_layout import import_graph
 
 from petseg.config import InferenceConfig
 from petseg.inference.predictor import Predictor
 from petseg.serve.app import ServeOptions, make_app
-from petseg.serve.lesions import changed_bounds, scribble_voxels
+from petseg.serve.lesions import changed_bounds, changed_part, scribble_voxels
 from petseg.serve.studies import ORIENTATIONS, StudyIndex
+from petseg.serve.wire import pack_answer
 
 __all__ = ["config", "server", "study", "weights"]  # fixtures used by name
 
@@ -374,3 +375,22 @@ def test_devices_spread_the_readers_and_answer_alike(study, weights) -> None:
         assert upload(client, leases[2], image).status_code == 200
         third = server.leases.peek(leases[2]["X-Lease-Token"]).lesions.session.predictor
         assert third is predictors[0]  # the released reader's device is the idle one
+
+
+def test_an_answer_owns_its_memory() -> None:
+    """The changed part is sent after the mask it was cut from is freed: a copy, even where
+    the box is a contiguous slab whose view would share the mask's memory."""
+    viewer = np.zeros((4, 5, 6), np.uint8)
+    mask = np.zeros((4, 5, 6), np.uint8)
+    mask[1:3] = 1  # whole rows: mask[1:3, 0:5, 0:6] is a contiguous view
+    box, part = changed_part(viewer, mask)
+    assert box == [[1, 3], [0, 5], [0, 6]]
+    assert not np.shares_memory(part, mask) and part.flags.owndata
+    np.testing.assert_array_equal(viewer, mask)
+    assert changed_part(viewer, mask) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 3), (2, 3, 5), (7, 1, 40)])
+def test_a_packed_answer_unpacks_as_the_client_does(shape) -> None:
+    part = (np.random.default_rng(len(shape)).random(shape) > 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(unpack_array(pack_answer(part)), part)

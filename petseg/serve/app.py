@@ -20,12 +20,10 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-import blosc2
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from nnInteractive.inference.remote import _protocol as P
-from nnInteractive.inference.remote.serialization import pack_array
 from starlette.concurrency import run_in_threadpool
 
 from petseg import __version__
@@ -34,7 +32,16 @@ from petseg.inference.predictor import Predictor
 from petseg.serve.leases import Lease, LeaseGoneError, Leases, ServerFullError
 from petseg.serve.lesions import LesionSession, scribble_voxels
 from petseg.serve.studies import NoStudyError, StudyIndex
-from petseg.serve.wire import RequestError, box, coordinates, flag, json_object, meta_header, unpack
+from petseg.serve.wire import (
+    RequestError,
+    box,
+    coordinates,
+    flag,
+    json_object,
+    meta_header,
+    pack_answer,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ def prediction(ran: bool, answer: tuple[list[list[int]], np.ndarray] | None) -> 
     bounds, part = answer
     meta = {"ran_prediction": True, "bbox": bounds, "dtype": str(part.dtype),
             "shape": list(part.shape)}
-    return Response(pack_array(part, filters=[blosc2.Filter.NOFILTER]),
+    return Response(pack_answer(part),
                     media_type=P.CONTENT_TYPE_OCTET_STREAM,
                     headers={P.META_HEADER: json.dumps(meta)})
 

@@ -84,6 +84,20 @@ def changed_bounds(before: np.ndarray, after: np.ndarray) -> Box | None:
     return box
 
 
+def changed_part(viewer: np.ndarray, mask: np.ndarray) -> tuple[Box, np.ndarray] | None:
+    """(box, uint8 copy of `mask` inside the box) where `mask` differs from the viewer's
+    copy `viewer` (updated in place), None where they agree. The part is a copy that owns
+    its memory: `mask` may view an image freed before the part is sent (a view here
+    crashed the server)."""
+    box = changed_bounds(viewer, mask)
+    if box is None:
+        return None
+    index = tuple(slice(low, high) for low, high in box)
+    part = np.array(mask[index], dtype=np.uint8, order="C", copy=True)
+    viewer[index] = part
+    return box, part
+
+
 def scribble_voxels(mask: np.ndarray, offset: list[int], spacing: np.ndarray) -> np.ndarray:
     """`[N, 3]` upload indices of a scribble crop `mask` placed at `offset`: one voxel (the
     first in index order) per `SCRIBBLE_STEP_MM` cube of the upload's grid."""
@@ -206,13 +220,8 @@ class LesionSession:
         with self.compute:
             mask = self._update(clicks)
         began = time.perf_counter()
-        on_upload = self.study.orientation.to_upload(sitk.GetArrayViewFromImage(mask))
-        box = changed_bounds(self.viewer, on_upload)
-        part = None
-        if box is not None:
-            index = tuple(slice(low, high) for low, high in box)
-            part = np.ascontiguousarray(on_upload[index], dtype=np.uint8)
-            self.viewer[index] = part
+        found = changed_part(
+            self.viewer, self.study.orientation.to_upload(sitk.GetArrayViewFromImage(mask)))
         stages = {**self.session.seconds, "viewer's change": time.perf_counter() - began}
         log.info("%s %s", ANSWER_STAGES, json.dumps({k: round(v, 4) for k, v in stages.items()}))
-        return None if part is None else (box, part)
+        return found
