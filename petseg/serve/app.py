@@ -373,6 +373,15 @@ def _interaction_routes(app: FastAPI, server: Server,
 
         return await run_in_threadpool(work)
 
+    _box_route(app, server, lease_of)
+    for path, name in ((P.PATH_ADD_LASSO, "lassos"), (P.PATH_ADD_INITIAL_SEG, "initial masks")):
+        app.add_api_route(path, _refuse(server, name), methods=["POST"])
+
+
+def _box_route(app: FastAPI, server: Server,
+               lease_of: Callable[[Request], contextlib.AbstractContextManager[Lease]]) -> None:
+    """Boxes: one click at the box's hottest PET voxel (`LesionSession.add_box`)."""
+
     @app.post(P.PATH_ADD_BBOX)
     async def add_bbox(request: Request) -> Response:
         server.authorise(request)
@@ -394,9 +403,6 @@ def _interaction_routes(app: FastAPI, server: Server,
                                                               True))
 
         return await run_in_threadpool(work)
-
-    for path, name in ((P.PATH_ADD_LASSO, "lassos"), (P.PATH_ADD_INITIAL_SEG, "initial masks")):
-        app.add_api_route(path, _refuse(server, name), methods=["POST"])
 
 
 def _refuse(server: Server, name: str) -> Callable[[Request], Any]:
