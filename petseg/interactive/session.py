@@ -52,13 +52,16 @@ from petseg.progress import CaseProgress
 
 CONTEXT_MM = 56.0
 """Context (mm) around the changed click maps that the network sees when it runs again.
-Measured for the bundled network on the full-size phantom: the replaced part must lie at
-least about 40 mm inside the block (the zero padding beyond it changes the output up to
-there); 48 mm of context with 8 mm replaced (40 mm inside) agreed with a full rerun to
-Dice 0.9999, 40 mm with 4 mm (36 mm inside) differed in 11 voxels (Dice 0.9990)."""
+Chosen on the full-size phantom with the earlier bundled folds (Gaussian clicks of 18 mm):
+the replaced part must lie at least about 40 mm inside the block (the zero padding beyond
+it changes the output up to there); 48 mm of context with 8 mm replaced (40 mm inside)
+agreed with a full rerun to Dice 0.9999, 40 mm with 4 mm (36 mm inside) differed in 11
+voxels (Dice 0.9990). With the shipped folds (balls of 6 mm), 56/8 mm agreed to Dice
+0.9992-1.0 over 6 single clicks (`benchmarks/session.py`) and to 0.9989 after 20 clicks
+through `petseg serve` (`benchmarks/serve.py`)."""
 UPDATE_MM = 8.0
 """Distance (mm) from the changed click maps within which the probability is replaced:
-beyond it a click changed the bundled network's probability by at most 0.034 on the
+beyond it a click changed the earlier bundled folds' probability by at most 0.034 on the
 full-size phantom, which moved no mask voxel."""
 
 
@@ -129,8 +132,7 @@ class InteractiveSession:
             1.5-4x faster on a CPU with native bfloat16 (AVX512-BF16, AMX), its mask
             within Dice 0.9999 of the fp32 full rerun with the bundled network on the
             full-size phantom, but Dice 0.996 for a random network of large weights:
-            measure it for other weights before using it (and a server process running
-            bf16 blocks crashed at its 18th click twice: docs/serve.md).
+            measure it for other weights before using it.
 
     Raises:
         PetsegError: the network takes input channels other than the click maps, which
